@@ -1,0 +1,3 @@
+"""fashionlens: fashion image recognition (styles, category, attributes, landmarks)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,369 @@
+"""The record type every reader produces and the Dataset that turns records into sample dicts.
+
+Readers parse annotations only; images are opened lazily in ``FashionDataset.__getitem__`` so that
+building a dataset of 289k DeepFashion rows costs no image I/O. The sample dict follows
+docs/design-contract.md.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision import tv_tensors
+
+from fashionlens.errors import DataError
+
+NUM_LANDMARKS = 8
+LANDMARK_NAMES = (
+    "left_collar",
+    "right_collar",
+    "left_sleeve",
+    "right_sleeve",
+    "left_waistline",
+    "right_waistline",
+    "left_hem",
+    "right_hem",
+)
+VISIBLE, OCCLUDED, CUT_OFF = 0, 1, 2
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class Record:
+    """One annotated image, parsed but not loaded.
+
+    ``labels`` / ``label_mask`` are stored compactly (uint8; DeepFashion has 289k x 1000 of them)
+    and become float32 tensors in ``__getitem__``. ``source``/``line`` point at the annotation row
+    so that an unreadable image can be reported where the user can fix it.
+    """
+
+    image: Path
+    labels: np.ndarray
+    label_mask: np.ndarray
+    category: int | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    landmarks: np.ndarray | None = None
+    landmark_visibility: np.ndarray | None = None
+    source: Path | None = None
+    line: int | None = None
+
+
+def image_error(record: Record, reason: str) -> DataError:
+    """A DataError about ``record``'s image that also says which annotation row named it."""
+    where = ""
+    if record.source is not None:
+        where = f" (listed at {record.source}" + (f":{record.line}" if record.line is not None else "") + ")"
+    return DataError(f"{reason}{where}", path=record.image)
+
+
+def open_image(record: Record, full_decode: bool = True) -> Image.Image:
+    """Open ``record.image`` as an RGB PIL image, or raise DataError naming the file and its row.
+
+    ``full_decode=False`` only reads the header (enough to reject non-images and bombs); a truncated
+    JPEG is only found by decoding it.
+    """
+    path = record.image
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise image_error(record, "image file not found: expected an image file, found nothing") from None
+    except OSError as exc:
+        raise image_error(record, f"cannot stat image file: {exc}") from None
+    if size == 0:
+        raise image_error(record, "image file is empty (0 bytes): expected JPEG/PNG data")
+    try:
+        # The bomb limit is enforced ourselves so that it is an error at 1x MAX_IMAGE_PIXELS,
+        # not a warning there and an error only at 2x as PIL does.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and img.width * img.height > limit:
+            img.close()
+            raise image_error(
+                record,
+                f"image has {img.width}x{img.height} = {img.width * img.height} pixels, more than "
+                f"PIL.Image.MAX_IMAGE_PIXELS = {limit} (possible decompression bomb)",
+            )
+        if full_decode:
+            img.load()
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise image_error(record, "not an image: PIL cannot identify the file's format") from None
+    except Image.DecompressionBombError as exc:
+        raise image_error(record, f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise image_error(record, f"cannot decode image ({exc}); the file is truncated or corrupt") from None
+    return img
+
+
+def _load_rgb(record: Record) -> Image.Image:
+    img = open_image(record, full_decode=True)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block must not hide which file it was
+        raise image_error(record, f"cannot apply EXIF orientation: {exc}") from None
+    return img.convert("RGB")
+
+
+def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
+    try:
+        img = open_image(record, full_decode=False)
+        if full_decode:
+            # draft() makes libjpeg decode at 1/8 scale: every byte of the entropy stream is still
+            # read (so truncation is caught) at a fraction of the cost of a full decode.
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+        img.close()
+    except DataError as err:
+        return err
+    except (OSError, SyntaxError, ValueError) as exc:
+        return image_error(record, f"cannot decode image ({exc}); the file is truncated or corrupt")
+    return None
+
+
+def clip_crop_box(
+    bbox: Sequence[float], margin: float, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """Integer crop box: ``bbox`` grown by ``margin`` x its size on each side, clipped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    mw, mh = margin * (x2 - x1), margin * (y2 - y1)
+    left = max(0, int(np.floor(x1 - mw)))
+    top = max(0, int(np.floor(y1 - mh)))
+    right = min(width, int(np.ceil(x2 + mw)))
+    bottom = min(height, int(np.ceil(y2 + mh)))
+    if right <= left or bottom <= top:
+        # A box outside the image would give an empty crop; the whole image is the honest fallback.
+        return 0, 0, width, height
+    return left, top, right, bottom
+
+
+def mark_outside_landmarks(landmarks: torch.Tensor, visibility: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Visibility with every landmark outside the ``height`` x ``width`` canvas set to cut off (2)."""
+    x, y = landmarks[..., 0], landmarks[..., 1]
+    outside = (x < -0.5) | (y < -0.5) | (x > width - 0.5) | (y > height - 0.5)
+    out = visibility.clone()
+    out[outside] = CUT_OFF
+    return out
+
+
+class FashionDataset(torch.utils.data.Dataset):
+    """Records plus vocabulary; ``__getitem__`` returns the contract's sample dict.
+
+    Args:
+        records: parsed annotations, one per image.
+        label_names: names of the label vector's entries, in vector order.
+        category_names: names of the category indices, if the dataset has categories.
+        attribute_types: per label, its type (e.g. "texture" for DeepFashion attributes).
+        display_names: per label, a human-readable name (defaults to ``label_names``).
+        label_words: per label, plain English words to look up word vectors for (defaults to
+            ``display_names``).
+        transform: called on the whole sample dict (see ``build_transforms``).
+        crop_to_bbox: crop the image to the record's bbox grown by ``bbox_margin`` before the
+            transform; landmarks and bbox move with the crop.
+        skip_bad: validate every image now and move unreadable ones to ``.skipped`` instead of
+            failing later inside a DataLoader worker.
+        decode_on_validate: with ``skip_bad``, decode the pixel data too (catches truncated files).
+        notes: reader remarks worth showing a user (files ignored, images with no labels, ...).
+    """
+
+    def __init__(
+        self,
+        records: list[Record],
+        label_names: Sequence[str],
+        *,
+        category_names: Sequence[str] | None = None,
+        attribute_types: Sequence[str] | None = None,
+        display_names: Sequence[str] | None = None,
+        label_words: Sequence[str] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        crop_to_bbox: bool = False,
+        bbox_margin: float = 0.1,
+        skip_bad: bool = False,
+        decode_on_validate: bool = True,
+        notes: Iterable[str] = (),
+    ) -> None:
+        self.records = list(records)
+        self.label_names = list(label_names)
+        self.category_names = None if category_names is None else list(category_names)
+        self.attribute_types = None if attribute_types is None else list(attribute_types)
+        self.display_names = list(display_names) if display_names is not None else list(self.label_names)
+        self.label_words = list(label_words) if label_words is not None else list(self.display_names)
+        for what, values in (
+            ("attribute_types", self.attribute_types),
+            ("display_names", self.display_names),
+            ("label_words", self.label_words),
+        ):
+            if values is not None and len(values) != len(self.label_names):
+                raise ValueError(f"{what} has {len(values)} entries, expected one per label ({len(self.label_names)})")
+        self.transform = transform
+        self.crop_to_bbox = crop_to_bbox
+        self.bbox_margin = bbox_margin
+        self.notes: list[str] = list(notes)
+        self.skipped: list[DataError] = []
+        self._has_bbox = any(r.bbox is not None for r in self.records)
+        self._has_landmarks = any(r.landmarks is not None for r in self.records)
+        if skip_bad:
+            self.validate_images(full_decode=decode_on_validate, drop=True)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None) -> list[DataError]:
+        """Check that every record's image opens (and, with ``full_decode``, decodes).
+
+        Returns the problems found; with ``drop`` the bad records are also removed and their
+        errors appended to ``.skipped``. Threads are used because PIL releases the GIL while
+        decoding.
+        """
+        workers = workers or min(8, (os.cpu_count() or 1) * 2)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda r: _check_image_quickly(r, full_decode), self.records))
+        problems = [err for err in results if err is not None]
+        if drop and problems:
+            self.records = [r for r, err in zip(self.records, results) if err is None]
+            self.skipped.extend(problems)
+        return problems
+
+    def skipped_summary(self, limit: int = 20) -> str:
+        """How many images were skipped and why, one line each (first ``limit`` of them)."""
+        total = len(self.records) + len(self.skipped)
+        if not self.skipped:
+            return f"no images skipped ({total} checked)"
+        lines = [f"skipped {len(self.skipped)} of {total} images:"]
+        lines += [f"  {err}" for err in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            lines.append(f"  ... and {len(self.skipped) - limit} more")
+        return "\n".join(lines)
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        """The sample dict before the transform: uint8 ``tv_tensors.Image`` and pixel geometry."""
+        record = self.records[index]
+        img = _load_rgb(record)
+        width, height = img.size
+        offset = (0.0, 0.0)
+        bbox = record.bbox
+        if bbox is None and self._has_bbox:
+            bbox = (0.0, 0.0, float(width), float(height))
+        if self.crop_to_bbox and record.bbox is not None:
+            left, top, right, bottom = clip_crop_box(record.bbox, self.bbox_margin, width, height)
+            img = img.crop((left, top, right, bottom))
+            offset = (float(left), float(top))
+            width, height = img.size
+        image = tv_tensors.Image(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        sample: dict[str, Any] = {
+            "image": image,
+            "labels": torch.as_tensor(record.labels, dtype=torch.float32) * torch.as_tensor(record.label_mask, dtype=torch.float32),
+            "label_mask": torch.as_tensor(record.label_mask, dtype=torch.float32),
+        }
+        if self.category_names is not None:
+            sample["category"] = torch.tensor(-1 if record.category is None else record.category, dtype=torch.int64)
+        if bbox is not None:
+            box = torch.tensor([bbox], dtype=torch.float32)
+            box[:, 0::2] -= offset[0]
+            box[:, 1::2] -= offset[1]
+            sample["bbox"] = tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=(height, width))
+        if self._has_landmarks:
+            if record.landmarks is None:
+                points = torch.zeros(NUM_LANDMARKS, 2)
+                visibility = torch.full((NUM_LANDMARKS,), CUT_OFF, dtype=torch.int64)
+            else:
+                points = torch.as_tensor(record.landmarks, dtype=torch.float32).clone()
+                points[:, 0] -= offset[0]
+                points[:, 1] -= offset[1]
+                visibility = torch.as_tensor(record.landmark_visibility, dtype=torch.int64)
+                visibility = mark_outside_landmarks(points, visibility, height, width)
+            sample["landmarks"] = tv_tensors.KeyPoints(points, canvas_size=(height, width))
+            sample["landmark_visibility"] = visibility
+        sample["path"] = str(record.image)
+        sample["index"] = index
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.load_sample(index)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self)} images, {self.num_labels} labels"
+            + (f", {len(self.category_names)} categories" if self.category_names else "")
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            + ")"
+        )
+
+
+def force_vocabulary(
+    labels: np.ndarray,
+    mask: np.ndarray,
+    names: Sequence[str],
+    forced: Sequence[str] | None,
+    source: str | Path,
+    absent_is_unknown: bool,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reorder label columns ``(N, C)`` to the ``forced`` vocabulary (e.g. a saved model's).
+
+    A label with positives in the data but missing from ``forced`` is an error (its images would be
+    scored against a class the model cannot predict). Forced labels the data does not have become
+    unknown when the dataset has a fixed vocabulary (``absent_is_unknown``), or negatives when the
+    data lists positives explicitly (manifests: an unlisted label is a negative).
+    """
+    names = list(names)
+    if forced is None:
+        return labels, mask, names
+    forced = list(forced)
+    if len(set(forced)) != len(forced):
+        dupes = sorted({n for n in forced if forced.count(n) > 1})
+        raise ValueError(f"label_names contains duplicates: {dupes}")
+    index = {n: i for i, n in enumerate(names)}
+    forced_set = set(forced)
+    positives = (labels.astype(bool) & mask.astype(bool)).any(axis=0) if labels.size else np.zeros(len(names), bool)
+    missing = [n for n, used in zip(names, positives) if used and n not in forced_set]
+    if missing:
+        shown = ", ".join(missing[:30]) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
+        raise DataError(
+            f"labels not in the forced vocabulary of {len(forced)} labels: expected only those, found {shown}",
+            path=source,
+        )
+    n = labels.shape[0]
+    new_labels = np.zeros((n, len(forced)), dtype=labels.dtype)
+    new_mask = np.zeros((n, len(forced)), dtype=mask.dtype)
+    for j, name in enumerate(forced):
+        i = index.get(name)
+        if i is None:
+            if not absent_is_unknown:
+                new_mask[:, j] = 1
+            continue
+        new_labels[:, j] = labels[:, i]
+        new_mask[:, j] = mask[:, i]
+    return new_labels, new_mask, forced
+
+
+def resolve_inside(root: Path, relative: str, source: Path, line: int) -> Path:
+    """``root / relative``, refusing absolute paths and ``..`` that leave ``root``.
+
+    Lexical normalisation (not ``resolve()``) so that a root made of symlinks still works.
+    """
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
+        raise DataError(f"expected an image path relative to {root}, found the absolute path {relative!r}", path=source, line=line)
+    joined = os.path.normpath(os.path.join(str(root), relative))
+    root_norm = os.path.normpath(str(root))
+    if joined != root_norm and not joined.startswith(root_norm + os.sep):
+        raise DataError(f"image path {relative!r} leaves the dataset root {root}: expected a path inside it", path=source, line=line)
+    return Path(joined)

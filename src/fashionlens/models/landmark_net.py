@@ -1,0 +1,345 @@
+"""Landmark-driven clothing recognition with the global-local embedding module (GLEM).
+
+Seed system 2: Lee, Oh, Jung, Kim, "Global-local embedding module for fashion landmark detection"
+(ICCV workshops 2019) and its clothing-recognition extension (2020), built on Liu & Lu, "Deep fashion
+analysis with feature map upsampling and landmark-driven attention" (ECCV 2018 workshops).
+
+    images -> backbone to stride 8 ("conv4") -> landmark branch: [1x1 projection] -> GLEM x n
+           -> upsampler -> K heatmaps
+    concat(landmark features, conv4) -> category branch (convs, pool, linear)
+                                      -> attribute branch (convs, pool, linear | ML-GCN head)
+
+Ablations (``config["landmarks"]``): ``"glem"`` (full), ``"plain"`` (the same branch with the
+non-local blocks removed, so only the 3x3 convs remain) and ``"none"`` (no landmark branch; the
+heads see conv4 only and the outputs have no ``"heatmaps"``).
+
+Unlike the public reference (suminlee94/GLE_FLD issue #8, whose module applies its local convs to
+the block input and discards the non-local output), :class:`GLEM` applies the local convs to the
+non-local output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
+from fashionlens.models.backbones import create_backbone
+
+LANDMARK_NAMES = ("left_collar", "right_collar", "left_sleeve", "right_sleeve",
+                  "left_waistline", "right_waistline", "left_hem", "right_hem")
+LANDMARK_MODES = ("glem", "plain", "none")
+ATTRIBUTE_HEADS = ("linear", "mlgcn")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "backbone": "vgg19",
+    "pretrained": "shipped",
+    "stage": "stride8",
+    "landmarks": "glem",
+    "attr_head": "linear",
+    "num_categories": 50,
+    "num_attributes": 1000,
+    "num_landmarks": 8,
+    "image_size": 224,
+    "heatmap_size": 56,
+    "num_glem": 2,
+    "landmark_width": None,  # None: keep the backbone's channels (512 for VGG conv4)
+    "upsample_width": 64,
+    "upsample": "deconv",  # "deconv" (transposed convs, x2 each) or "bilinear" (+ 3x3 conv)
+    "head_width": 256,
+    "dropout": 0.0,
+    "mlgcn_hidden": 1024,
+    "mlgcn_negative_slope": 0.2,
+    "attr_embedding_dim": None,  # set from the embeddings by build_clothing_model
+}
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local block, Wang et al., "Non-local neural networks", CVPR 2018, Eqs. 1-3, 6.
+
+    ``y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j)`` over all positions, then
+    ``z = BN(W y) + x``. theta, phi, g and W are 1x1 convolutions (``inner`` = C/2 by default).
+
+    ``bn_init`` is the initial BatchNorm gamma of the W path. Wang et al. initialise it to zero so
+    the block starts as the identity (the default here); gamma still receives a gradient at the first
+    step, so the non-local path becomes live as soon as training starts (tests/test_landmark_net.py
+    checks both this and liveness with a non-zero gamma).
+    """
+
+    def __init__(self, channels: int, inner: int | None = None, bn_init: float = 0.0):
+        super().__init__()
+        inner = max(1, channels // 2) if inner is None else int(inner)
+        self.inner = inner
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.w = nn.Conv2d(inner, channels, 1)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.constant_(self.bn.weight, bn_init)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, inner)
+        phi = self.phi(x).flatten(2)  # (B, inner, N)
+        g = self.g(x).flatten(2).transpose(1, 2)  # (B, N, inner)
+        attention = torch.softmax(theta @ phi, dim=-1)  # (B, N, N), rows sum to 1 over positions j
+        y = (attention @ g).transpose(1, 2).reshape(b, self.inner, h, w)
+        return self.bn(self.w(y)) + x
+
+
+class GLEM(nn.Module):
+    """Global-local embedding module (Lee et al. 2019, Sec. 3.2): a non-local block (global), then two
+    3x3 conv + BN + ReLU layers (local) applied to the non-local output.
+
+    ``use_nonlocal=False`` drops the non-local block and keeps the two convs (the ``"plain"`` ablation).
+    """
+
+    def __init__(self, channels: int, inner: int | None = None, use_nonlocal: bool = True, bn_init: float = 0.0):
+        super().__init__()
+        self.nonlocal_block = NonLocalBlock(channels, inner, bn_init) if use_nonlocal else None
+        self.local = nn.Sequential(_conv_bn_relu(channels, channels), _conv_bn_relu(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nonlocal_block is not None:
+            x = self.nonlocal_block(x)
+        return self.local(x)
+
+
+class HeatmapUpsampler(nn.Module):
+    """Landmark features (stride s) -> ``num_landmarks`` heatmaps at a requested size.
+
+    ``"deconv"``: a 1x1 reduction to ``width``, then one 4x4 stride-2 transposed conv + BN + ReLU per
+    doubling (as in Liu & Lu's and GLEM's upsamplers), a bilinear resize only if the size is still off,
+    then a 1x1 conv to the heatmaps. ``"bilinear"``: 1x1 reduction, bilinear resize, 3x3 conv + BN +
+    ReLU, 1x1 conv. The heatmaps are linear (no sigmoid), matched to targets in [0, 1] by L2.
+    """
+
+    def __init__(self, in_channels: int, num_landmarks: int, scale: int, width: int = 64, mode: str = "deconv"):
+        super().__init__()
+        if mode not in ("deconv", "bilinear"):
+            raise ValueError(f"upsample must be 'deconv' or 'bilinear', got {mode!r}")
+        self.mode = mode
+        self.reduce = _conv_bn_relu(in_channels, width, kernel_size=1)
+        layers: list[nn.Module] = []
+        if mode == "deconv":
+            for _ in range(max(0, round(math.log2(max(scale, 1))))):
+                layers += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1, bias=False),
+                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        else:
+            layers.append(_conv_bn_relu(width, width))
+        self.refine = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, num_landmarks, 1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.reduce(x)
+        if self.mode == "deconv":
+            x = self.refine(x)
+            if tuple(x.shape[-2:]) != tuple(size):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        else:
+            x = self.refine(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        return self.out(x)
+
+
+class _PooledBranch(nn.Module):
+    """Two 3x3 conv + BN + ReLU (the first with stride 2, standing in for the conv5 stage) and a global
+    average pool: ``(B, C, h, w) -> (B, width)``."""
+
+    def __init__(self, in_channels: int, width: int, dropout: float = 0.0):
+        super().__init__()
+        self.convs = nn.Sequential(_conv_bn_relu(in_channels, width, stride=2), _conv_bn_relu(width, width))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.convs(x).mean(dim=(-2, -1)))
+
+
+class LandmarkClothingNet(nn.Module):
+    """Category, attribute and landmark-heatmap prediction from one backbone. Build it with
+    :func:`build_clothing_model` (from a config dict); outputs follow docs/design-contract.md."""
+
+    def __init__(self, config: Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
+                 attr_adjacency: torch.Tensor | None = None):
+        super().__init__()
+        cfg = {**DEFAULT_CONFIG, **dict(config)}
+        if cfg["landmarks"] not in LANDMARK_MODES:
+            raise ValueError(f"config['landmarks'] must be one of {LANDMARK_MODES}, got {cfg['landmarks']!r}")
+        if cfg["attr_head"] not in ATTRIBUTE_HEADS:
+            raise ValueError(f"config['attr_head'] must be one of {ATTRIBUTE_HEADS}, got {cfg['attr_head']!r}")
+        self.backbone = create_backbone(cfg["backbone"], pretrained=cfg["pretrained"], stage=cfg["stage"])
+        conv4_channels = self.backbone.out_channels
+        fused_channels = conv4_channels
+        self.landmark_proj: nn.Module | None = None
+        self.landmark_blocks: nn.Sequential | None = None
+        self.upsampler: HeatmapUpsampler | None = None
+        if cfg["landmarks"] != "none":
+            width = cfg["landmark_width"] or conv4_channels
+            cfg["landmark_width"] = int(width)
+            self.landmark_proj = (nn.Identity() if width == conv4_channels
+                                  else _conv_bn_relu(conv4_channels, width, kernel_size=1))
+            use_nonlocal = cfg["landmarks"] == "glem"
+            self.landmark_blocks = nn.Sequential(*[GLEM(width, use_nonlocal=use_nonlocal)
+                                                   for _ in range(int(cfg["num_glem"]))])
+            scale = max(1, round(cfg["heatmap_size"] * self.backbone.stride / cfg["image_size"]))
+            self.upsampler = HeatmapUpsampler(width, int(cfg["num_landmarks"]), scale,
+                                              int(cfg["upsample_width"]), cfg["upsample"])
+            fused_channels = conv4_channels + width
+        head_width = int(cfg["head_width"])
+        self.category_branch = _PooledBranch(fused_channels, head_width, float(cfg["dropout"]))
+        self.category_fc = nn.Linear(head_width, int(cfg["num_categories"]))
+        self.attribute_branch = _PooledBranch(fused_channels, head_width, float(cfg["dropout"]))
+        if cfg["attr_head"] == "mlgcn":
+            from fashionlens.models.mlgcn import MLGCNHead
+
+            embeddings, adjacency = _graph_inputs(cfg, attr_embeddings, attr_adjacency)
+            cfg["attr_embedding_dim"] = int(embeddings.shape[1])
+            self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["mlgcn_hidden"]),
+                                          negative_slope=float(cfg["mlgcn_negative_slope"]))
+        else:
+            self.attribute_fc = nn.Linear(head_width, int(cfg["num_attributes"]))
+        self.config: dict[str, Any] = cfg
+
+    @property
+    def has_landmarks(self) -> bool:
+        return self.upsampler is not None
+
+    def heatmap_size_for(self, image_hw: Sequence[int]) -> tuple[int, int]:
+        """Heatmap size for an input of ``image_hw``: ``heatmap_size / image_size`` of it (56 at 224)."""
+        ratio = self.config["heatmap_size"] / self.config["image_size"]
+        return max(1, round(image_hw[0] * ratio)), max(1, round(image_hw[1] * ratio))
+
+    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"conv4", "features"}`` (features: the fused map the heads see) plus ``"heatmaps"`` and
+        ``"landmark_features"`` when the model has a landmark branch."""
+        conv4 = self.backbone(images)
+        out = {"conv4": conv4}
+        if self.has_landmarks:
+            landmark_features = self.landmark_blocks(self.landmark_proj(conv4))
+            out["landmark_features"] = landmark_features
+            out["heatmaps"] = self.upsampler(landmark_features, self.heatmap_size_for(images.shape[-2:]))
+            out["features"] = torch.cat([landmark_features, conv4], dim=1)
+        else:
+            out["features"] = conv4
+        return out
+
+    def forward_head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fused feature map -> ``{"category_logits", "attribute_logits"}``."""
+        return {"category_logits": self.category_fc(self.category_branch(features)),
+                "attribute_logits": self.attribute_fc(self.attribute_branch(features))}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.forward_features(images)
+        out = self.forward_head(feats["features"])
+        if "heatmaps" in feats:
+            out["heatmaps"] = feats["heatmaps"]
+        return out
+
+
+def _graph_inputs(cfg: Mapping[str, Any], embeddings: torch.Tensor | None,
+                  adjacency: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    c = int(cfg["num_attributes"])
+    if embeddings is None and adjacency is None:
+        # Rebuilding from a saved config: placeholders of the right shape, overwritten by load_state_dict.
+        dim = cfg.get("attr_embedding_dim")
+        if not dim:
+            raise ValueError("attr_head='mlgcn' needs attr_embeddings and attr_adjacency, or a config with "
+                             "'attr_embedding_dim' (saved by a model built with them) to rebuild placeholders")
+        return torch.zeros(c, int(dim)), torch.eye(c)
+    if embeddings is None or adjacency is None:
+        raise ValueError("attr_head='mlgcn' needs both attr_embeddings and attr_adjacency (or neither, "
+                         "when rebuilding from a saved config and loading a state dict)")
+    embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+    adjacency = torch.as_tensor(adjacency, dtype=torch.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != c or adjacency.shape != (c, c):
+        raise ValueError(f"expected attr_embeddings ({c}, E) and attr_adjacency ({c}, {c}); got "
+                         f"{tuple(embeddings.shape)} and {tuple(adjacency.shape)}")
+    return embeddings, adjacency
+
+
+def build_clothing_model(config: Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
+                         attr_adjacency: torch.Tensor | None = None) -> LandmarkClothingNet:
+    """Build the clothing network from ``config`` (missing keys take :data:`DEFAULT_CONFIG`).
+
+    ``model.config`` holds the complete config (with derived values filled in, e.g.
+    ``landmark_width`` and ``attr_embedding_dim``); ``build_clothing_model(model.config)`` followed by
+    ``load_state_dict`` rebuilds the exact model, the ML-GCN graph buffers included. When rebuilding,
+    pass ``pretrained="none"`` in the config to skip loading backbone weights that the state dict
+    replaces anyway.
+    """
+    return LandmarkClothingNet(config, attr_embeddings, attr_adjacency)
+
+
+def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                  lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0),
+                  attr_pos_weight: float | torch.Tensor = 1.0, attr_neg_weight: float | torch.Tensor = 0.1,
+                  heatmap_sigma: float = 8.0, heatmap_kind: str = "gaussian",
+                  category_present: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``λ_cat · CE(category) + λ_attr · weighted BCE(attributes) + λ_lm · heatmap L2``.
+
+    Defaults are Liu & Lu's weights (ECCV 2018 workshops, Sec. 3.4: 1 / 20 / 10) and class weights
+    (1 positive, 0.1 negative). Theirs is a 2-way softmax per attribute; ours is the equivalent
+    sigmoid BCE from :func:`fashionlens.losses.weighted_bce_with_logits`, so the balance is the same
+    only up to that loss's normalisation: treat 20 as a starting point to tune.
+
+    - Category: cross-entropy, ``category == -1`` ignored (0 when the batch has none). Categories that
+      never occur (DeepFashion merged 4 of 50 into Dress) need nothing: softmax CE simply drives their
+      logits down. ``category_present`` (bool, ``(num_categories,)``) optionally masks their logits out
+      of the softmax instead; a target pointing at a masked category raises ``ValueError``.
+    - Attributes: weighted BCE on ``labels`` with ``label_mask`` (unknown attributes contribute 0).
+    - Landmarks: targets from ``landmarks`` (``(B, K, 2)`` pixels of ``image``) and
+      ``landmark_visibility`` via :func:`gaussian_heatmaps` (``heatmap_sigma`` in image pixels), L2 over
+      visible landmarks only (:func:`heatmap_loss`).
+
+    A part whose outputs or batch keys are absent (e.g. ``landmarks="none"``, or a dataset without
+    landmarks) is 0. Returns ``(total, {"category", "attribute", "landmark"})`` (parts unweighted).
+    """
+    lam_cat, lam_attr, lam_lm = lambdas
+    ref = outputs["category_logits"] if "category_logits" in outputs else outputs["attribute_logits"]
+    zero = ref.sum() * 0.0
+    parts = {"category": zero, "attribute": zero, "landmark": zero}
+
+    if "category_logits" in outputs and "category" in batch:
+        logits = outputs["category_logits"]
+        target = torch.as_tensor(batch["category"], device=logits.device).long().view(-1)
+        if category_present is not None:
+            present = torch.as_tensor(category_present, device=logits.device, dtype=torch.bool)
+            known = target >= 0
+            if bool((~present[target[known]]).any()):
+                raise ValueError("a sample's category is marked absent in category_present")
+            logits = logits.masked_fill(~present, float("-inf"))
+        if bool((target >= 0).any()):
+            parts["category"] = F.cross_entropy(logits, target, ignore_index=-1)
+
+    if "attribute_logits" in outputs and "labels" in batch:
+        from fashionlens.losses import weighted_bce_with_logits
+
+        logits = outputs["attribute_logits"]
+        labels = batch["labels"].to(logits.dtype)
+        mask = batch.get("label_mask")
+        mask = torch.ones_like(labels) if mask is None else mask.to(logits.dtype)
+        parts["attribute"] = weighted_bce_with_logits(logits, labels, mask, attr_pos_weight, attr_neg_weight)
+
+    if "heatmaps" in outputs and "landmarks" in batch and "landmark_visibility" in batch:
+        pred = outputs["heatmaps"]
+        image_hw = tuple(batch["image"].shape[-2:])
+        landmarks = torch.as_tensor(batch["landmarks"], device=pred.device).as_subclass(torch.Tensor).to(pred.dtype)
+        visibility = torch.as_tensor(batch["landmark_visibility"], device=pred.device)
+        target = gaussian_heatmaps(landmarks, visibility, image_hw, tuple(pred.shape[-2:]),
+                                   sigma=heatmap_sigma, kind=heatmap_kind)
+        parts["landmark"] = heatmap_loss(pred, target, visibility)
+
+    total = lam_cat * parts["category"] + lam_attr * parts["attribute"] + lam_lm * parts["landmark"]
+    return total, parts

@@ -1,0 +1,671 @@
+"""Training and evaluation: Lightning modules (the science), a data module (the data) and entry points.
+
+The split follows Lightning: the LightningModule holds model, loss, optimiser and metrics; the
+DataModule holds the datasets and loaders; the Trainer holds precision, devices, DDP, checkpoints
+and the progress bar. `train_style`, `train_clothing` and `evaluate_model_dir` are what the CLI calls.
+
+Recipe (Chen et al. 2019, ML-GCN; Kim et al. 2021): SGD, momentum 0.9, weight decay 1e-4, gradient
+norm clipped at 10, heads at lr and the pretrained backbone at lr x lrp (0.1) once it is unfrozen
+after `freeze_epochs` epochs (transfer learning: frozen first, then fine-tuned).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from fashionlens.errors import FashionlensError
+from fashionlens.modeldir import atomic_write_json, load_model_dir, save_model_dir
+
+log = logging.getLogger("fashionlens")
+
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3, "adam": 1e-4}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class FashionDataModule(L.LightningDataModule):
+    """Train/val datasets and their loaders. Lightning adds the DistributedSampler under DDP."""
+
+    def __init__(self, train_set, val_set, batch_size: int, workers: int | None = None):
+        super().__init__()
+        self.train_set = train_set
+        self.val_set = val_set
+        self.batch_size = batch_size
+        self.workers = default_workers() if workers is None else workers
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random split: the same (count, fraction, seed) always gives the same indices."""
+    if not 0.0 < val_fraction < 1.0:
+        raise FashionlensError(f"--val-split must be between 0 and 1, got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(count)
+    val_count = max(1, int(round(count * val_fraction)))
+    if val_count >= count:
+        raise FashionlensError(f"dataset of {count} samples is too small to hold out {val_fraction:.0%}")
+    return sorted(order[val_count:].tolist()), sorted(order[:val_count].tolist())
+
+
+def label_matrix(dataset, indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask) arrays (N, C) read from a dataset's parsed records, without loading images."""
+    records = dataset.records if indices is None else [dataset.records[i] for i in indices]
+    labels = np.stack([np.asarray(record.labels, dtype=np.float32) for record in records])
+    mask = np.stack([np.asarray(record.label_mask, dtype=np.float32) for record in records])
+    return labels, mask
+
+
+# ------------------------------------------------------------------------------------- shared module
+
+
+class _Task(L.LightningModule):
+    """What the style and clothing tasks share: the optimiser recipe, freezing, and gathered outputs."""
+
+    def __init__(self, model: nn.Module, optimizer: str, lr: float, lrp: float, weight_decay: float,
+                 freeze_epochs: int, epochs: int, channels_last: bool = False):
+        super().__init__()
+        self.model = model
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.lrp = lrp
+        self.weight_decay = weight_decay
+        self.freeze_epochs = freeze_epochs
+        self.epochs = epochs
+        self.channels_last = channels_last
+        self._outputs: list[dict[str, torch.Tensor]] = []
+        self.last_metrics: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self._epoch_start = time.perf_counter()
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    def _images(self, batch) -> torch.Tensor:
+        images = batch["image"]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.freeze_epochs
+        self.backbone.requires_grad_(not frozen)
+        if frozen:
+            # A frozen pretrained backbone keeps its ImageNet BatchNorm statistics too.
+            self.backbone.eval()
+        self._epoch_start = time.perf_counter()
+
+    def configure_optimizers(self):
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        head = [p for p in self.model.parameters() if id(p) not in backbone_ids]
+        groups = [
+            {"params": list(self.backbone.parameters()), "lr": self.lr * self.lrp},
+            {"params": head, "lr": self.lr},
+        ]
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    def _gathered(self) -> dict[str, torch.Tensor]:
+        """Concatenate this epoch's validation outputs across batches and DDP ranks.
+
+        The distributed sampler pads the last batches by repeating samples; each sample carries its
+        dataset index, so duplicates are dropped and every sample counts exactly once.
+        """
+        if not self._outputs:
+            return {}
+        keys = self._outputs[0].keys()
+        local = {key: torch.cat([output[key] for output in self._outputs]) for key in keys}
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered = self.all_gather(local)
+            local = {key: value.flatten(0, 1) if value.dim() > 1 else value.flatten() for key, value in gathered.items()}
+        order = torch.argsort(local["index"], stable=True)
+        local = {key: value[order] for key, value in local.items()}
+        keep = torch.ones_like(local["index"], dtype=torch.bool)
+        keep[1:] = local["index"][1:] != local["index"][:-1]
+        return {key: value[keep].cpu() for key, value in local.items()}
+
+    def _record_epoch(self, metrics: dict[str, Any], scalar_keys: list[str]) -> None:
+        self.last_metrics = metrics
+        if self.trainer is not None and self.trainer.sanity_checking:
+            return
+        row = {"epoch": self.current_epoch, "seconds": time.perf_counter() - self._epoch_start}
+        for key in scalar_keys:
+            if key in metrics:
+                row[key] = float(metrics[key])
+                self.log(f"val/{key}", float(metrics[key]), prog_bar=key in ("mAP", "category_top3"), sync_dist=False)
+        train_loss = self.trainer.callback_metrics.get("train/loss_epoch") if self.trainer else None
+        if train_loss is not None:
+            row["train_loss"] = float(train_loss)
+        self.history.append(row)
+
+
+# ------------------------------------------------------------------------------------------- styles
+
+
+class StyleTask(_Task):
+    """Multi-label style recognition: ML-GCN or linear head on a pretrained backbone."""
+
+    def __init__(self, model: nn.Module, label_names: list[str], loss: str = "bce", **recipe):
+        super().__init__(model, **recipe)
+        self.label_names = label_names
+        if loss == "asl":
+            from fashionlens.losses import AsymmetricLoss
+
+            self.criterion = AsymmetricLoss()
+        else:
+            from fashionlens.losses import masked_bce_with_logits
+
+            self.criterion = masked_bce_with_logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["logits"]
+
+    def training_step(self, batch, batch_idx):
+        logits = self(self._images(batch))
+        loss = self.criterion(logits, batch["labels"], batch["label_mask"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.current_epoch}, "
+                                     f"step {self.global_step}, batch {batch_idx} "
+                                     f"(first image: {batch['path'][0]})")
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(self._images(batch))
+        loss = self.criterion(logits, batch["labels"], batch["label_mask"])
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self._outputs.append({"scores": logits.float().detach(), "labels": batch["labels"].detach(),
+                              "mask": batch["label_mask"].detach(), "index": batch["index"].detach()})
+
+    def on_validation_epoch_end(self) -> None:
+        from fashionlens.metrics import multilabel_metrics
+
+        outputs = self._gathered()
+        if not outputs:
+            return
+        metrics = multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"],
+                                     label_names=self.label_names)
+        self._record_epoch(metrics, ["mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "CP", "CR", "OP", "OR"])
+
+
+# ----------------------------------------------------------------------------------------- clothing
+
+
+class ClothingTask(_Task):
+    """Category + attributes + landmarks (Lee et al. 2020), with the loss of `clothing_loss`."""
+
+    def __init__(self, model: nn.Module, attribute_types: list[str], image_size: int, lambdas=(1.0, 20.0, 10.0),
+                 attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
+                 heatmap_sigma: float | None = None, **recipe):
+        super().__init__(model, **recipe)
+        self.attribute_types = attribute_types
+        self.image_size = image_size
+        self.lambdas = tuple(lambdas)
+        self.heatmap_sigma = heatmap_sigma
+        self.register_buffer("attr_pos_weight", attr_pos_weight if attr_pos_weight is not None else torch.ones(0))
+        self.register_buffer("attr_neg_weight", attr_neg_weight if attr_neg_weight is not None else torch.ones(0))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images)
+
+    def _loss(self, outputs, batch):
+        from fashionlens.models.landmark_net import clothing_loss
+
+        kwargs = {}
+        if self.heatmap_sigma is not None:
+            kwargs["heatmap_sigma"] = self.heatmap_sigma
+        return clothing_loss(outputs, batch, lambdas=self.lambdas,
+                             attr_pos_weight=self.attr_pos_weight if self.attr_pos_weight.numel() else None,
+                             attr_neg_weight=self.attr_neg_weight if self.attr_neg_weight.numel() else None, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        outputs = self(self._images(batch))
+        loss, parts = self._loss(outputs, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.current_epoch}, "
+                                     f"step {self.global_step}, batch {batch_idx} (first image: {batch['path'][0]})")
+        size = len(batch["image"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        from fashionlens.heatmaps import decode_heatmaps
+
+        outputs = self(self._images(batch))
+        loss, _ = self._loss(outputs, batch)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
+        record = {"category_logits": outputs["category_logits"].float().detach(),
+                  "category": batch["category"].detach(),
+                  "attr_scores": outputs["attribute_logits"].float().detach(),
+                  "labels": batch["labels"].detach(), "mask": batch["label_mask"].detach(),
+                  "index": batch["index"].detach()}
+        if "heatmaps" in outputs and "landmarks" in batch:
+            size = batch["image"].shape[-2:]
+            xy, _ = decode_heatmaps(outputs["heatmaps"].float().detach(), tuple(size), subpixel=True)
+            record.update(pred_xy=xy, true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
+                          visibility=batch["landmark_visibility"].detach(),
+                          sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
+        self._outputs.append(record)
+
+    def on_validation_epoch_end(self) -> None:
+        outputs = self._gathered()
+        if not outputs:
+            return
+        metrics = clothing_metrics(outputs, self.attribute_types)
+        self._record_epoch(metrics, [k for k, v in metrics.items() if isinstance(v, (int, float))])
+
+
+def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
+    from fashionlens.metrics import deepfashion_metrics, landmark_metrics
+
+    metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
+                                  outputs["labels"], attribute_types, attr_mask=outputs["mask"])
+    if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
+        metrics.update(landmark_metrics(outputs["pred_xy"], outputs["true_xy"], outputs["visibility"],
+                                        outputs["sizes"]))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- entry points
+
+
+def _trainer(run_dir: Path, options: dict, monitor: str, callbacks_extra=()) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    on_gpu = torch.cuda.is_available() and options.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    precision = options.get("precision") or ("bf16-mixed" if on_gpu else "32-true")
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val/{monitor}",
+                                 mode="max", save_last=True, save_top_k=1, every_n_epochs=1)
+    devices = options.get("devices", "auto")
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=options["epochs"],
+        accelerator=options.get("accelerator", "auto"),
+        devices=devices,
+        num_nodes=options.get("num_nodes", 1),
+        precision=precision,
+        gradient_clip_val=options.get("grad_clip", 10.0) or None,
+        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=1), *callbacks_extra],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        log_every_n_steps=1,
+        enable_model_summary=False,
+        deterministic=options.get("deterministic", False),
+        num_sanity_val_steps=0,
+    )
+
+
+def _run_metadata(options: dict) -> dict:
+    import lightning
+    import torchvision
+
+    return {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
+            "seed": options.get("seed", 0), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _words_for_labels(dataset) -> list[str]:
+    words = getattr(dataset, "label_words", None)
+    if words:
+        return list(words)
+    return [name.replace("_", " ") for name in dataset.label_names]
+
+
+def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, label_names: list[str],
+                             words: list[str], options: dict):
+    """Word vectors and normalised adjacency for the ML-GCN head, from the TRAINING labels only."""
+    from fashionlens import labels as label_tools
+
+    embeddings_choice = str(options.get("embeddings", "glove50"))
+    if embeddings_choice == "onehot":
+        embeddings = label_tools.onehot_embeddings(len(label_names))
+    else:
+        vectors = label_tools.load_glove(embeddings_choice)
+        embeddings = label_tools.label_embeddings(words, vectors, fallback=options.get("embedding_fallback"))
+    counts, totals = label_tools.cooccurrence_counts(train_labels, train_mask)
+    on_empty = "drop" if options.get("drop_empty_labels") else "error"
+    graph = label_tools.build_adjacency(counts, totals, t=options.get("t", 0.4), p=options.get("p", 0.2),
+                                        label_names=label_names, on_empty=on_empty)
+    kept = list(getattr(graph, "kept_indices", None) or range(len(label_names)))
+    adjacency = np.asarray(graph.adjacency, dtype=np.float32)
+    if options.get("graph") == "identity":
+        adjacency = np.asarray(label_tools.identity_adjacency(len(kept)), dtype=np.float32)
+    return np.asarray(embeddings, dtype=np.float32)[kept], adjacency, graph, kept
+
+
+def train_style(options: dict) -> Path:
+    """`fashionlens train style`: fit a multi-label model and write RUN_DIR/model/."""
+    from fashionlens.data import open_dataset
+    from fashionlens.data.transforms import build_transforms
+    from fashionlens.models.backbones import create_backbone
+    from fashionlens.models.mlgcn import build_style_model
+
+    options = dict(options)
+    L.seed_everything(options.get("seed", 0), workers=True)
+    run_dir = Path(options["out"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    image_size = int(options.get("image_size", 448))
+    optimizer = options.get("optimizer", "sgd")
+    options["lr"] = options.get("lr") or DEFAULT_LR[optimizer]
+
+    probe = create_backbone(options["backbone"], pretrained="none", stage="final")
+    mean, std = probe.mean, probe.std
+    del probe
+    train_transform = build_transforms(image_size, mean, std, train=True)
+    eval_transform = build_transforms(image_size, mean, std, train=False)
+    fmt = options["format"]
+    skip_bad = options.get("skip_bad", False)
+    train_full = open_dataset(options["data"], fmt, skip_bad=skip_bad, transform=train_transform)
+    if options.get("val"):
+        val_full = open_dataset(options["val"], fmt, skip_bad=skip_bad, transform=eval_transform,
+                                label_names=train_full.label_names)
+        train_idx, val_idx = list(range(len(train_full))), list(range(len(val_full)))
+    else:
+        val_full = open_dataset(options["data"], fmt, skip_bad=skip_bad, transform=eval_transform)
+        limit = options.get("limit") or len(train_full)
+        train_idx, val_idx = split_indices(min(limit, len(train_full)), options.get("val_split", 0.2),
+                                           options.get("seed", 0))
+    label_names = list(train_full.label_names)
+    train_labels, train_mask = label_matrix(train_full, train_idx)
+
+    head = options.get("head", "mlgcn")
+    config = {
+        "task": "style", "backbone": options["backbone"], "pretrained": str(options.get("pretrained", "shipped")),
+        "pool": options.get("pool", "max"), "head": head, "image_size": image_size,
+        "residual": bool(options.get("residual", False)), "hidden_dim": 1024,
+    }
+    embeddings = adjacency = None
+    graph_json = None
+    kept = list(range(len(label_names)))
+    if head == "mlgcn":
+        embeddings, adjacency, graph, kept = build_label_graph_inputs(
+            train_labels, train_mask, label_names, _words_for_labels(train_full), options)
+        graph_json = graph.to_json() if hasattr(graph, "to_json") else None
+        config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
+                      t=options.get("t", 0.4), p=options.get("p", 0.2), embedding_dim=int(embeddings.shape[1]))
+    kept_names = [label_names[i] for i in kept]
+    config["num_labels"] = len(kept_names)
+    model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
+    if options.get("compile"):
+        model = torch.compile(model)
+
+    train_set = _ColumnSubset(train_full, train_idx, kept)
+    val_set = _ColumnSubset(val_full, val_idx, kept)
+    task = StyleTask(model, kept_names, loss=options.get("loss", "bce"), optimizer=optimizer, lr=options["lr"],
+                     lrp=options.get("lrp", 0.1), weight_decay=1e-4, freeze_epochs=options.get("freeze_epochs", 1),
+                     epochs=options["epochs"], channels_last=options.get("channels_last", False))
+    data = FashionDataModule(train_set, val_set, options.get("batch_size", 32), options.get("workers"))
+    trainer = _trainer(run_dir, options, monitor="mAP")
+    atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
+                                             "val_size": len(val_set), "labels": kept_names})
+    resume = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if options.get("resume") and resume.exists() else None)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+    final_metrics = _validate(task, data) if trainer.is_global_zero else {}
+    if trainer.is_global_zero:
+        labels_json = {"label_names": kept_names,
+                       "display_names": [_display(train_full, i) for i in kept],
+                       "words": [_words_for_labels(train_full)[i] for i in kept]}
+        save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
+                       {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square"},
+                       graph=graph_json)
+        _write_results(run_dir, task, final_metrics)
+    return run_dir
+
+
+def train_clothing(options: dict) -> Path:
+    """`fashionlens train clothing`: category + attributes + landmarks on the DeepFashion layout."""
+    from fashionlens.data import open_dataset
+    from fashionlens.data.transforms import build_transforms
+    from fashionlens.models.backbones import create_backbone
+    from fashionlens.models.landmark_net import build_clothing_model
+
+    options = dict(options)
+    L.seed_everything(options.get("seed", 0), workers=True)
+    run_dir = Path(options["out"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    image_size = int(options.get("image_size", 224))
+    optimizer = options.get("optimizer", "sgd")
+    options["lr"] = options.get("lr") or DEFAULT_LR[optimizer]
+    probe = create_backbone(options["backbone"], pretrained="none", stage="stride8")
+    mean, std = probe.mean, probe.std
+    del probe
+    skip_bad = options.get("skip_bad", False)
+    train_transform = build_transforms(image_size, mean, std, train=True)
+    eval_transform = build_transforms(image_size, mean, std, train=False)
+    train_set = open_dataset(options["data"], "deepfashion", split="train", skip_bad=skip_bad,
+                             transform=train_transform)
+    val_set = open_dataset(options["data"], "deepfashion", split="val", skip_bad=skip_bad, transform=eval_transform)
+    if options.get("limit"):
+        train_set = Subset(train_set, list(range(min(options["limit"], len(train_set)))))
+    base = train_set.dataset if isinstance(train_set, Subset) else train_set
+    attribute_names = list(base.label_names)
+    attribute_types = list(base.attribute_types)
+    category_names = list(base.category_names)
+    train_labels, train_mask = label_matrix(base, getattr(train_set, "indices", None))
+
+    landmarks = "none" if options.get("no_landmarks") else ("plain" if options.get("no_glem") else "glem")
+    config = {"task": "clothing", "backbone": options["backbone"], "pretrained": str(options.get("pretrained")),
+              "landmarks": landmarks, "attr_head": options.get("attr_head", "plain"),
+              "num_categories": len(category_names), "num_attributes": len(attribute_names), "num_landmarks": 8,
+              "heatmap_size": options.get("heatmap_size", 56), "image_size": image_size}
+    attr_embeddings = attr_adjacency = None
+    graph_json = None
+    if config["attr_head"] == "mlgcn":
+        attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
+            train_labels, train_mask, attribute_names, _words_for_labels(base),
+            {**options, "drop_empty_labels": False, "embedding_fallback": options.get("embedding_fallback", "zero")})
+        graph_json = graph.to_json() if hasattr(graph, "to_json") else None
+        config["embedding_dim"] = int(attr_embeddings.shape[1])
+    model = build_clothing_model(config, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
+
+    from fashionlens.losses import attribute_loss_weights
+
+    pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
+    task = ClothingTask(model, attribute_types, image_size, lambdas=options.get("lambdas", (1.0, 20.0, 10.0)),
+                        attr_pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32),
+                        attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
+                        heatmap_sigma=options.get("heatmap_sigma"), optimizer=optimizer, lr=options["lr"],
+                        lrp=options.get("lrp", 0.1), weight_decay=1e-4,
+                        freeze_epochs=options.get("freeze_epochs", 1), epochs=options["epochs"],
+                        channels_last=options.get("channels_last", False))
+    data = FashionDataModule(train_set, val_set, options.get("batch_size", 32), options.get("workers"))
+    trainer = _trainer(run_dir, options, monitor="category_top3")
+    atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
+                                             "val_size": len(val_set)})
+    resume = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if options.get("resume") and resume.exists() else None)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).exists():
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    final_metrics = _validate(task, data) if trainer.is_global_zero else {}
+    if trainer.is_global_zero:
+        labels_json = {"label_names": attribute_names, "attribute_types": attribute_types,
+                       "category_names": category_names,
+                       "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
+                                          "left_waistline", "right_waistline", "left_hem", "right_hem"]}
+        save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
+                       {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square",
+                        "crop_to_bbox": True}, graph=graph_json)
+        _write_results(run_dir, task, final_metrics)
+    return run_dir
+
+
+class _ColumnSubset(torch.utils.data.Dataset):
+    """A subset of a dataset's rows, and of its label columns (labels dropped as empty are left out)."""
+
+    def __init__(self, dataset, indices: list[int], columns: list[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.columns = torch.as_tensor(columns, dtype=torch.long)
+        self._all_columns = len(columns) == len(dataset.label_names)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        sample = self.dataset[self.indices[position]]
+        if not self._all_columns:
+            sample["labels"] = sample["labels"][self.columns]
+            sample["label_mask"] = sample["label_mask"][self.columns]
+        return sample
+
+
+def _display(dataset, index: int) -> str:
+    names = getattr(dataset, "display_names", None)
+    return names[index] if names else dataset.label_names[index]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def _validate(task: _Task, data: FashionDataModule) -> dict:
+    """Metrics of the final (best) weights on the validation set, computed in this process."""
+    outputs = collect_outputs(task, data.val_dataloader(), device=task.device)
+    if isinstance(task, StyleTask):
+        from fashionlens.metrics import multilabel_metrics
+
+        return multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"], label_names=task.label_names)
+    return clothing_metrics(outputs, task.attribute_types)
+
+
+@torch.no_grad()
+def collect_outputs(task: _Task, loader: DataLoader, device=None, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Run a task over a loader and return its concatenated outputs (as the validation step records them)."""
+    from tqdm.auto import tqdm
+
+    task.eval()
+    device = device or next(task.parameters()).device
+    task._outputs = []
+    for batch_index, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _validation_forward(task, batch, batch_index)
+    records = task._outputs
+    task._outputs = []
+    return {key: torch.cat([r[key].cpu() for r in records]) for key in records[0]}
+
+
+def _validation_forward(task: _Task, batch: dict, batch_index: int) -> None:
+    """The validation step without logging (usable outside a Trainer)."""
+    log_method = task.log
+    task.log = lambda *args, **kwargs: None
+    try:
+        task.validation_step(batch, batch_index)
+    finally:
+        task.log = log_method
+
+
+def _write_results(run_dir: Path, task: _Task, metrics: dict) -> None:
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "history.json", task.history)
+    print(format_metrics(metrics))
+    print(f"model directory: {run_dir / 'model'}")
+
+
+def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None = None, batch_size: int = 32,
+                       skip_bad: bool = False, workers: int | None = None) -> dict:
+    """Metrics of a saved model on a whole dataset (labels matched to the model's by name)."""
+    from fashionlens.data import open_dataset
+    from fashionlens.data.transforms import build_transforms
+
+    bundle = load_model_dir(model_dir)
+    pre = bundle.preprocessing
+    transform = build_transforms(pre["image_size"], pre["mean"], pre["std"], train=False)
+    dataset = open_dataset(data, fmt, split=split, skip_bad=skip_bad, transform=transform)
+    names = bundle.label_names
+    missing = [name for name in names if name not in dataset.label_names]
+    if len(missing) == len(names):
+        raise FashionlensError(f"{data}: none of the model's {len(names)} labels occur in this dataset "
+                               f"(model labels start {names[:5]}, dataset labels start {dataset.label_names[:5]})")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=default_workers() if workers is None else workers)
+    if bundle.task == "style":
+        task = StyleTask(bundle.model, names, optimizer="sgd", lr=0.0, lrp=0.0, weight_decay=0.0, freeze_epochs=0,
+                         epochs=1)
+        outputs = collect_outputs(task, loader)
+        columns = [dataset.label_names.index(n) if n in dataset.label_names else -1 for n in names]
+        labels = torch.zeros(len(outputs["labels"]), len(names))
+        mask = torch.zeros_like(labels)
+        for j, column in enumerate(columns):
+            if column >= 0:
+                labels[:, j] = outputs["labels"][:, column]
+                mask[:, j] = outputs["mask"][:, column]
+        from fashionlens.metrics import multilabel_metrics
+
+        metrics = multilabel_metrics(outputs["scores"], labels, mask, label_names=names)
+    else:
+        task = ClothingTask(bundle.model, bundle.labels["attribute_types"], pre["image_size"], optimizer="sgd", lr=0.0,
+                            lrp=0.0, weight_decay=0.0, freeze_epochs=0, epochs=1)
+        metrics = clothing_metrics(collect_outputs(task, loader), bundle.labels["attribute_types"])
+    metrics["num_images"] = len(dataset)
+    if getattr(dataset, "skipped", None):
+        metrics["skipped_images"] = [str(error) for error in dataset.skipped]
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """A readable two-column table of the scalar metrics (per-class values are left to --json)."""
+    rows = [(key, value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if not rows:
+        return "(no metrics)"
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    for key, value in rows:
+        lines.append(f"{key:<{width}}  {value:.2f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return "\n".join(lines)
