@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set everything up, then run the fast tests and the slow ones (real training runs, crash/resume).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+run() {  # pytest exits 5 when a selection holds no test: that is not a failure of the suite
+  local status=0
+  .venv/bin/python -m pytest "$@" || status=$?
+  if [ "$status" -eq 5 ]; then status=0; fi
+  return "$status"
+}
+run -q -m "not slow" -p no:cacheprovider
+run -q -m slow -p no:cacheprovider
