@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -159,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(_dispatch(args) or 0)
-    except FashionlensError as error:
+    except (FashionlensError, ValueError, FileNotFoundError) as error:
+        # Expected failures (bad input, bad options) get one clear line; FASHIONLENS_DEBUG=1 shows the traceback.
+        if os.environ.get("FASHIONLENS_DEBUG"):
+            raise
         print(f"fashionlens: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -58,8 +58,8 @@ def _print_what_it_learned(run_dir: Path, metrics: dict) -> None:
     graph_file = run_dir / "model" / "graph.json"
     if graph_file.is_file():
         graph = json.loads(graph_file.read_text())
-        edges = sorted(graph.get("edges", []), key=lambda edge: edge.get("probability", 0), reverse=True)
+        edges = sorted(graph.get("edges", []), key=lambda edge: edge.get("p_target_given_source") or 0, reverse=True)
         if edges:
-            shown = [f"{e['source']} -> {e['target']} ({e['probability']:.2f})" for e in edges[:6]]
+            shown = [f"{e['source']} -> {e['target']} ({e['p_target_given_source']:.2f})" for e in edges[:6]]
             print(f"label graph from the training labels: {len(edges)} edges at t = {graph.get('t')}; strongest "
                   f"P(target | source): " + "; ".join(shown))

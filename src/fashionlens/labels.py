@@ -251,7 +251,7 @@ def reweight_adjacency(edges: np.ndarray, p: float = 0.2) -> np.ndarray:
     """
     edges = np.asarray(edges, dtype=bool).copy()
     np.fill_diagonal(edges, False)
-    incoming = edges.T.astype(np.float64)  # incoming[i, j] = edges[j, i]
+    incoming = np.ascontiguousarray(edges.T, dtype=np.float64)  # incoming[i, j] = edges[j, i]
     in_degree = incoming.sum(axis=1)
     has_neighbours = in_degree > 0
     reweighted = np.zeros_like(incoming)
@@ -274,7 +274,7 @@ def normalize_adjacency(reweighted: np.ndarray) -> np.ndarray:
     inv_sqrt = np.zeros_like(column_sums)
     positive = column_sums > 0
     inv_sqrt[positive] = column_sums[positive] ** -0.5
-    return inv_sqrt[:, None] * reweighted * inv_sqrt[None, :]
+    return np.ascontiguousarray(inv_sqrt[:, None] * reweighted * inv_sqrt[None, :])
 
 
 @dataclass

@@ -376,10 +376,10 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
     on_empty = "drop" if options.get("drop_empty_labels") else "error"
     graph = label_tools.build_adjacency(counts, totals, t=options.get("t", 0.4), p=options.get("p", 0.2),
                                         label_names=label_names, on_empty=on_empty)
-    kept = list(getattr(graph, "kept_indices", None) or range(len(label_names)))
-    adjacency = np.asarray(graph.adjacency, dtype=np.float32)
+    kept = list(graph.kept)
     if options.get("graph") == "identity":
-        adjacency = np.asarray(label_tools.identity_adjacency(len(kept)), dtype=np.float32)
+        graph = label_tools.identity_adjacency(len(kept), [label_names[i] for i in kept])
+    adjacency = np.asarray(graph.adjacency, dtype=np.float32)
     return np.asarray(embeddings, dtype=np.float32)[kept], adjacency, graph, kept
 
 
@@ -430,7 +430,7 @@ def train_style(options: dict) -> Path:
     if head == "mlgcn":
         embeddings, adjacency, graph, kept = build_label_graph_inputs(
             train_labels, train_mask, label_names, _words_for_labels(train_full), options)
-        graph_json = graph.to_json() if hasattr(graph, "to_json") else None
+        graph_json = json.loads(graph.to_json())
         config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
                       t=options.get("t", 0.4), p=options.get("p", 0.2), embedding_dim=int(embeddings.shape[1]))
     kept_names = [label_names[i] for i in kept]
@@ -455,7 +455,7 @@ def train_style(options: dict) -> Path:
     if best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         task.load_state_dict(state)
-    final_metrics = _validate(task, data) if trainer.is_global_zero else {}
+    final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:
         labels_json = {"label_names": kept_names,
                        "display_names": [_display(train_full, i) for i in kept],
@@ -463,7 +463,7 @@ def train_style(options: dict) -> Path:
         save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
                        {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square"},
                        graph=graph_json)
-        _write_results(run_dir, task, final_metrics)
+        _write_results(run_dir, task, final_metrics, final_outputs, data.val_set)
     return run_dir
 
 
@@ -509,7 +509,7 @@ def train_clothing(options: dict) -> Path:
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
             train_labels, train_mask, attribute_names, _words_for_labels(base),
             {**options, "drop_empty_labels": False, "embedding_fallback": options.get("embedding_fallback", "zero")})
-        graph_json = graph.to_json() if hasattr(graph, "to_json") else None
+        graph_json = json.loads(graph.to_json())
         config["embedding_dim"] = int(attr_embeddings.shape[1])
     model = build_clothing_model(config, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
 
@@ -532,7 +532,7 @@ def train_clothing(options: dict) -> Path:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).exists():
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-    final_metrics = _validate(task, data) if trainer.is_global_zero else {}
+    final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:
         labels_json = {"label_names": attribute_names, "attribute_types": attribute_types,
                        "category_names": category_names,
@@ -541,27 +541,33 @@ def train_clothing(options: dict) -> Path:
         save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
                        {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square",
                         "crop_to_bbox": True}, graph=graph_json)
-        _write_results(run_dir, task, final_metrics)
+        _write_results(run_dir, task, final_metrics, final_outputs, data.val_set)
     return run_dir
 
 
 class _ColumnSubset(torch.utils.data.Dataset):
-    """A subset of a dataset's rows, and of its label columns (labels dropped as empty are left out)."""
+    """Some rows of a dataset, with its label columns reordered to a model's vocabulary.
 
-    def __init__(self, dataset, indices: list[int], columns: list[int]):
+    ``columns[j]`` is the dataset column of the model's label ``j``, or -1 when the dataset lacks that
+    label: then the label is unknown (mask 0) for every sample, never a silent negative.
+    """
+
+    def __init__(self, dataset, indices: list[int] | None, columns: list[int]):
         self.dataset = dataset
-        self.indices = list(indices)
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
         self.columns = torch.as_tensor(columns, dtype=torch.long)
-        self._all_columns = len(columns) == len(dataset.label_names)
+        self._identity = list(columns) == list(range(len(dataset.label_names)))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, position: int) -> dict:
         sample = self.dataset[self.indices[position]]
-        if not self._all_columns:
-            sample["labels"] = sample["labels"][self.columns]
-            sample["label_mask"] = sample["label_mask"][self.columns]
+        if not self._identity:
+            present = self.columns >= 0
+            safe = self.columns.clamp(min=0)
+            sample["labels"] = torch.where(present, sample["labels"][safe], torch.zeros(()))
+            sample["label_mask"] = torch.where(present, sample["label_mask"][safe], torch.zeros(()))
         return sample
 
 
@@ -574,14 +580,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _validate(task: _Task, data: FashionDataModule) -> dict:
-    """Metrics of the final (best) weights on the validation set, computed in this process."""
+def _validate(task: _Task, data: FashionDataModule) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metrics and raw outputs of the final (best) weights on the validation set, in this process."""
     outputs = collect_outputs(task, data.val_dataloader(), device=task.device)
     if isinstance(task, StyleTask):
         from fashionlens.metrics import multilabel_metrics
 
-        return multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"], label_names=task.label_names)
-    return clothing_metrics(outputs, task.attribute_types)
+        return multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"],
+                                  label_names=task.label_names), outputs
+    return clothing_metrics(outputs, task.attribute_types), outputs
 
 
 @torch.no_grad()
@@ -612,11 +619,29 @@ def _validation_forward(task: _Task, batch: dict, batch_index: int) -> None:
         task.log = log_method
 
 
-def _write_results(run_dir: Path, task: _Task, metrics: dict) -> None:
+def _write_results(run_dir: Path, task: _Task, metrics: dict, outputs: dict[str, torch.Tensor], val_set) -> None:
+    """metrics.json, history.json and val_predictions.npz (raw validation outputs, for the report)."""
+    import io
+
+    from fashionlens.modeldir import atomic_write_bytes
+
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "history.json", task.history)
+    arrays = {key: value.numpy() for key, value in outputs.items()}
+    arrays["paths"] = np.array([str(_sample_path(val_set, int(i))) for i in arrays["index"]])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(run_dir / "val_predictions.npz", buffer.getvalue())
     print(format_metrics(metrics))
     print(f"model directory: {run_dir / 'model'}")
+
+
+def _sample_path(dataset, index: int) -> str:
+    """The image path of row `index` (the sample's own "index": a row of the underlying reader's dataset)."""
+    while hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    record = dataset.records[index]
+    return str(record.image)
 
 
 def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None = None, batch_size: int = 32,
@@ -634,22 +659,18 @@ def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None 
     if len(missing) == len(names):
         raise FashionlensError(f"{data}: none of the model's {len(names)} labels occur in this dataset "
                                f"(model labels start {names[:5]}, dataset labels start {dataset.label_names[:5]})")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=default_workers() if workers is None else workers)
+    workers = default_workers() if workers is None else workers
     if bundle.task == "style":
+        columns = [dataset.label_names.index(n) if n in dataset.label_names else -1 for n in names]
+        loader = DataLoader(_ColumnSubset(dataset, None, columns), batch_size=batch_size, num_workers=workers)
         task = StyleTask(bundle.model, names, optimizer="sgd", lr=0.0, lrp=0.0, weight_decay=0.0, freeze_epochs=0,
                          epochs=1)
         outputs = collect_outputs(task, loader)
-        columns = [dataset.label_names.index(n) if n in dataset.label_names else -1 for n in names]
-        labels = torch.zeros(len(outputs["labels"]), len(names))
-        mask = torch.zeros_like(labels)
-        for j, column in enumerate(columns):
-            if column >= 0:
-                labels[:, j] = outputs["labels"][:, column]
-                mask[:, j] = outputs["mask"][:, column]
         from fashionlens.metrics import multilabel_metrics
 
-        metrics = multilabel_metrics(outputs["scores"], labels, mask, label_names=names)
+        metrics = multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"], label_names=names)
     else:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         task = ClothingTask(bundle.model, bundle.labels["attribute_types"], pre["image_size"], optimizer="sgd", lr=0.0,
                             lrp=0.0, weight_decay=0.0, freeze_epochs=0, epochs=1)
         metrics = clothing_metrics(collect_outputs(task, loader), bundle.labels["attribute_types"])

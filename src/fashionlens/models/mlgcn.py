@@ -24,7 +24,7 @@ HEADS = ("mlgcn", "linear")
 
 def _as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array,
-                           dtype=torch.float32).clone()
+                           dtype=torch.float32).clone().contiguous()
 
 
 class GraphConvolution(nn.Module):

@@ -1,0 +1,718 @@
+"""Using a trained model: load a model directory, predict photos, export to ONNX.
+
+One door for the Python API, the ``predict`` command and the HTTP server::
+
+    from fashionlens.inference import load
+    predictor = load("runs/style/model")            # or runtime="onnx"
+    result = predictor("photo.jpg")                  # a path, PIL image, numpy array or tensor
+    results = predictor(["a.jpg", "b.png"])          # a list gives a list
+    print(result.to_dict())
+
+Every input becomes the same thing before the model sees it: an 8-bit RGB image, turned upright
+with its EXIF orientation, resized to the model's square input with the transform used to
+evaluate it (``preprocessing.json``), then normalised. Landmarks come back in the pixel
+coordinates of the upright original photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import math
+import struct
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from fashionlens.errors import DataError, FashionlensError, ModelDirError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_LANDMARK_NAMES = ("left_collar", "right_collar", "left_sleeve", "right_sleeve",
+                          "left_waistline", "right_waistline", "left_hem", "right_hem")
+# A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
+# landmarks, so half of that is a neutral cut.
+LANDMARK_VISIBLE_THRESHOLD = 0.5
+ONNX_FILENAME = "model.onnx"
+ONNX_OPSET = 17
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class LabelScore:
+    """One label: ``score`` is a probability (sigmoid for multi-label, softmax for the category)."""
+
+    name: str
+    display_name: str
+    score: float
+    logit: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "display_name": self.display_name, "score": self.score, "logit": self.logit}
+
+
+@dataclass
+class Landmark:
+    """A clothing landmark in pixels of the upright original image (pixel centres at integers)."""
+
+    name: str
+    x: float
+    y: float
+    confidence: float
+    visible: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "x": self.x, "y": self.y, "confidence": self.confidence, "visible": self.visible}
+
+
+@dataclass
+class StylePrediction:
+    """Style (multi-label) prediction for one image; ``labels`` sorted by score, highest first."""
+
+    source: str
+    labels: list[LabelScore]
+    width: int
+    height: int
+    task: str = field(default="style", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
+                "labels": [label.to_dict() for label in self.labels]}
+
+
+@dataclass
+class ClothingPrediction:
+    """Category, attributes (top-k per attribute type) and landmarks for one image."""
+
+    source: str
+    category_top_k: list[LabelScore]
+    attributes_by_type: dict[str, list[LabelScore]]
+    landmarks: list[Landmark]
+    width: int
+    height: int
+    task: str = field(default="clothing", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
+                "category_top_k": [label.to_dict() for label in self.category_top_k],
+                "attributes_by_type": {kind: [label.to_dict() for label in labels]
+                                       for kind, labels in self.attributes_by_type.items()},
+                "landmarks": [landmark.to_dict() for landmark in self.landmarks]}
+
+
+Prediction = Union[StylePrediction, ClothingPrediction]
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+def _source_name(image: Any) -> str:
+    if isinstance(image, (str, Path)):
+        return str(image)
+    filename = getattr(image, "filename", None)  # PIL images opened from a file
+    if isinstance(filename, str) and filename:
+        return filename
+    return f"<{type(image).__name__}>"
+
+
+def _pil_to_rgb(image: Image.Image, source: str) -> Image.Image:
+    """Any PIL mode as 8-bit RGB. Transparent pixels are put on white (product photos' background)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image).astype(np.float64)
+        if image.mode == "F":
+            peak = 1.0 if array.size and float(np.nanmax(array)) <= 1.0 else 255.0
+        elif image.mode.startswith("I;16") or (array.size and float(array.max()) > 255):
+            peak = 65535.0
+        else:
+            peak = 255.0
+        grey = np.clip(np.nan_to_num(array) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot convert image mode {image.mode!r} to RGB ({error})", path=source) from error
+
+
+def _decode(stream: Any, source: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as opened:
+                opened.load()
+                upright = ImageOps.exif_transpose(opened)
+                return _pil_to_rgb(upright, source)
+    except DataError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise DataError(f"image too large to decode safely ({error})", path=source) from error
+    except Image.UnidentifiedImageError as error:
+        raise DataError("not an image (or an image format Pillow cannot read)", path=source) from error
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise DataError(f"corrupt or truncated image ({error})", path=source) from error
+
+
+def read_image_bytes(data: bytes, source: str = "<upload>") -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, ...) to an upright RGB PIL image; DataError if it is not one."""
+    if not data:
+        raise DataError("empty file (0 bytes)", path=source)
+    return _decode(io.BytesIO(data), source)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file as an upright RGB PIL image; DataError naming the file if it cannot."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file", path=path)
+    if not path.is_file():
+        raise DataError("not a file", path=path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise DataError(f"cannot read ({error.strerror})", path=path) from error
+    if size == 0:
+        raise DataError("empty file (0 bytes)", path=path)
+    try:
+        with open(path, "rb") as stream:
+            return _decode(stream, str(path))
+    except PermissionError as error:
+        raise DataError("permission denied", path=path) from error
+
+
+def _array_to_uint8_chw(array: np.ndarray, source: str, channels_first: bool) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[None] if channels_first else array[..., None]
+    if array.ndim != 3:
+        raise DataError(f"expected an image array of shape {'(C, H, W)' if channels_first else '(H, W, C)'}, "
+                        f"got shape {tuple(array.shape)}", path=source)
+    if not channels_first:
+        array = np.moveaxis(array, -1, 0)
+    channels = array.shape[0]
+    if channels not in (1, 3, 4):
+        raise DataError(f"expected 1, 3 or 4 channels (grey, RGB, RGBA), got {channels} "
+                        f"(shape {tuple(array.shape)})", path=source)
+    if array.dtype == np.uint8:
+        out = array
+    elif array.dtype == np.uint16:
+        out = np.clip(array.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        out = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        # Floats are read as [0, 1]; quantised to 8 bits so every input kind takes the same path.
+        out = np.clip(np.nan_to_num(array.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        out = np.clip(array, 0, 255).astype(np.uint8)
+    else:
+        raise DataError(f"unsupported image array dtype {array.dtype}", path=source)
+    if channels == 1:
+        out = np.repeat(out, 3, axis=0)
+    elif channels == 4:
+        alpha = out[3:4].astype(np.float64) / 255.0
+        out = (out[:3].astype(np.float64) * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
+    """Turn any supported input into an upright 8-bit RGB ``(3, H, W)`` tensor and a source name.
+
+    - path (str / Path): decoded with Pillow, EXIF orientation applied;
+    - PIL image: EXIF orientation applied, any mode converted to RGB;
+    - numpy array: ``(H, W, C)`` RGB (or ``(H, W)`` grey), uint8, uint16 or float in [0, 1];
+    - tensor: ``(C, H, W)`` float in [0, 1] or uint8.
+    """
+    source = _source_name(image)
+    if isinstance(image, (str, Path)):
+        pil = read_image(image)
+        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
+    if isinstance(image, Image.Image):
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise DataError(f"cannot read the image ({error})", path=source) from error
+        pil = _pil_to_rgb(upright, source)
+        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
+    if isinstance(image, np.ndarray):
+        return _array_to_uint8_chw(image, source, channels_first=False), source
+    if isinstance(image, torch.Tensor):
+        array = image.detach().to("cpu")
+        if array.dtype == torch.bfloat16 or array.dtype == torch.float16:
+            array = array.float()
+        return _array_to_uint8_chw(array.numpy(), source, channels_first=True), source
+    raise TypeError(f"cannot predict on a {type(image).__name__}: pass a path, a PIL image, a numpy array "
+                    f"(H, W, 3) or a tensor (3, H, W)")
+
+
+# --------------------------------------------------------------------------------------------
+# Runtimes: a callable from a normalised batch (B, 3, S, S) to the model's outputs dict as numpy
+
+
+class _TorchRuntime:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            outputs = self.model(batch.to(self.device))
+        return {key: value.float().cpu().numpy() for key, value in outputs.items()}
+
+
+class _OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, onnx_path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own (non-exported) exception classes
+            raise ModelDirError(f"{onnx_path}: onnxruntime cannot load it ({error}); re-create it with "
+                                f"`fashionlens export MODEL_DIR --onnx {onnx_path}`") from error
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, {self.input_name: batch.cpu().numpy().astype(np.float32)})
+        return dict(zip(self.output_names, values))
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _ranked(names: Sequence[str], display: Sequence[str], scores: np.ndarray, logits: np.ndarray,
+            indices: Iterable[int], top_k: int | None, threshold: float | None) -> list[LabelScore]:
+    indices = sorted(indices, key=lambda i: (-float(scores[i]), i))
+    if threshold is not None:
+        indices = [i for i in indices if float(scores[i]) >= threshold]
+    if top_k is not None:
+        indices = indices[:max(0, int(top_k))]
+    return [LabelScore(names[i], display[i], float(scores[i]), float(logits[i])) for i in indices]
+
+
+class Predictor:
+    """A loaded model that turns images into typed predictions. Build it with :func:`load`.
+
+    Calling it with one image returns one prediction; with a list (or a 4-D tensor batch), a list.
+    ``top_k`` and ``threshold`` (a probability) trim the label lists; by default a style prediction
+    lists every label and a clothing prediction the top 5 categories and top 5 attributes per type.
+    Thread-safe: calls are serialised by a lock.
+    """
+
+    def __init__(self, runtime: Callable[[torch.Tensor], dict[str, np.ndarray]], config: dict[str, Any],
+                 labels: dict[str, Any], preprocessing: dict[str, Any], model_dir: Path | None = None,
+                 batch_size: int = 16):
+        self.runtime = runtime
+        self.config = dict(config)
+        self.labels = dict(labels)
+        self.preprocessing = dict(preprocessing)
+        self.model_dir = model_dir
+        self.batch_size = max(1, int(batch_size))
+        self.task: str = str(self.config.get("task", "style"))
+        if self.task not in ("style", "clothing"):
+            raise ModelDirError(f"{model_dir}/config.json: unknown task {self.task!r} (expected 'style' or 'clothing')")
+        self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
+        self.mean = torch.tensor(self.preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(self.preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(3, 1, 1)
+        self.label_names: list[str] = [str(name) for name in self.labels["label_names"]]
+        display = self.labels.get("display_names") or self.label_names
+        self.display_names: list[str] = [str(name) for name in display]
+        self.category_names: list[str] = [str(n) for n in self.labels.get("category_names") or []]
+        self.attribute_types: list[str] = [str(t) for t in self.labels.get("attribute_types") or []]
+        self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or DEFAULT_LANDMARK_NAMES]
+        self._lock = threading.Lock()
+
+    @property
+    def runtime_name(self) -> str:
+        return getattr(self.runtime, "name", "custom")
+
+    def info(self) -> dict[str, Any]:
+        """What the model is, for people and for the server's ``/health``."""
+        info: dict[str, Any] = {"task": self.task, "runtime": self.runtime_name, "image_size": self.image_size,
+                                "num_labels": len(self.label_names), "backbone": self.config.get("backbone"),
+                                "head": self.config.get("head", self.config.get("attr_head")),
+                                "model_dir": str(self.model_dir) if self.model_dir else None}
+        if self.task == "clothing":
+            info["num_categories"] = len(self.category_names)
+            info["landmark_names"] = self.landmark_names
+        return info
+
+    def labels_info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task": self.task, "labels": [
+            {"name": n, "display_name": d} for n, d in zip(self.label_names, self.display_names)]}
+        if self.attribute_types:
+            for item, kind in zip(out["labels"], self.attribute_types):
+                item["type"] = kind
+        if self.task == "clothing":
+            out["categories"] = self.category_names
+            out["landmarks"] = self.landmark_names
+        return out
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """Upright uint8 ``(3, H, W)`` -> normalised float ``(3, S, S)``, the evaluation transform."""
+        from torchvision.transforms.v2 import functional as F
+
+        resized = F.resize(image, [self.image_size, self.image_size], antialias=True)
+        return (resized.to(torch.float32) / 255.0 - self.mean) / self.std
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,
+                 threshold: float | None = None) -> Prediction | list[Prediction]:
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+        items = [images] if single else list(images)
+        loaded = [to_uint8_chw(item) for item in items]
+        results = self.predict_loaded([tensor for tensor, _ in loaded], [name for _, name in loaded], top_k, threshold)
+        return results[0] if single else results
+
+    def predict_loaded(self, images: Sequence[torch.Tensor], sources: Sequence[str], top_k: int | None = None,
+                       threshold: float | None = None) -> list[Prediction]:
+        """Predict upright uint8 ``(3, H, W)`` tensors (see :func:`to_uint8_chw`), in batches."""
+        results: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = torch.stack([self.preprocess(image) for image in chunk])
+            with self._lock:
+                outputs = self.runtime(batch)
+            for row, image in enumerate(chunk):
+                height, width = int(image.shape[-2]), int(image.shape[-1])
+                row_outputs = {key: value[row] for key, value in outputs.items()}
+                results.append(self._interpret(row_outputs, sources[start + row], width, height, top_k, threshold))
+        return results
+
+    def _interpret(self, outputs: dict[str, np.ndarray], source: str, width: int, height: int,
+                   top_k: int | None, threshold: float | None) -> Prediction:
+        if self.task == "style":
+            logits = outputs["logits"]
+            return StylePrediction(source, _ranked(self.label_names, self.display_names, _sigmoid(logits), logits,
+                                                   range(len(logits)), top_k, threshold), width, height)
+        k = 5 if top_k is None else top_k
+        category_logits = outputs["category_logits"]
+        names = self.category_names or [f"category_{i}" for i in range(len(category_logits))]
+        categories = _ranked(names, names, _softmax(category_logits), category_logits, range(len(names)), k, threshold)
+        attribute_logits = outputs["attribute_logits"]
+        attribute_scores = _sigmoid(attribute_logits)
+        types = self.attribute_types or ["attribute"] * len(self.label_names)
+        by_type: dict[str, list[int]] = {}
+        for index, kind in enumerate(types):
+            by_type.setdefault(kind, []).append(index)
+        attributes = {kind: _ranked(self.label_names, self.display_names, attribute_scores, attribute_logits,
+                                    indices, k, threshold) for kind, indices in by_type.items()}
+        landmarks: list[Landmark] = []
+        if "heatmaps" in outputs:
+            from fashionlens.heatmaps import decode_heatmaps
+
+            size = self.image_size
+            xy, confidence = decode_heatmaps(torch.from_numpy(outputs["heatmaps"][None]).float(), (size, size),
+                                             subpixel=True)
+            # Input pixels of the square resize -> pixels of the original (same pixel-centre convention).
+            scale = torch.tensor([width / size, height / size])
+            original = (xy[0] + 0.5) * scale - 0.5
+            for index, (x, y) in enumerate(original.tolist()):
+                name = self.landmark_names[index] if index < len(self.landmark_names) else f"landmark_{index}"
+                score = float(confidence[0, index])
+                landmarks.append(Landmark(name, float(x), float(y), score, score >= LANDMARK_VISIBLE_THRESHOLD))
+        return ClothingPrediction(source, categories, attributes, landmarks, width, height)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and ONNX export
+
+
+def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", batch_size: int = 16) -> Predictor:
+    """Load a model directory as a :class:`Predictor` (``runtime`` ``"torch"`` or ``"onnx"``).
+
+    The ONNX runtime uses ``MODEL_DIR/model.onnx`` and exports it first when it is missing or
+    older than ``model.safetensors``.
+    """
+    from fashionlens.modeldir import _read_json, load_model_dir
+
+    model_dir = Path(model_dir)
+    if runtime == "torch":
+        bundle = load_model_dir(model_dir, map_location="cpu")
+        return Predictor(_TorchRuntime(bundle.model, device), bundle.config, bundle.labels, bundle.preprocessing,
+                         model_dir, batch_size)
+    if runtime == "onnx":
+        if device != "cpu":
+            raise FashionlensError(f"runtime='onnx' runs on the CPU only (device={device!r} was asked for)")
+        onnx_path = model_dir / ONNX_FILENAME
+        weights = model_dir / "model.safetensors"
+        stale = (onnx_path.is_file() and weights.is_file()
+                 and onnx_path.stat().st_mtime < weights.stat().st_mtime)
+        if not onnx_path.is_file() or stale:
+            export_onnx(model_dir, onnx_path)
+        for name in ("config.json", "labels.json", "preprocessing.json"):
+            if not (model_dir / name).is_file():
+                raise ModelDirError(f"{model_dir}: missing {name}")
+        return Predictor(_OnnxRuntime(onnx_path), _read_json(model_dir / "config.json"),
+                         _read_json(model_dir / "labels.json"), _read_json(model_dir / "preprocessing.json"),
+                         model_dir, batch_size)
+    raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+
+
+class _TupleOutputs(torch.nn.Module):
+    """The model with its outputs dict flattened to a tuple in a fixed key order (ONNX has no dicts)."""
+
+    def __init__(self, model: torch.nn.Module, keys: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.keys = tuple(keys)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(images)
+        return tuple(outputs[key] for key in self.keys)
+
+
+def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_OPSET,
+                tolerance: float = 1e-3) -> Path:
+    """Export a model directory to ONNX with a dynamic batch axis, then check it with onnxruntime.
+
+    The input is ``images`` ``(batch, 3, S, S)`` (normalised, S from preprocessing.json); the outputs
+    are named after the model's outputs dict (``logits``, or ``category_logits``,
+    ``attribute_logits``, ``heatmaps``). Raises ModelDirError if onnxruntime disagrees with torch.
+    """
+    from fashionlens.modeldir import atomic_write_bytes, load_model_dir
+
+    bundle = load_model_dir(Path(model_dir), map_location="cpu")
+    model = bundle.model.eval()
+    size = int(bundle.preprocessing.get("image_size", bundle.config.get("image_size", 224)))
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, size, size, generator=generator)
+    with torch.inference_mode():
+        reference = model(example)
+    keys = list(reference.keys())
+    wrapper = _TupleOutputs(model, keys).eval()
+    dynamic_axes = {"images": {0: "batch"}, **{key: {0: "batch"} for key in keys}}
+    buffer = io.BytesIO()
+    if hasattr(model, "heatmap_size_for"):
+        # The tracer hands shapes over as tensors, which the model's Python rounding cannot take;
+        # the exported graph has a fixed spatial size anyway, so freeze the heatmap size.
+        fixed = tuple(int(v) for v in reference["heatmaps"].shape[-2:]) if "heatmaps" in reference else None
+        if fixed is not None:
+            model.heatmap_size_for = lambda image_hw: fixed  # instance attribute; removed below
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(wrapper, (example,), buffer, input_names=["images"], output_names=keys,
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                              do_constant_folding=True)
+        except Exception as error:  # the exporter raises many unrelated types; say which model failed
+            raise ModelDirError(f"{model_dir}: ONNX export failed ({type(error).__name__}: {error})") from error
+        finally:
+            model.__dict__.pop("heatmap_size_for", None)
+    data = buffer.getvalue()
+    _check_onnx(data, example, {key: value.numpy() for key, value in reference.items()}, tolerance, model_dir)
+    onnx_path = Path(onnx_path)
+    try:
+        atomic_write_bytes(onnx_path, data)
+    except OSError as error:
+        raise FashionlensError(f"{onnx_path}: cannot write the ONNX file ({error.strerror})") from error
+    return onnx_path
+
+
+def _check_onnx(data: bytes, example: torch.Tensor, reference: dict[str, np.ndarray], tolerance: float,
+                model_dir: str | Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(onnx.load_from_string(data))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    # A batch of one checks the dynamic batch axis too (the export traced a batch of two).
+    for rows in (slice(0, 2), slice(1, 2)):
+        values = session.run(names, {"images": example[rows].numpy()})
+        for name, value in zip(names, values):
+            expected = reference[name][rows]
+            worst = float(np.max(np.abs(value - expected))) if value.size else 0.0
+            if value.shape != expected.shape or not math.isfinite(worst) or worst > tolerance:
+                raise ModelDirError(f"{model_dir}: the ONNX export disagrees with torch on {name!r} "
+                                    f"(max |difference| {worst:.3g} > {tolerance}, shapes {value.shape} "
+                                    f"vs {expected.shape})")
+
+
+# --------------------------------------------------------------------------------------------
+# The `predict` command
+
+
+def collect_image_paths(patterns: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursive, image extensions) and globs; returns (paths, problems)."""
+    found: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(child)
+        elif path.is_file():
+            add(path)
+        elif glob.has_magic(str(pattern)):
+            matches = sorted(glob.glob(str(pattern), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                problems.append(f"{pattern}: no image files match")
+            for file in files:
+                add(file)
+        else:
+            problems.append(f"{pattern}: no such file or folder")
+    return found, problems
+
+
+def _text_block(result: Prediction) -> str:
+    lines = [result.source]
+    if isinstance(result, StylePrediction):
+        width = max((len(label.display_name) for label in result.labels), default=0)
+        lines += [f"  {label.display_name:<{width}}  {label.score:6.3f}" for label in result.labels]
+        if not result.labels:
+            lines.append("  (no label above the threshold)")
+        return "\n".join(lines)
+    lines.append("  category:")
+    lines += [f"    {label.display_name:<24} {label.score:6.3f}" for label in result.category_top_k]
+    for kind, labels in result.attributes_by_type.items():
+        lines.append(f"  {kind}: " + (", ".join(f"{label.display_name} {label.score:.2f}" for label in labels) or "-"))
+    if result.landmarks:
+        lines.append("  landmarks: " + ", ".join(
+            f"{lm.name} ({lm.x:.0f}, {lm.y:.0f}){'' if lm.visible else ' ?'}" for lm in result.landmarks))
+    return "\n".join(lines)
+
+
+def _csv_header(predictor: Predictor, top_k: int) -> list[str]:
+    if predictor.task == "style":
+        header = ["path"]
+        for rank in range(1, top_k + 1):
+            header += [f"label_{rank}", f"score_{rank}"]
+        return header
+    header = ["path"]
+    for rank in range(1, top_k + 1):
+        header += [f"category_{rank}", f"category_score_{rank}"]
+    types = list(dict.fromkeys(predictor.attribute_types or ["attribute"]))
+    header += [f"attributes_{kind}" for kind in types]
+    header += [f"{name}_{axis}" for name in predictor.landmark_names for axis in ("x", "y", "visible")]
+    return header
+
+
+def _csv_row(result: Prediction, header: list[str]) -> list[Any]:
+    row: dict[str, Any] = {"path": result.source}
+    if isinstance(result, StylePrediction):
+        for rank, label in enumerate(result.labels, start=1):
+            row[f"label_{rank}"], row[f"score_{rank}"] = label.name, f"{label.score:.6f}"
+    else:
+        for rank, label in enumerate(result.category_top_k, start=1):
+            row[f"category_{rank}"], row[f"category_score_{rank}"] = label.name, f"{label.score:.6f}"
+        for kind, labels in result.attributes_by_type.items():
+            row[f"attributes_{kind}"] = "; ".join(f"{label.name}:{label.score:.4f}" for label in labels)
+        for landmark in result.landmarks:
+            row[f"{landmark.name}_x"], row[f"{landmark.name}_y"] = f"{landmark.x:.1f}", f"{landmark.y:.1f}"
+            row[f"{landmark.name}_visible"] = int(landmark.visible)
+    return [row.get(column, "") for column in header]
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``fashionlens predict``: 0 when every image was predicted, 1 when some failed, 2 when none found."""
+    from tqdm import tqdm
+
+    paths, problems = collect_image_paths(args.paths)
+    for problem in problems:
+        print(f"fashionlens: {problem}", file=sys.stderr)
+    if not paths:
+        print("fashionlens: error: no images found (give image files, folders or globs; extensions: "
+              + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
+        return 2
+    top_k = getattr(args, "top_k", 5)
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        print(f"fashionlens: error: --threshold is a probability in [0, 1], got {threshold}", file=sys.stderr)
+        return 2
+    batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
+    predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+
+    csv_stream = None
+    writer = None
+    header: list[str] = []
+    if getattr(args, "csv", None):
+        csv_path = Path(args.csv)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_stream = open(csv_path, "w", newline="", encoding="utf-8")
+        writer = csv.writer(csv_stream)
+        header = _csv_header(predictor, top_k)
+        writer.writerow(header)
+    failed = len(problems)
+    done = 0
+    progress = tqdm(total=len(paths), unit="image", disable=len(paths) <= 4, file=sys.stderr, leave=False)
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            images, sources = [], []
+            for path in chunk:
+                try:
+                    image, _ = to_uint8_chw(path)
+                except FashionlensError as error:
+                    progress.write(f"fashionlens: skipped {error}", file=sys.stderr)
+                    failed += 1
+                    continue
+                images.append(image)
+                sources.append(str(path))
+            results = predictor.predict_loaded(images, sources, top_k=top_k, threshold=threshold) if images else []
+            for result in results:
+                done += 1
+                if writer is not None:
+                    writer.writerow(_csv_row(result, header))
+                if args.json:
+                    progress.write(json.dumps(result.to_dict(), ensure_ascii=False), file=sys.stdout)
+                elif writer is None:
+                    progress.write(_text_block(result), file=sys.stdout)
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+        if csv_stream is not None:
+            csv_stream.close()
+    if writer is not None:
+        print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
+    if failed:
+        print(f"fashionlens: {failed} of {len(paths) + len(problems)} inputs failed, {done} predicted",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The HTTP server (FastAPI) and its web page: ``fashionlens serve MODEL_DIR``."""

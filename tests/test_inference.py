@@ -1,0 +1,318 @@
+"""Using a model: every input kind, EXIF, image modes, bad files, the predict command, ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fashionlens.errors import FashionlensError
+from fashionlens.inference import ClothingPrediction, Predictor, StylePrediction, export_onnx, load
+from fashionlens.modeldir import save_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+PHOTOS = sorted((DATA / "clothing-attributes" / "images").glob("*.jpg"))[:6] or \
+    sorted((REPO / "examples" / "clothing-attributes-mini" / "images").glob("*.jpg"))[:6]
+LANDMARK_PHOTOS = sorted((DATA / "landmarks" / "img").glob("*.jpg"))[:2]
+STYLE_NAMES = ["floral", "striped", "plaid", "solid_color", "spotted", "graphics"]
+PREPROCESSING = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+
+pytestmark = pytest.mark.skipif(len(PHOTOS) < 4, reason=f"real photos not found under {DATA} or examples/")
+
+
+def _style_model_dir(path: Path, head: str) -> Path:
+    from fashionlens.models.mlgcn import build_style_model
+
+    torch.manual_seed(0)
+    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
+              "head": head, "num_labels": len(STYLE_NAMES), "image_size": 128, "residual": False,
+              "hidden_dim": 64, "embedding_dim": 16}
+    embeddings = adjacency = None
+    if head == "mlgcn":
+        embeddings = torch.randn(len(STYLE_NAMES), 16)
+        adjacency = torch.rand(len(STYLE_NAMES), len(STYLE_NAMES))
+        adjacency = adjacency / adjacency.sum(dim=1, keepdim=True)
+    model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
+    labels = {"label_names": STYLE_NAMES, "display_names": [n.replace("_", " ").title() for n in STYLE_NAMES]}
+    return save_model_dir(path, model, config, labels, PREPROCESSING)
+
+
+def _clothing_model_dir(path: Path) -> Path:
+    from fashionlens.models.landmark_net import build_clothing_model
+
+    torch.manual_seed(0)
+    config = {"task": "clothing", "backbone": "tf_efficientnet_lite0", "pretrained": "none", "stage": "stride8",
+              "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128,
+              "heatmap_size": 32, "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16}
+    model = build_clothing_model(config)
+    labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
+              "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],
+              "category_names": ["Tee", "Dress", "Jeans", "Skirt"],
+              "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
+                                 "left_waistline", "right_waistline", "left_hem", "right_hem"]}
+    return save_model_dir(path, model, model.config, labels, PREPROCESSING)
+
+
+@pytest.fixture(scope="module")
+def style_dir(tmp_path_factory) -> Path:
+    return _style_model_dir(tmp_path_factory.mktemp("style") / "model", "linear")
+
+
+@pytest.fixture(scope="module")
+def predictor(style_dir) -> Predictor:
+    return load(style_dir, batch_size=4)
+
+
+def _scores(result: StylePrediction) -> dict[str, float]:
+    return {label.name: label.score for label in result.labels}
+
+
+def _assert_same(a: StylePrediction, b: StylePrediction, atol: float = 0.0) -> None:
+    sa, sb = _scores(a), _scores(b)
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name] == pytest.approx(sb[name], abs=atol), name
+
+
+# ---------------------------------------------------------------- input kinds
+
+
+def test_every_input_kind_gives_the_same_scores(predictor):
+    path = PHOTOS[0]
+    rgb = np.array(Image.open(path).convert("RGB"))
+    from_path = predictor(path)
+    assert isinstance(from_path, StylePrediction)
+    assert from_path.source == str(path)
+    assert (from_path.width, from_path.height) == (rgb.shape[1], rgb.shape[0])
+    scores = [label.score for label in from_path.labels]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    for label in from_path.labels:
+        assert label.score == pytest.approx(1 / (1 + np.exp(-label.logit)), abs=1e-6)
+
+    variants = [str(path), Image.open(path), rgb, torch.from_numpy(rgb).permute(2, 0, 1),
+                torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0]
+    for variant in variants:
+        _assert_same(predictor(variant), from_path)
+    # A list (longer than the batch size, to cross batch boundaries) keeps the order.
+    listed = predictor([PHOTOS[1], rgb, PHOTOS[2], Image.open(path), PHOTOS[3]])
+    assert isinstance(listed, list) and len(listed) == 5
+    _assert_same(listed[1], from_path, atol=1e-6)
+    _assert_same(listed[3], from_path, atol=1e-6)
+    _assert_same(listed[0], predictor(PHOTOS[1]), atol=1e-6)
+    # Different photos give different scores (the comparison above can fail).
+    assert _scores(listed[0]) != pytest.approx(_scores(from_path), abs=1e-4)
+
+
+def test_to_dict_is_json_and_top_k_threshold_trim(predictor):
+    result = predictor(PHOTOS[0])
+    payload = json.loads(json.dumps(result.to_dict()))
+    assert payload["task"] == "style"
+    assert [item["name"] for item in payload["labels"]] == [label.name for label in result.labels]
+    assert {item["display_name"] for item in payload["labels"]} >= {"Floral"}
+    top2 = predictor(PHOTOS[0], top_k=2)
+    assert [l.name for l in top2.labels] == [l.name for l in result.labels[:2]]
+    cut = result.labels[2].score
+    above = predictor(PHOTOS[0], threshold=cut)
+    assert [l.name for l in above.labels] == [l.name for l in result.labels if l.score >= cut]
+
+
+# ---------------------------------------------------------------- EXIF and image modes
+
+
+def test_exif_rotated_photo_gives_the_original_scores(predictor, tmp_path):
+    original = Image.open(PHOTOS[0]).convert("RGB")
+    stored = original.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways stores
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": exif_transpose undoes ROTATE_90
+    rotated_path = tmp_path / "rotated.png"
+    stored.save(rotated_path, exif=exif)
+    plain_path = tmp_path / "plain.png"
+    original.save(plain_path)
+
+    upright = predictor(rotated_path)
+    assert (upright.width, upright.height) == original.size
+    _assert_same(upright, predictor(plain_path))
+    _assert_same(predictor(Image.open(rotated_path)), upright)
+    # Without the tag the same pixels give other scores: the test would catch a missing transpose.
+    sideways = predictor(np.array(stored))
+    assert _scores(sideways) != pytest.approx(_scores(upright), abs=1e-4)
+
+
+def test_image_modes_are_converted(predictor, tmp_path):
+    original = Image.open(PHOTOS[1]).convert("RGB")
+    reference = predictor(original)
+    grey8 = original.convert("L")
+    grey_reference = predictor(grey8.convert("RGB"))
+
+    grey8.save(tmp_path / "grey.png")
+    _assert_same(predictor(tmp_path / "grey.png"), grey_reference)
+
+    sixteen = Image.fromarray(np.array(grey8).astype(np.uint16) * 257)  # full 16-bit range
+    sixteen.save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    _assert_same(predictor(tmp_path / "grey16.png"), grey_reference)
+    _assert_same(predictor(np.array(grey8).astype(np.uint16) * 257), grey_reference)
+
+    rgba = original.convert("RGBA")
+    rgba.save(tmp_path / "opaque.png")
+    _assert_same(predictor(tmp_path / "opaque.png"), reference)
+    transparent = rgba.copy()
+    transparent.putalpha(0)
+    white = predictor(Image.new("RGB", original.size, (255, 255, 255)))
+    _assert_same(predictor(transparent), white)  # transparent pixels sit on white
+
+    original.convert("CMYK").save(tmp_path / "cmyk.tif")
+    assert Image.open(tmp_path / "cmyk.tif").mode == "CMYK"
+    _assert_same(predictor(tmp_path / "cmyk.tif"), reference)
+    original.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    _assert_same(predictor(tmp_path / "cmyk.jpg"), reference, atol=0.05)
+
+    palette = original.convert("P")
+    assert isinstance(predictor(palette), StylePrediction)
+
+
+def test_bad_files_raise_errors_naming_the_file(predictor, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a photo\n")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(PHOTOS[0].read_bytes()[:200])
+    for path, reason in ((empty, "empty"), (text, "not an image"), (truncated, "truncated"),
+                         (tmp_path / "missing.jpg", "no such file")):
+        with pytest.raises(FashionlensError) as caught:
+            predictor(path)
+        assert str(path) in str(caught.value)
+        assert reason in str(caught.value)
+    with pytest.raises(FashionlensError, match="channels"):
+        predictor(np.zeros((8, 8, 5), dtype=np.uint8))
+    with pytest.raises(TypeError, match="path, a PIL image"):
+        predictor(12345)
+
+
+# ---------------------------------------------------------------- clothing models
+
+
+def test_clothing_landmarks_map_back_to_original_pixels(tmp_path):
+    directory = _clothing_model_dir(tmp_path / "clothing")
+    real = load(directory)
+    photo = LANDMARK_PHOTOS[0] if LANDMARK_PHOTOS else PHOTOS[0]
+    result = real(photo)
+    assert isinstance(result, ClothingPrediction)
+    assert [l.name for l in result.category_top_k] == sorted(
+        [l.name for l in result.category_top_k], key=lambda n: -next(x.score for x in result.category_top_k if x.name == n))
+    assert sum(l.score for l in real(photo, top_k=4).category_top_k) == pytest.approx(1.0, abs=1e-6)  # softmax
+    assert set(result.attributes_by_type) == {"texture", "fabric", "shape"}
+    assert all(len(labels) == 2 for labels in result.attributes_by_type.values())
+    assert [lm.name for lm in result.landmarks][:2] == ["left_collar", "right_collar"]
+    json.dumps(result.to_dict())
+
+    # A known heatmap peak: cell (u, v) = (24, 8) of a 32 x 32 map on a 128 px input.
+    def fake_runtime(batch: torch.Tensor) -> dict[str, np.ndarray]:
+        heatmaps = np.zeros((batch.shape[0], 8, 32, 32), dtype=np.float32)
+        heatmaps[:, :, 8, 24] = 0.9
+        heatmaps[:, 3, 8, 24] = 0.1  # a weak peak: not visible
+        return {"category_logits": np.zeros((batch.shape[0], 4), np.float32),
+                "attribute_logits": np.zeros((batch.shape[0], 6), np.float32), "heatmaps": heatmaps}
+
+    fake = Predictor(fake_runtime, real.config, real.labels, real.preprocessing)
+    width, height = 300, 200
+    landmark = fake(np.zeros((height, width, 3), dtype=np.uint8)).landmarks[0]
+    # Cell centre in input pixels: (u + 0.5) * 128 / 32 - 0.5; then scaled to the original size.
+    x_input, y_input = (24 + 0.5) * 4 - 0.5, (8 + 0.5) * 4 - 0.5
+    assert landmark.x == pytest.approx((x_input + 0.5) * width / 128 - 0.5, abs=1e-4)
+    assert landmark.y == pytest.approx((y_input + 0.5) * height / 128 - 0.5, abs=1e-4)
+    assert landmark.visible and landmark.confidence == pytest.approx(0.9)
+    assert not fake(np.zeros((height, width, 3), dtype=np.uint8)).landmarks[3].visible
+
+
+# ---------------------------------------------------------------- the predict command
+
+
+def test_predict_command_skips_a_bad_file_and_exits_1(style_dir, tmp_path, capsys):
+    from fashionlens.cli import main
+
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for photo in PHOTOS[:2]:
+        shutil.copy(photo, folder / photo.name)
+    shutil.copy(PHOTOS[2], folder / "nested" / PHOTOS[2].name)
+    (folder / "broken.jpg").write_text("not a jpeg")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+
+    code = main(["predict", str(style_dir), str(folder), "--json", "--top-k", "3"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpg" in err and "not an image" in err
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert sorted(Path(line["source"]).name for line in lines) == sorted(p.name for p in PHOTOS[:3])
+    assert all(len(line["labels"]) == 3 for line in lines)
+
+    code = main(["predict", str(style_dir), str(folder / "*.jpg"), "--csv", str(tmp_path / "out.csv"),
+                 "--threshold", "0.0", "--top-k", "2"])
+    capsys.readouterr()
+    assert code == 1
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "path,label_1,score_1,label_2,score_2"
+    assert len(rows) == 3  # the two good top-level photos; the glob is not recursive
+
+    code = main(["predict", str(style_dir), str(PHOTOS[0])])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert str(PHOTOS[0]) in out and "Floral" in out
+
+    assert main(["predict", str(style_dir), str(tmp_path / "nothing-here")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("head", ["linear", "mlgcn"])
+def test_onnx_matches_torch_on_real_photos(head, tmp_path):
+    directory = _style_model_dir(tmp_path / head, head)
+    torch_predictor = load(directory)
+    assert not (directory / "model.onnx").exists()
+    onnx_predictor = load(directory, runtime="onnx")  # exports on demand
+    assert (directory / "model.onnx").is_file()
+    photos = list(PHOTOS[:5])
+    expected = torch_predictor(photos)
+    got = onnx_predictor(photos)  # a batch of 5 through the dynamic batch axis
+    for a, b in zip(expected, got):
+        logits_a = {l.name: l.logit for l in a.labels}
+        logits_b = {l.name: l.logit for l in b.labels}
+        assert max(abs(logits_a[n] - logits_b[n]) for n in logits_a) < 1e-4
+
+    import onnx
+
+    model = onnx.load(str(directory / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
+
+
+def test_onnx_export_of_a_clothing_model(tmp_path):
+    directory = _clothing_model_dir(tmp_path / "clothing")
+    out = export_onnx(directory, tmp_path / "clothing.onnx")
+    import onnx
+
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["category_logits", "attribute_logits", "heatmaps"]
+    photo = LANDMARK_PHOTOS[0] if LANDMARK_PHOTOS else PHOTOS[0]
+    a, b = load(directory)(photo), load(directory, runtime="onnx")(photo)
+    assert [l.name for l in a.category_top_k] == [l.name for l in b.category_top_k]
+    for la, lb in zip(a.landmarks, b.landmarks):
+        assert (la.x, la.y) == pytest.approx((lb.x, lb.y), abs=1e-3)
+
+
+def test_load_errors_name_the_directory(tmp_path):
+    with pytest.raises(FashionlensError, match=str(tmp_path / "nope")):
+        load(tmp_path / "nope")
+    with pytest.raises(ValueError, match="runtime"):
+        load(tmp_path, runtime="tensorrt")

@@ -1,0 +1,185 @@
+"""Label graph (ML-GCN Sec. 3.4) worked by hand, and word vectors on the real GloVe-50d."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from fashionlens.labels import (LabelGraph, WordVectors, build_adjacency, cooccurrence_counts, identity_adjacency,
+                                label_embeddings, label_words, load_glove, normalize_adjacency, onehot_embeddings,
+                                reweight_adjacency)
+
+# Worked example: 4 labels a, b, c, d. N = images with each label; M = images with both.
+NAMES = ["a", "b", "c", "d"]
+N_COUNTS = np.array([10, 5, 4, 2])
+M_COUNTS = np.array([[10, 4, 1, 2],
+                     [4, 5, 2, 0],
+                     [1, 2, 4, 1],
+                     [2, 0, 1, 2]])
+
+
+def reference_adjacency(edges: np.ndarray) -> np.ndarray:
+    """The ML-GCN reference's reweighting and gen_adj, written from its formulas (RESEARCH.md)."""
+    A = edges.astype(np.float64)
+    A = A * 0.25 / (A.sum(0) + 1e-6) + np.eye(len(A))
+    D = np.diag(A.sum(1) ** -0.5)
+    return (A @ D).T @ D
+
+
+def test_cooccurrence_counts_skip_unknown_entries():
+    labels = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1], [1, 1, 0]])
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 0]])
+    M, N = cooccurrence_counts(labels, mask)
+    # Known positives per image: ab, ac, ac (b unknown), bc, ab.
+    np.testing.assert_array_equal(N, [4, 3, 3])
+    np.testing.assert_array_equal(M, [[4, 2, 2], [2, 3, 1], [2, 1, 3]])
+    M_all, N_all = cooccurrence_counts(labels)
+    np.testing.assert_array_equal(N_all, [4, 4, 3])  # the unknown b of image 2 now counts
+    assert M_all[0, 1] == 3
+
+
+def test_worked_example_every_step():
+    graph = build_adjacency(M_COUNTS, N_COUNTS, t=0.4, p=0.2, label_names=NAMES)
+    # 1. P[i, j] = P(L_j | L_i) = M[i, j] / N[i], zero diagonal.
+    np.testing.assert_allclose(graph.conditional, [[0, 0.4, 0.1, 0.2],
+                                                   [0.8, 0, 0.4, 0],
+                                                   [0.25, 0.5, 0, 0.25],
+                                                   [1.0, 0, 0.5, 0]])
+    # 2. binarise at t = 0.4 (>=): 0.4 counts.
+    np.testing.assert_array_equal(graph.edges.astype(int), [[0, 1, 0, 0],
+                                                            [1, 0, 1, 0],
+                                                            [0, 1, 0, 0],
+                                                            [1, 0, 1, 0]])
+    assert graph.num_edges == 6
+    # 3. reweight, receiving rows: a receives from b, d (E[b,a], E[d,a]); b from a, c; c from b, d;
+    #    d from nobody, so d keeps 1.
+    reweighted = reweight_adjacency(graph.edges, 0.2)
+    np.testing.assert_allclose(reweighted, [[0.8, 0.1, 0, 0.1],
+                                            [0.1, 0.8, 0.1, 0],
+                                            [0, 0.1, 0.8, 0.1],
+                                            [0, 0, 0, 1.0]])
+    np.testing.assert_allclose(reweighted.sum(1), 1.0)
+    # 4. normalise with the column sums c = (0.9, 1.0, 0.9, 1.2): A[i, j] = R[i, j] / sqrt(c_i c_j).
+    expected = np.array([[0.8 / 0.9, 0.1 / np.sqrt(0.9), 0, 0.1 / np.sqrt(0.9 * 1.2)],
+                         [0.1 / np.sqrt(0.9), 0.8, 0.1 / np.sqrt(0.9), 0],
+                         [0, 0.1 / np.sqrt(0.9), 0.8 / 0.9, 0.1 / np.sqrt(0.9 * 1.2)],
+                         [0, 0, 0, 1 / 1.2]])
+    np.testing.assert_allclose(graph.adjacency, expected, rtol=1e-6)
+    assert graph.adjacency[0, 1] == pytest.approx(0.1054093, abs=1e-7)
+    assert graph.adjacency.dtype == np.float32
+    assert graph.kept == [0, 1, 2, 3]
+
+
+def test_reference_relation_with_an_isolated_label():
+    """ref = D_r S R D_r, S = diag(1.25 where a label receives, else 1), D_r from ref's own row sums."""
+    graph = build_adjacency(M_COUNTS, N_COUNTS, t=0.4, p=0.2, label_names=NAMES)
+    reweighted = reweight_adjacency(graph.edges, 0.2)
+    reference = reference_adjacency(graph.edges)
+    S = np.diag([1.25, 1.25, 1.25, 1.0])  # d receives from nobody
+    SR = S @ reweighted
+    D_r = np.diag(SR.sum(0) ** -0.5)
+    np.testing.assert_allclose(reference, D_r @ SR @ D_r, rtol=1e-5)
+    # Only entries that touch the isolated label d differ: ref has d's self weight 1 / 1.25 = 0.8.
+    np.testing.assert_allclose(graph.adjacency[:3, :3], reference[:3, :3], rtol=1e-5)
+    assert reference[3, 3] == pytest.approx(0.8, abs=1e-6)
+    assert graph.adjacency[3, 3] == pytest.approx(1 / 1.2, abs=1e-6)
+
+
+def test_equals_reference_when_every_label_receives():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(50):
+        edges = rng.random((6, 6)) < 0.35
+        np.fill_diagonal(edges, False)
+        if not (edges.sum(0) > 0).all():
+            continue
+        ours = normalize_adjacency(reweight_adjacency(edges, 0.2))
+        np.testing.assert_allclose(ours, reference_adjacency(edges), rtol=1e-5, atol=1e-7)
+        checked += 1
+    assert checked >= 5
+
+
+def test_empty_label_is_an_error_or_dropped():
+    M = np.array([[3, 0, 2], [0, 0, 0], [2, 0, 2]])
+    N = np.array([3, 0, 2])
+    with pytest.raises(ValueError, match="'collar'"):
+        build_adjacency(M, N, label_names=["solid", "collar", "floral"])
+    with pytest.warns(UserWarning, match="collar"):
+        graph = build_adjacency(M, N, label_names=["solid", "collar", "floral"], on_empty="drop")
+    assert graph.kept == [0, 2]
+    assert graph.label_names == ["solid", "floral"]
+    # P(floral | solid) = 2/3, P(solid | floral) = 1: both edges; R = [[.8, .2], [.2, .8]], columns sum to 1.
+    np.testing.assert_allclose(graph.adjacency, [[0.8, 0.2], [0.2, 0.8]], rtol=1e-6)
+
+
+def test_graph_json_round_trip():
+    graph = build_adjacency(M_COUNTS, N_COUNTS, t=0.4, p=0.2, label_names=NAMES)
+    text = graph.to_json()
+    data = json.loads(text)
+    assert {"source": "d", "target": "a", "p_target_given_source": 1.0,
+            "weight": pytest.approx(0.1 / np.sqrt(0.9 * 1.2), rel=1e-6)} in data["edges"]
+    assert len(data["edges"]) == 6
+    loaded = LabelGraph.from_json(text)
+    np.testing.assert_allclose(loaded.adjacency, graph.adjacency, rtol=1e-6)
+    np.testing.assert_array_equal(loaded.edges, graph.edges)
+    assert loaded.edge_probabilities[(1, 0)] == pytest.approx(0.8)
+    assert (loaded.t, loaded.p, loaded.label_names) == (0.4, 0.2, NAMES)
+    identity = LabelGraph.from_json(identity_adjacency(3).to_json())
+    np.testing.assert_array_equal(identity.adjacency, np.eye(3))
+
+
+def test_ablations():
+    np.testing.assert_array_equal(identity_adjacency(3).adjacency, np.eye(3))
+    np.testing.assert_array_equal(onehot_embeddings(2), [[1, 0], [0, 1]])
+
+
+def test_glove50_real_vectors():
+    start = time.perf_counter()
+    vectors = load_glove("glove50")
+    assert load_glove("glove50") is vectors  # cached
+    assert time.perf_counter() - start < 10
+    assert vectors.dim == 50 and len(vectors) == 400000
+    for word in ("floral", "stripe", "dress", "sweater", "t-shirt"):
+        assert word in vectors
+
+    def cosine(a: str, b: str) -> float:
+        u, v = vectors.vector(a), vectors.vector(b)
+        return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+    assert cosine("shirt", "sweater") > cosine("shirt", "purple")
+    assert cosine("shirt", "sweater") > 0.6
+
+
+def test_label_embeddings_split_and_average():
+    vectors = load_glove("glove50")
+    assert label_words("Tank_Top", vectors) == [["tank"], ["top"]]
+    assert label_words("T-Shirt", vectors) == [["t-shirt"]]  # whole hyphenated token exists in GloVe
+    assert "floral-stripe" not in vectors
+    assert label_words("floral-stripe/dress", vectors) == [["floral", "stripe"], ["dress"]]
+    out = label_embeddings(["tank top", "t-shirt", "pattern_floral"], vectors)
+    assert out.shape == (3, 50) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], (vectors.vector("tank") + vectors.vector("top")) / 2, rtol=1e-6)
+    np.testing.assert_allclose(out[1], vectors.vector("t-shirt"))
+    with pytest.raises(ValueError, match=r"label 'zqxv dress': word 'zqxv'"):
+        label_embeddings(["zqxv dress"], vectors)
+
+
+def test_label_embedding_fallbacks(tmp_path):
+    path = tmp_path / "glove.tiny.3d.txt"
+    path.write_text("red 1 2 3\ndress 3 0 -1\nlong sleeve 0.5 0.5 0.5\n")
+    vectors = load_glove(path)
+    assert vectors.dim == 3 and "long sleeve" in vectors and "red" in vectors
+    assert isinstance(vectors, WordVectors)
+    np.testing.assert_allclose(label_embeddings(["red dress"], vectors), [[2, 1, 1]])
+    np.testing.assert_allclose(label_embeddings(["red zork"], vectors, fallback="zero"), [[0.5, 1, 1.5]])
+    np.testing.assert_allclose(label_embeddings(["red zork"], vectors, fallback="skip-word"), [[1, 2, 3]])
+    first = label_embeddings(["zork"], vectors, fallback="random")
+    np.testing.assert_array_equal(first, label_embeddings(["zork"], vectors, fallback="random"))
+    assert np.abs(first).sum() > 0
+    with pytest.raises(ValueError, match="none of its words"):
+        label_embeddings(["zork"], vectors, fallback="skip-word")
+    with pytest.raises(FileNotFoundError):
+        load_glove(tmp_path / "missing.txt")
