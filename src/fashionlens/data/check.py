@@ -60,7 +60,8 @@ class DatasetReport:
                 shown = ", ".join(never[:20]) + (", ..." if len(never) > 20 else "")
                 out.append(f"  {len(never)} label(s) have no positive image: {shown}")
         if self.category_names is not None:
-            out.append(f"categories: {len(self.category_names)} names, {len(self.category_counts)} used")
+            used = sum(1 for name in self.category_counts if name != "(none)")
+            out.append(f"categories: {len(self.category_names)} names, {used} used")
             for name, count in sorted(self.category_counts.items(), key=lambda kv: (-kv[1], kv[0])):
                 out.append(f"  {name:<20}  {count:>7}")
         if self.notes:
