@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--heads", default="", help="comma-separated substrings: only heads whose name matches")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -174,6 +175,8 @@ def main() -> None:
     print(f"features {tuple(features.shape)}, train {len(train)}, holdout {len(test)}, steps {args.steps}, "
           f"lr {args.lr}, seeds {args.seeds}")
     for name, make in heads.items():
+        if args.heads and not any(part in name for part in args.heads.split(",")):
+            continue
         scores = []
         start = time.time()
         for seed in range(args.seeds):

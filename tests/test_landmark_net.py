@@ -164,7 +164,8 @@ def test_state_dict_round_trip_through_config(tmp_path, landmarks):
     torch.manual_seed(0)
     model = build_clothing_model(_small_mobilenet(landmarks=landmarks, num_categories=7, num_attributes=11))
     rebuilt = _roundtrip(model, tmp_path)
-    assert rebuilt.config["landmark_width"] == (32 if landmarks == "glem" else None)
+    assert rebuilt.config == {**model.config, "pretrained": "none"}
+    assert rebuilt.has_landmarks == (landmarks == "glem")
 
 
 def test_mlgcn_attribute_head_round_trip_keeps_the_graph(tmp_path):

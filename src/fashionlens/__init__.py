@@ -1,9 +1,17 @@
 """fashionlens: fashion image recognition (styles, category, attributes, landmarks)."""
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fashionlens.inference import Predictor
+
 __version__ = "0.1.0"
 
 
-def load(model_dir, runtime: str = "torch", device: str = "cpu"):
+def load(model_dir: "str | os.PathLike[str]", runtime: str = "torch", device: str = "cpu") -> "Predictor":
     """Load a model directory for prediction (see :func:`fashionlens.inference.load`)."""
     from fashionlens.inference import load as _load
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument("--p", type=float, default=0.2, help="neighbour reweighting p (default 0.2)")
     style.add_argument("--residual", action="store_true", help="add learned per-label classifiers to the GCN's")
     style.add_argument("--loss", choices=("bce", "asl"), default="bce")
+    style.add_argument("--cache-features", action="store_true",
+                       help="keep the backbone frozen for all epochs and train the head on features computed once "
+                            "(fast on a CPU; no augmentation)")
     style.add_argument("--drop-empty-labels", action="store_true",
                        help="exclude labels with no positive training image (with a warning) instead of failing")
 
@@ -118,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--variants", nargs="+", default=None, help="subset of variants to run")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--freeze-epochs", type=int, default=1)
+    compare.add_argument("--cache-features", action="store_true", help="frozen backbone, head trained on cached features")
+    compare.add_argument("--lr", type=float, default=None)
+    compare.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default="sgd")
 
     predict = commands.add_parser("predict", help="predict styles / category / attributes / landmarks for images")
     predict.add_argument("model_dir", type=Path)

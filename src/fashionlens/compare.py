@@ -71,7 +71,9 @@ def run_compare(args: dict) -> int:
     base = {"data": args["data"], "format": args["format"], "backbone": args.get("backbone", "tf_efficientnet_lite0"),
             "pretrained": "shipped", "image_size": args.get("image_size", 224), "epochs": args.get("epochs", 10),
             "batch_size": args.get("batch_size", 32), "seed": args.get("seed", 0),
-            "freeze_epochs": args.get("freeze_epochs", 1), "val_split": 0.2, "optimizer": "sgd", "lr": None,
+            "freeze_epochs": args.get("freeze_epochs", 1), "val_split": 0.2,
+            "optimizer": args.get("optimizer", "sgd"), "lr": args.get("lr"),
+            "cache_features": args.get("cache_features", False),
             "lrp": 0.1, "t": 0.4, "p": 0.2, "embeddings": "glove50", "graph": "cooccurrence", "loss": "bce"}
     results = train_variants(base, variants, out)
     table = comparison_table(results)

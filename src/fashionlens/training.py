@@ -204,8 +204,13 @@ class StyleTask(_Task):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)["logits"]
 
+    def _logits(self, batch) -> torch.Tensor:
+        if "features" in batch:  # cached pooled features of a frozen backbone (see FeatureCache)
+            return self.model.forward_head(batch["features"])
+        return self(self._images(batch))
+
     def training_step(self, batch, batch_idx):
-        logits = self(self._images(batch))
+        logits = self._logits(batch)
         loss = self.criterion(logits, batch["labels"], batch["label_mask"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.current_epoch}, "
@@ -215,7 +220,7 @@ class StyleTask(_Task):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        logits = self(self._images(batch))
+        logits = self._logits(batch)
         loss = self.criterion(logits, batch["labels"], batch["label_mask"])
         self.log("val/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
         self._outputs.append({"scores": logits.float().detach(), "labels": batch["labels"].detach(),
@@ -441,6 +446,15 @@ def train_style(options: dict) -> Path:
 
     train_set = _ColumnSubset(train_full, train_idx, kept)
     val_set = _ColumnSubset(val_full, val_idx, kept)
+    if options.get("cache_features"):
+        # Frozen for every epoch: features once (eval transform, no augmentation), then the head alone.
+        options["freeze_epochs"] = options["epochs"]
+        workers = default_workers() if options.get("workers") is None else options["workers"]
+        size = options.get("batch_size", 32)
+        plain_train = _ColumnSubset(val_full, train_idx, kept)
+        train_set = FeatureCache.extract(model, plain_train, size, workers, "caching train features")
+        val_set = FeatureCache.extract(model, val_set, size, workers, "caching val features")
+        options["workers"] = 0
     task = StyleTask(model, kept_names, loss=options.get("loss", "bce"), optimizer=optimizer, lr=options["lr"],
                      lrp=options.get("lrp", 0.1), weight_decay=1e-4, freeze_epochs=options.get("freeze_epochs", 1),
                      epochs=options["epochs"], channels_last=options.get("channels_last", False))
@@ -571,6 +585,44 @@ class _ColumnSubset(torch.utils.data.Dataset):
         return sample
 
 
+class FeatureCache(torch.utils.data.Dataset):
+    """Pooled features of a frozen backbone, computed once, with the samples' labels.
+
+    With the backbone frozen for every epoch its output never changes, so computing it once and
+    training only the head gives the same optimisation at a fraction of the cost (the linear-probe
+    setting, and the calibration setting of RESEARCH.md). Views are deterministic (eval transform).
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
+                 paths: list[str]):
+        self.features, self.labels, self.mask, self.index, self.paths = features, labels, mask, index, paths
+
+    @classmethod
+    @torch.no_grad()
+    def extract(cls, model: nn.Module, dataset, batch_size: int, workers: int, description: str) -> "FeatureCache":
+        from tqdm.auto import tqdm
+
+        model.eval()
+        device = next(model.parameters()).device
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        parts: dict[str, list] = {"features": [], "labels": [], "mask": [], "index": [], "paths": []}
+        for batch in tqdm(loader, desc=description, leave=False):
+            parts["features"].append(model.forward_features(batch["image"].to(device)).float().cpu())
+            parts["labels"].append(batch["labels"])
+            parts["mask"].append(batch["label_mask"])
+            parts["index"].append(batch["index"])
+            parts["paths"].extend(batch["path"])
+        return cls(torch.cat(parts["features"]), torch.cat(parts["labels"]), torch.cat(parts["mask"]),
+                   torch.cat(parts["index"]), parts["paths"])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"features": self.features[i], "labels": self.labels[i], "label_mask": self.mask[i],
+                "index": self.index[i], "path": self.paths[i]}
+
+
 def _display(dataset, index: int) -> str:
     names = getattr(dataset, "display_names", None)
     return names[index] if names else dataset.label_names[index]
@@ -628,7 +680,11 @@ def _write_results(run_dir: Path, task: _Task, metrics: dict, outputs: dict[str,
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "history.json", task.history)
     arrays = {key: value.numpy() for key, value in outputs.items()}
-    arrays["paths"] = np.array([str(_sample_path(val_set, int(i))) for i in arrays["index"]])
+    if isinstance(val_set, FeatureCache):
+        by_index = dict(zip(val_set.index.tolist(), val_set.paths))
+        arrays["paths"] = np.array([by_index[int(i)] for i in arrays["index"]])
+    else:
+        arrays["paths"] = np.array([str(_sample_path(val_set, int(i))) for i in arrays["index"]])
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(run_dir / "val_predictions.npz", buffer.getvalue())
