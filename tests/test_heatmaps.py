@@ -40,7 +40,7 @@ def test_gaussian_values_and_kinds():
     # One cell right = 4 image px: exp(-16 / 128).
     assert g[0, 0, 20, 11].item() == pytest.approx(math.exp(-16 / 128), rel=1e-6)
     liu = gaussian_heatmaps(xy, vis, (224, 224), (56, 56), sigma=8.0, kind="liu")
-    # Liu & Lu: exp(-0.5 * d / R), d = 4 (not squared) -> exp(-0.25); d = 5 cells diagonal... (3,4) cells = 20 px.
+    # Liu & Lu: exp(-0.5 * d / R) with d not squared: d = 4 px -> exp(-0.25); (3, 4) cells away -> d = 20 px.
     assert liu[0, 0, 20, 11].item() == pytest.approx(math.exp(-0.25), rel=1e-6)
     assert liu[0, 0, 24, 13].item() == pytest.approx(math.exp(-0.5 * 20 / 8), rel=1e-6)
     with pytest.raises(ValueError):

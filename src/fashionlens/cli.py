@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fashionlens: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:
+        print(f"fashionlens: training stopped: {error}. The last good checkpoint is kept; "
+              f"lower --lr or check the named batch, then rerun with --resume.", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("fashionlens: interrupted", file=sys.stderr)
         return 130

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from fashionlens.data.base import pil_to_rgb as _pil_to_rgb
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -128,32 +129,6 @@ def _source_name(image: Any) -> str:
     if isinstance(filename, str) and filename:
         return filename
     return f"<{type(image).__name__}>"
-
-
-def _pil_to_rgb(image: Image.Image, source: str) -> Image.Image:
-    """Any PIL mode as 8-bit RGB. Transparent pixels are put on white (product photos' background)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image).astype(np.float64)
-        if image.mode == "F":
-            peak = 1.0 if array.size and float(np.nanmax(array)) <= 1.0 else 255.0
-        elif image.mode.startswith("I;16") or (array.size and float(array.max()) > 255):
-            peak = 65535.0
-        else:
-            peak = 255.0
-        grey = np.clip(np.nan_to_num(array) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise DataError(f"cannot convert image mode {image.mode!r} to RGB ({error})", path=source) from error
 
 
 def _decode(stream: Any, source: str) -> Image.Image:

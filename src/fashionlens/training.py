@@ -122,6 +122,15 @@ class _Task(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.log("global_step", float(self.global_step), on_step=True, on_epoch=False, logger=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["fashionlens_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("fashionlens_history", []))
+
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.freeze_epochs
         self.backbone.requires_grad_(not frozen)
@@ -328,6 +337,9 @@ def _trainer(run_dir: Path, options: dict, monitor: str, callbacks_extra=()) -> 
     precision = options.get("precision") or ("bf16-mixed" if on_gpu else "32-true")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val/{monitor}",
                                  mode="max", save_last=True, save_top_k=1, every_n_epochs=1)
+    # The two most recent epochs, so a truncated last.ckpt still leaves a good checkpoint to resume from.
+    recent = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="recent-{epoch:03d}", monitor="global_step",
+                             mode="max", save_top_k=2, every_n_epochs=1)
     devices = options.get("devices", "auto")
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -339,13 +351,49 @@ def _trainer(run_dir: Path, options: dict, monitor: str, callbacks_extra=()) -> 
         num_nodes=options.get("num_nodes", 1),
         precision=precision,
         gradient_clip_val=options.get("grad_clip", 10.0) or None,
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=1), *callbacks_extra],
+        callbacks=[checkpoint, recent, TQDMProgressBar(refresh_rate=1), *callbacks_extra],
         logger=CSVLogger(run_dir, name="logs", version=""),
         log_every_n_steps=1,
         enable_model_summary=False,
         deterministic=options.get("deterministic", False),
         num_sanity_val_steps=0,
     )
+
+
+def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint in RUN_DIR/checkpoints that loads; a truncated or corrupt one is skipped, loudly.
+
+    Order: last.ckpt, then the two most recent epoch checkpoints (newest first), then best.ckpt.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    recent = sorted(folder.glob("recent-*.ckpt"), key=lambda path: path.name, reverse=True)
+    for candidate in [folder / "last.ckpt", *recent, folder / "best.ckpt"]:
+        if not candidate.is_file():
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
+                raise ValueError("no state_dict/epoch in it")
+        except Exception as error:  # truncated zip, bad pickle, wrong content
+            warnings.warn(f"{candidate}: truncated or corrupt checkpoint ({type(error).__name__}: "
+                          f"{str(error)[:200]}); trying the previous one", stacklevel=2)
+            print(f"fashionlens: {candidate} is truncated or corrupt; falling back to an earlier checkpoint",
+                  flush=True)
+            continue
+        return candidate
+    return None
+
+
+def _fit(trainer: L.Trainer, task: "_Task", data: FashionDataModule, run_dir: Path, options: dict) -> None:
+    """trainer.fit, resuming from the newest good checkpoint when asked (--resume)."""
+    checkpoint = resolve_resume_checkpoint(run_dir) if options.get("resume") else None
+    if options.get("resume"):
+        print(f"fashionlens: resuming from {checkpoint}" if checkpoint else
+              "fashionlens: --resume: no usable checkpoint in the run directory, starting from scratch", flush=True)
+    elif (Path(run_dir) / "checkpoints" / "last.ckpt").exists():
+        print(f"fashionlens: {run_dir} already holds checkpoints; starting over (pass --resume to continue)",
+              flush=True)
+    trainer.fit(task, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
 
 
 def _run_metadata(options: dict) -> dict:
@@ -462,8 +510,7 @@ def train_style(options: dict) -> Path:
     trainer = _trainer(run_dir, options, monitor="mAP")
     atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
                                              "val_size": len(val_set), "labels": kept_names})
-    resume = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if options.get("resume") and resume.exists() else None)
+    _fit(trainer, task, data, run_dir, options)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).exists():
@@ -541,8 +588,7 @@ def train_clothing(options: dict) -> Path:
     trainer = _trainer(run_dir, options, monitor="category_top3")
     atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
                                              "val_size": len(val_set)})
-    resume = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(task, datamodule=data, ckpt_path=str(resume) if options.get("resume") and resume.exists() else None)
+    _fit(trainer, task, data, run_dir, options)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).exists():
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])

@@ -107,13 +107,47 @@ def open_image(record: Record, full_decode: bool = True) -> Image.Image:
     return img
 
 
+def pil_to_rgb(image: Image.Image, source: str | Path) -> Image.Image:
+    """Any PIL mode as 8-bit RGB. Transparent pixels are put on white (product photos' background).
+
+    Shared by the readers and the Predictor so that a photo gives the same pixels in training and
+    in serving: PIL's own ``convert("RGB")`` clips 16-bit images to white and drops alpha, keeping
+    whatever colour hides under transparent pixels.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image).astype(np.float64)
+        if image.mode == "F":
+            peak = 1.0 if array.size and float(np.nanmax(array)) <= 1.0 else 255.0
+        elif image.mode.startswith("I;16") or (array.size and float(array.max()) > 255):
+            peak = 65535.0
+        else:
+            peak = 255.0
+        grey = np.clip(np.nan_to_num(array) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot convert image mode {image.mode!r} to RGB ({error})", path=source) from error
+
+
 def _load_rgb(record: Record) -> Image.Image:
     img = open_image(record, full_decode=True)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block must not hide which file it was
         raise image_error(record, f"cannot apply EXIF orientation: {exc}") from None
-    return img.convert("RGB")
+    try:
+        return pil_to_rgb(img, record.image)
+    except DataError as exc:
+        raise image_error(record, exc.reason) from None
 
 
 def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:

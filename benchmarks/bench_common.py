@@ -1,0 +1,126 @@
+"""What the benchmark scripts share: the default style model directory, real photos, interleaved timing.
+
+Run the scripts as ``python benchmarks/<script>.py`` from the repository root (the scripts import
+this file as a sibling module).
+
+Timing rule of the project: compare variants *within one run*, alternating them and taking
+medians, because the CPU dev boxes are shared with other jobs; quote absolute times only from a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_ROOT = REPO / "examples" / "clothing-attributes-mini"
+EXAMPLE_IMAGES = EXAMPLE_ROOT / "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_paths(folder: Path, limit: int | None = None) -> list[Path]:
+    """The photos of a folder in name order (not recursive); an error naming the folder if none."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not paths:
+        raise SystemExit(f"{folder}: no .jpg/.png photos found (expected a folder of real photos)")
+    return paths[:limit] if limit else paths
+
+
+def build_default_style_model_dir(out: Path, image_size: int = 224, data_root: Path = EXAMPLE_ROOT,
+                                  head: str = "mlgcn") -> tuple[Path, str]:
+    """Write the offline default style model (shipped tf_efficientnet_lite0, untrained head) to ``out``.
+
+    The ML-GCN head gets its graph and GloVe vectors from ``data_root``'s labels, as `train style`
+    builds them; when that fails (no word vectors, unreadable labels) the head is linear. Speed does
+    not depend on the head's trained values, so no training is done. Returns (model dir, head used).
+    """
+    from fashionlens.data import open_dataset
+    from fashionlens.modeldir import save_model_dir
+    from fashionlens.models.backbones import create_backbone
+    from fashionlens.models.mlgcn import build_style_model
+    from fashionlens.training import build_label_graph_inputs, label_matrix
+
+    out = Path(out)
+    if (out / "model.safetensors").is_file():
+        import json
+
+        return out, json.loads((out / "config.json").read_text())["head"]
+    dataset = open_dataset(data_root, "clothing-attributes")
+    names = list(dataset.label_names)
+    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
+              "image_size": image_size, "residual": False, "hidden_dim": 1024}
+    embeddings = adjacency = None
+    graph_json = None
+    kept = list(range(len(names)))
+    if head == "mlgcn":
+        try:
+            import json
+
+            labels, mask = label_matrix(dataset)
+            words = list(getattr(dataset, "label_words", None) or [n.replace("_", " ") for n in names])
+            embeddings, adjacency, graph, kept = build_label_graph_inputs(
+                labels, mask, names, words, {"embeddings": "glove50", "t": 0.4, "p": 0.2,
+                                             "drop_empty_labels": True, "embedding_fallback": "zero"})
+            graph_json = json.loads(graph.to_json())
+            config.update(embeddings="glove50", graph="cooccurrence", t=0.4, p=0.2,
+                          embedding_dim=int(embeddings.shape[1]))
+        except Exception as error:  # the benchmark still measures the backbone with a linear head
+            print(f"ML-GCN head unavailable ({type(error).__name__}: {error}); using a linear head")
+            head, embeddings, adjacency, kept = "linear", None, None, list(range(len(names)))
+    config["head"] = head
+    config["num_labels"] = len(kept)
+    model = build_style_model(config, embeddings=embeddings, adjacency=adjacency).eval()
+    probe = create_backbone("tf_efficientnet_lite0", pretrained="none")
+    kept_names = [names[i] for i in kept]
+    save_model_dir(out, model, config, {"label_names": kept_names, "display_names": kept_names},
+                   {"image_size": image_size, "mean": list(probe.mean), "std": list(probe.std), "resize": "square"},
+                   graph=graph_json)
+    return out, head
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each variant; each round runs every variant once, in a rotating order.
+
+    Rotating the order spreads slow spells of a shared machine over all variants alike.
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def p90(values: list[float]) -> float:
+    return float(np.percentile(np.asarray(values), 90))
+
+
+def machine_summary() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": cores,
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
