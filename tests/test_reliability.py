@@ -74,7 +74,12 @@ def predictor(tmp_path_factory) -> Predictor:
     preprocessing = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
     directory = save_model_dir(tmp_path_factory.mktemp("model") / "model", build_style_model(config), config,
                                labels, preprocessing)
-    return load(directory)
+    # One intra-op thread: a 64 x 64 forward pass gains nothing from two, and on a busy 2-core box
+    # OpenMP spinning makes each call take seconds instead of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load(directory)
+    torch.set_num_threads(threads)
 
 
 def _scores(prediction) -> dict[str, float]:

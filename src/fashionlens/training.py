@@ -499,9 +499,14 @@ def train_style(options: dict) -> Path:
         options["freeze_epochs"] = options["epochs"]
         workers = default_workers() if options.get("workers") is None else options["workers"]
         size = options.get("batch_size", 32)
-        plain_train = _ColumnSubset(val_full, train_idx, kept)
-        train_set = FeatureCache.extract(model, plain_train, size, workers, "caching train features")
-        val_set = FeatureCache.extract(model, val_set, size, workers, "caching val features")
+        key = (str(options["data"]), fmt, options["backbone"], str(options.get("pretrained")), config["pool"],
+               image_size, tuple(train_idx), tuple(val_idx), tuple(kept))
+        if key not in _FEATURE_CACHES:  # variants of one `compare` share the backbone's features
+            plain_train = _ColumnSubset(val_full, train_idx, kept)
+            _FEATURE_CACHES.clear()
+            _FEATURE_CACHES[key] = (FeatureCache.extract(model, plain_train, size, workers, "caching train features"),
+                                    FeatureCache.extract(model, val_set, size, workers, "caching val features"))
+        train_set, val_set = _FEATURE_CACHES[key]
         options["workers"] = 0
     task = StyleTask(model, kept_names, loss=options.get("loss", "bce"), optimizer=optimizer, lr=options["lr"],
                      lrp=options.get("lrp", 0.1), weight_decay=1e-4, freeze_epochs=options.get("freeze_epochs", 1),
@@ -561,7 +566,8 @@ def train_clothing(options: dict) -> Path:
 
     landmarks = "none" if options.get("no_landmarks") else ("plain" if options.get("no_glem") else "glem")
     config = {"task": "clothing", "backbone": options["backbone"], "pretrained": str(options.get("pretrained")),
-              "landmarks": landmarks, "attr_head": options.get("attr_head", "plain"),
+              "landmarks": landmarks,
+              "attr_head": "mlgcn" if options.get("attr_head") == "mlgcn" else "linear",
               "num_categories": len(category_names), "num_attributes": len(attribute_names), "num_landmarks": 8,
               "heatmap_size": options.get("heatmap_size", 56), "image_size": image_size}
     attr_embeddings = attr_adjacency = None
@@ -629,6 +635,9 @@ class _ColumnSubset(torch.utils.data.Dataset):
             sample["labels"] = torch.where(present, sample["labels"][safe], torch.zeros(()))
             sample["label_mask"] = torch.where(present, sample["label_mask"][safe], torch.zeros(()))
         return sample
+
+
+_FEATURE_CACHES: dict[tuple, tuple["FeatureCache", "FeatureCache"]] = {}
 
 
 class FeatureCache(torch.utils.data.Dataset):
