@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--int8", default="dynamic,static", help="int8 variants to try: dynamic,static or none")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess runs")
+    parser.add_argument("--rss-images", type=int, default=128,
+                        help="photos given to each `fashionlens predict` process (0 = the whole folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (default $OUT/cpu_predict.json)")
     args = parser.parse_args(argv)
 
@@ -265,8 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_rss:
         rss = {}
+        folder = args.images
+        if args.rss_images and args.rss_images < len(paths):
+            folder = work / f"photos{args.rss_images}"
+            folder.mkdir(exist_ok=True)
+            for path in paths[:args.rss_images]:
+                if not (folder / path.name).exists():
+                    (folder / path.name).symlink_to(path.resolve())
+        results["predict_process_photos"] = min(len(paths), args.rss_images or len(paths))
         for runtime in ("torch", "onnx", "torch", "onnx"):
-            peak, wall = _peak_rss(model_dir, args.images, runtime)
+            peak, wall = _peak_rss(model_dir, folder, runtime)
             rss.setdefault(runtime, []).append((peak, wall))
         results["predict_process"] = {runtime: {"peak_rss_mib": max(p for p, _ in runs),
                                                 "wall_s": [w for _, w in runs]} for runtime, runs in rss.items()}

@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-files", type=int, default=3000, help="JPEGs in the training set")
     parser.add_argument("--min-side", type=int, default=512, help="short side of the JPEGs (>= 448)")
     parser.add_argument("--size", type=int, default=448, help="training input size (ResNet-101 parts)")
+    parser.add_argument("--backbone", default="resnet101", help="backbone of the ResNet parts (a, b, c, d)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--inference-batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=None, help="fashionlens DataLoader workers (default: cores - 1)")
@@ -391,7 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
+        # bf16 on a CPU is slow: a small ResNet keeps the smoke run to a minute. Its ratios mean nothing.
         args.num_files, args.min_side, args.size, args.batch, args.inference_batch = 24, 96, 64, 4, 4
+        args.backbone = "resnet18"
         args.warmup, args.steps = 1, 2
         args.workers = 1 if args.workers is None else args.workers
         args.reference_workers = 1
@@ -415,12 +418,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if "a" in parts:
         w, s = args.warmup, args.steps
-        report("ceiling_resnet101_train", ceiling("resnet101", "final", args.size, args.batch, True, device, w, s))
+        report("ceiling_resnet101_train", ceiling(args.backbone, "final", args.size, args.batch, True, device, w, s))
         if args.compile:
             report("ceiling_resnet101_train_compiled",
-                   ceiling("resnet101", "final", args.size, args.batch, True, device, w, s, compile_model=True))
+                   ceiling(args.backbone, "final", args.size, args.batch, True, device, w, s, compile_model=True))
         report("ceiling_resnet101_inference",
-               ceiling("resnet101", "final", args.size, args.inference_batch, False, device, w, s))
+               ceiling(args.backbone, "final", args.size, args.inference_batch, False, device, w, s))
         report("ceiling_vgg19_conv4_train", ceiling("vgg19", "stride8", vgg_size, args.batch, True, device, w, s))
         report("ceiling_vgg19_conv4_inference",
                ceiling("vgg19", "stride8", vgg_size, args.inference_batch, False, device, w, s))
@@ -432,16 +435,16 @@ def main(argv: list[str] | None = None) -> dict:
         results["jpeg_set"] = {"root": str(data_root), "files": args.num_files, "min_side": args.min_side,
                                "build_s": time.perf_counter() - t}
     if parts & {"b", "d"}:
-        value, trained = fashionlens_training(data_root, "resnet101", args.size, args.batch, args.workers,
+        value, trained = fashionlens_training(data_root, args.backbone, args.size, args.batch, args.workers,
                                               args.warmup, args.steps, device, compile_model=False)
         report("fashionlens_train", value)
         results["fashionlens_train_settings"] = trained["details"]
         if args.compile and "b" in parts:
-            value, _ = fashionlens_training(data_root, "resnet101", args.size, args.batch, args.workers,
+            value, _ = fashionlens_training(data_root, args.backbone, args.size, args.batch, args.workers,
                                             args.warmup, args.steps, device, compile_model=True)
             report("fashionlens_train_compiled", value)
     if "c" in parts:
-        report("reference_style_train", reference_loop(data_root, "resnet101", args.size, args.batch,
+        report("reference_style_train", reference_loop(data_root, args.backbone, args.size, args.batch,
                                                        args.reference_workers, args.warmup, args.steps, device))
     if "d" in parts and trained is not None:
         inference = fashionlens_inference(trained, image_paths(data_root / "images", limit=args.inference_batch),

@@ -301,11 +301,11 @@ def _real_landmark_batch(shared_data: Path, count: int, size: int) -> dict:
             "landmark_visibility": torch.stack(visibility), "category": torch.tensor(category)}
 
 
-def _overfit(shared_data: Path, count: int, size: int, steps: int, lr: float) -> dict:
+def _overfit(shared_data: Path, count: int, size: int, steps: int, lr: float, width: int, num_glem: int) -> dict:
     torch.manual_seed(0)
     model = build_clothing_model({"backbone": "mobilenet_v2", "pretrained": "shipped", "landmarks": "glem",
-                                  "image_size": size, "heatmap_size": size // 4, "landmark_width": 64,
-                                  "head_width": 64, "num_glem": 1})
+                                  "image_size": size, "heatmap_size": size // 4, "landmark_width": width,
+                                  "head_width": 64, "num_glem": num_glem})
     batch = _real_landmark_batch(shared_data, count, size)
     mean = torch.tensor(model.backbone.mean).view(3, 1, 1)
     std = torch.tensor(model.backbone.std).view(3, 1, 1)
@@ -334,7 +334,9 @@ def _overfit(shared_data: Path, count: int, size: int, steps: int, lr: float) ->
 
 
 def test_overfit_four_real_images(shared_data):
-    result = _overfit(shared_data, count=4, size=96, steps=100, lr=1e-3)
+    # Measured (CPU, seed 0): heatmap loss 0.151 -> 0.00028 (empty maps: 0.0040); collar error 0.002 mean,
+    # 0.005 max (argmax alone: 0.017), as a fraction of the 96 px side.
+    result = _overfit(shared_data, count=4, size=96, steps=100, lr=1e-3, width=64, num_glem=1)
     history = result["history"]
     assert history[0] > 0.1  # random init: far from the targets
     assert history[-1] < 0.2 * result["all_zero_loss"]  # well below predicting empty maps
@@ -345,8 +347,13 @@ def test_overfit_four_real_images(shared_data):
 
 @pytest.mark.slow
 def test_overfit_twenty_real_images(shared_data):
-    result = _overfit(shared_data, count=20, size=96, steps=200, lr=2e-3)
+    # All 20 images need more capacity than 4 (64 channels and one GLEM plateau near the empty-map loss).
+    # Measured (CPU, seed 0): heatmap loss 0.158 -> 0.00049 (empty maps: 0.0040); collar error 0.0052
+    # mean, 0.0127 max (argmax alone: 0.0166 mean); all visible landmarks 0.0055 mean.
+    result = _overfit(shared_data, count=20, size=96, steps=200, lr=1e-3, width=128, num_glem=2)
     history = result["history"]
-    assert history[-1] < 0.5 * result["all_zero_loss"]
-    assert result["collar_error"].mean().item() < 0.05
-    assert result["visible_error"].mean().item() < 0.05
+    assert history[-1] < 0.25 * result["all_zero_loss"]
+    assert history[-1] < 0.01 * history[0]
+    assert result["collar_error"].mean().item() < 0.02
+    assert result["collar_error"].max().item() < 0.04
+    assert result["visible_error"].mean().item() < 0.02

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fashionlens.data import read_manifest_csv
-from fashionlens.errors import DataError
+from fashionlens.errors import DataError, ModelDirError
 from fashionlens.inference import Predictor, load, to_uint8_chw
 from fashionlens.modeldir import save_model_dir
 
@@ -78,7 +78,8 @@ def predictor(tmp_path_factory) -> Predictor:
     # OpenMP spinning makes each call take seconds instead of milliseconds.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load(directory)
+    predictor = load(directory)
+    yield predictor
     torch.set_num_threads(threads)
 
 
@@ -172,6 +173,32 @@ def test_skip_bad_keeps_every_readable_mode_and_lists_each_bad_file(photos: Path
     with pytest.raises(DataError, match=r"bomb\.png: image has 640x960 = 614400 pixels") as caught:
         strict[names.index("bomb.png")]
     assert f"{manifest.name}:{len(names) + 1})" in str(caught.value)
+
+
+# ---------------------------------------------------------------- model directories
+
+
+def _copy_model_dir(predictor: Predictor, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(predictor.model_dir, copy)
+    return copy
+
+
+def test_model_dir_with_corrupt_json_names_the_file_and_line(predictor: Predictor, tmp_path: Path) -> None:
+    broken = _copy_model_dir(predictor, tmp_path)
+    text = (broken / "preprocessing.json").read_text()
+    (broken / "preprocessing.json").write_text(text[: len(text) // 2])  # cut mid-write, by hand
+    with pytest.raises(ModelDirError, match=r"preprocessing\.json: corrupt JSON \(.* at line \d+\)") as caught:
+        load(broken)
+    assert str(broken / "preprocessing.json") in str(caught.value)
+
+
+def test_model_dir_whose_labels_disagree_with_the_config_is_refused(predictor: Predictor, tmp_path: Path) -> None:
+    broken = _copy_model_dir(predictor, tmp_path)
+    (broken / "labels.json").write_text(json.dumps({"label_names": [*NAMES, "spotted"]}))
+    with pytest.raises(ModelDirError, match=r"config.json says 3 labels, labels.json lists 4") as caught:
+        load(broken)
+    assert str(broken) in str(caught.value)
 
 
 # ---------------------------------------------------------------- determinism

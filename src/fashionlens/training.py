@@ -507,6 +507,8 @@ def train_style(options: dict) -> Path:
             _FEATURE_CACHES[key] = (FeatureCache.extract(model, plain_train, size, workers, "caching train features"),
                                     FeatureCache.extract(model, val_set, size, workers, "caching val features"))
         train_set, val_set = _FEATURE_CACHES[key]
+        # Extraction draws from the global RNG (its loaders); re-seed so a cache hit trains identically.
+        L.seed_everything(options.get("seed", 0), workers=True)
         options["workers"] = 0
     task = StyleTask(model, kept_names, loss=options.get("loss", "bce"), optimizer=optimizer, lr=options["lr"],
                      lrp=options.get("lrp", 0.1), weight_decay=1e-4, freeze_epochs=options.get("freeze_epochs", 1),

@@ -36,8 +36,8 @@ LANDMARK_MODES = ("glem", "plain", "none")
 ATTRIBUTE_HEADS = ("linear", "mlgcn")
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "backbone": "vgg19",
-    "pretrained": "shipped",
+    "backbone": "vgg19",  # VGG-19 conv4_4 as in Lee et al. 2020
+    "pretrained": "hub",  # no offline VGG weights ship; use mobilenet_v2 / tf_efficientnet_lite0 + "shipped" offline
     "stage": "stride8",
     "landmarks": "glem",
     "attr_head": "linear",
