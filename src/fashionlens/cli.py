@@ -53,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train and evaluate small models on real photos that ship with fashionlens",
                                description="Train the ML-GCN style model and its linear baseline on the bundled real "
-                                           "photos (Clothing Attribute Dataset subset), offline, in a few minutes on "
-                                           "a CPU, and print what they learned side by side.")
+                                           "photos (Clothing Attribute Dataset subset) with a frozen ImageNet backbone, "
+                                           "offline, in a few minutes on a CPU, and print what they learned side by side.")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the runs go (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=6)
-    demo.add_argument("--image-size", type=int, default=192)
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--quick", action="store_true", help="a tiny run (a minute) to check the installation")
 
     train = commands.add_parser("train", help="train a model (style or clothing)")
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument("--t", type=float, default=0.4, help="co-occurrence binarisation threshold t (default 0.4)")
     style.add_argument("--p", type=float, default=0.2, help="neighbour reweighting p (default 0.2)")
     style.add_argument("--residual", action="store_true", help="add learned per-label classifiers to the GCN's")
+    style.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+                       help="a learned per-label bias on the ML-GCN logits (default on; the reference has none)")
+    style.add_argument("--final-weights", choices=("best", "last"), default="best",
+                       help="save the best epoch on the validation set (default) or the last epoch")
     style.add_argument("--loss", choices=("bce", "asl"), default="bce")
     style.add_argument("--cache-features", action="store_true",
                        help="keep the backbone frozen for all epochs and train the head on features computed once "
@@ -158,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path)
     check.add_argument("--format", required=True, choices=DATA_FORMATS)
     check.add_argument("--split", default=None)
+    sample = data_commands.add_parser(
+        "deepfashion-sample", help="build a small real DeepFashion-layout benchmark from shared/data",
+        description="Write list files in the DeepFashion Category & Attribute benchmark's own format for the real "
+                    "pieces in SHARED_DATA (the 1,083 benchmark images with weak labels from their product names, "
+                    "split by product, and the upper-body images with ground-truth landmarks); images are symlinked.")
+    sample.add_argument("shared_data", type=Path, help="the shared data folder (holds deepfashion/ and landmarks/)")
+    sample.add_argument("out", type=Path)
     return parser
 
 
@@ -208,6 +219,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fashionlens.compare import run_compare
 
         return run_compare(vars(args))
+    if args.command == "data" and args.data_command == "deepfashion-sample":
+        from fashionlens.data.samples import build_deepfashion_sample
+
+        print(f"wrote {build_deepfashion_sample(args.shared_data, args.out)}")
+        return 0
     if args.command == "data":
         from fashionlens.data.check import check_dataset
 

@@ -15,7 +15,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear-avg": {"head": "linear", "pool": "avg"},
     "linear-max": {"head": "linear", "pool": "max"},
     "mlgcn-glove": {"head": "mlgcn", "pool": "max", "embeddings": "glove50"},
+    "mlgcn-glove-nobias": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "bias": False},
+    "mlgcn-onehot-identity": {"head": "mlgcn", "pool": "max", "embeddings": "onehot", "graph": "identity"},
+    "mlgcn-glove-residual": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "residual": True},
     "mlgcn-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "onehot"},
+    "mlgcn-glove-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "glove50"},
+    "mlgcn-onehot-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot"},
+    "mlgcn-onehot-identity-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot", "graph": "identity"},
     "mlgcn-identity": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "graph": "identity"},
     "linear-max-scratch": {"head": "linear", "pool": "max", "pretrained": "none", "freeze_epochs": 0},
     "mlgcn-glove-scratch": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "pretrained": "none",
@@ -73,7 +79,7 @@ def run_compare(args: dict) -> int:
             "batch_size": args.get("batch_size", 32), "seed": args.get("seed", 0),
             "freeze_epochs": args.get("freeze_epochs", 1), "val_split": 0.2,
             "optimizer": args.get("optimizer", "sgd"), "lr": args.get("lr"),
-            "cache_features": args.get("cache_features", False),
+            "cache_features": args.get("cache_features", False), "final_weights": "last",
             "lrp": 0.1, "t": 0.4, "p": 0.2, "embeddings": "glove50", "graph": "cooccurrence", "loss": "bce"}
     results = train_variants(base, variants, out)
     table = comparison_table(results)

@@ -476,6 +476,7 @@ def train_style(options: dict) -> Path:
         "task": "style", "backbone": options["backbone"], "pretrained": str(options.get("pretrained", "shipped")),
         "pool": options.get("pool", "max"), "head": head, "image_size": image_size,
         "residual": bool(options.get("residual", False)), "hidden_dim": 1024,
+        "bias": bool(options.get("bias", True)),
     }
     embeddings = adjacency = None
     graph_json = None
@@ -520,7 +521,7 @@ def train_style(options: dict) -> Path:
     _fit(trainer, task, data, run_dir, options)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).exists():
+    if options.get("final_weights", "best") == "best" and best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         task.load_state_dict(state)
     final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})

@@ -62,10 +62,14 @@ class MLGCNHead(nn.Module):
     ``residual=True`` adds a learned per-label classifier matrix to the GCN's classifiers
     (``classifiers = GCN(embeddings) + W``, ``W`` initialised to zero so training starts from the
     plain ML-GCN head): the graph then only has to supply a correction to a linear head.
+
+    ``bias=True`` adds a learned per-label bias to the logits. The reference has none, so the
+    classifiers must also encode each label's base rate; with a bias they only have to rank.
     """
 
     def __init__(self, embeddings: np.ndarray | torch.Tensor, adjacency: np.ndarray | torch.Tensor,
-                 feature_dim: int, hidden: int = 1024, negative_slope: float = 0.2, residual: bool = False):
+                 feature_dim: int, hidden: int = 1024, negative_slope: float = 0.2, residual: bool = False,
+                 bias: bool = False):
         super().__init__()
         embeddings = _as_tensor(embeddings)
         adjacency = _as_tensor(adjacency)
@@ -85,6 +89,7 @@ class MLGCNHead(nn.Module):
         self.residual = residual
         if residual:
             self.residual_classifiers = nn.Parameter(torch.zeros(num_labels, feature_dim))
+        self.bias = nn.Parameter(torch.zeros(num_labels)) if bias else None
 
     def classifiers(self) -> torch.Tensor:
         """The per-label classifiers ``(C, feature_dim)``."""
@@ -95,7 +100,8 @@ class MLGCNHead(nn.Module):
         return weights
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.classifiers().t()
+        logits = features @ self.classifiers().t()
+        return logits if self.bias is None else logits + self.bias
 
 
 class LinearHead(nn.Module):
@@ -183,5 +189,5 @@ def build_style_model(config: dict[str, Any], embeddings: np.ndarray | torch.Ten
             raise ValueError(f"embeddings have shape {shape}, config says ({num_labels}, {embedding_dim}) "
                              f"(num_labels, embedding_dim)")
         head = MLGCNHead(embeddings, adjacency, feature_dim, hidden=int(merged["hidden_dim"]),
-                         residual=bool(merged["residual"]))
+                         residual=bool(merged["residual"]), bias=bool(merged.get("bias", False)))
     return MultiLabelClassifier(backbone, head, pool=merged["pool"])
