@@ -92,9 +92,6 @@ def test_upload_a_photo_and_see_score_bars(server_url, browser, tmp_path):
     shot = tmp_path / "serve.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    docs_image = REPO / "docs" / "img" / "serve-screenshot.png"
-    docs_image.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, docs_image)
 
 
 def test_phone_width_and_rejected_upload(server_url, browser, tmp_path):

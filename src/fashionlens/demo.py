@@ -43,7 +43,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
             "image_size": image_size, "epochs": epochs, "batch_size": 32, "seed": 0, "freeze_epochs": 1,
             "val_split": 0.25, "optimizer": "adamw", "lr": 1e-3, "lrp": 0.1, "t": 0.4, "p": 0.2,
             "embeddings": "glove50", "graph": "cooccurrence", "loss": "bce", "limit": 96 if quick else None,
-            "cache_features": True, "final_weights": "last", "drop_empty_labels": quick}
+            "cache_features": True, "final_weights": "last", "drop_empty_labels": quick, "quiet": True}
     results = train_variants(base, list(DEMO_VARIANTS), out)
     print("\nHeld-out results (percent; mAP is the mean over labels of average precision):\n")
     print(comparison_table(results))
@@ -66,8 +66,31 @@ def _print_what_it_learned(run_dir: Path, metrics: dict) -> None:
     graph_file = run_dir / "model" / "graph.json"
     if graph_file.is_file():
         graph = json.loads(graph_file.read_text())
-        edges = sorted(graph.get("edges", []), key=lambda edge: edge.get("p_target_given_source") or 0, reverse=True)
-        if edges:
-            shown = [f"{e['source']} -> {e['target']} ({e['p_target_given_source']:.2f})" for e in edges[:6]]
-            print(f"label graph from the training labels: {len(edges)} edges at t = {graph.get('t')}; strongest "
-                  f"P(target | source): " + "; ".join(shown))
+        edges = graph.get("edges", [])
+        print(f"\nlabel graph from the training labels: {len(edges)} edges at t = {graph.get('t')}; for example")
+        for source in ("category_dress", "necktie", "sleeve_none"):
+            targets = sorted((e for e in edges if e["source"] == source),
+                             key=lambda e: e.get("p_target_given_source") or 0, reverse=True)
+            if targets:
+                shown = ", ".join(f"{e['target']} {e['p_target_given_source']:.2f}" for e in targets[:5])
+                print(f"  P(. | {source}) >= t: {shown}")
+    _print_predictions(run_dir)
+
+
+def _print_predictions(run_dir: Path, count: int = 3) -> None:
+    """Top labels of the trained model for a few held-out photos, beside their true labels."""
+    import numpy as np
+
+    from fashionlens.inference import load
+
+    predictions = np.load(run_dir / "val_predictions.npz")
+    predictor = load(run_dir / "model")
+    names = predictor.label_names if hasattr(predictor, "label_names") else None
+    print("\nheld-out photos, top-4 predicted labels (true labels in brackets):")
+    for row in range(min(count, len(predictions["paths"]))):
+        path = str(predictions["paths"][row])
+        result = predictor(path)
+        top = ", ".join(f"{label.name} {label.score:.2f}" for label in result.labels[:4])
+        truth = [names[j] for j in np.flatnonzero(predictions["labels"][row] * predictions["mask"][row])] if names \
+            else []
+        print(f"  {Path(path).name}: {top}  [{', '.join(truth)}]")

@@ -532,7 +532,7 @@ def train_style(options: dict) -> Path:
         save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
                        {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square"},
                        graph=graph_json)
-        _write_results(run_dir, task, final_metrics, final_outputs, data.val_set)
+        _write_results(run_dir, task, final_metrics, final_outputs, data.val_set, quiet=options.get("quiet", False))
     return run_dir
 
 
@@ -729,7 +729,8 @@ def _validation_forward(task: _Task, batch: dict, batch_index: int) -> None:
         task.log = log_method
 
 
-def _write_results(run_dir: Path, task: _Task, metrics: dict, outputs: dict[str, torch.Tensor], val_set) -> None:
+def _write_results(run_dir: Path, task: _Task, metrics: dict, outputs: dict[str, torch.Tensor], val_set,
+                   quiet: bool = False) -> None:
     """metrics.json, history.json and val_predictions.npz (raw validation outputs, for the report)."""
     import io
 
@@ -746,8 +747,9 @@ def _write_results(run_dir: Path, task: _Task, metrics: dict, outputs: dict[str,
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(run_dir / "val_predictions.npz", buffer.getvalue())
-    print(format_metrics(metrics))
-    print(f"model directory: {run_dir / 'model'}")
+    if not quiet:
+        print(format_metrics(metrics))
+        print(f"model directory: {run_dir / 'model'}")
 
 
 def _sample_path(dataset, index: int) -> str:
