@@ -923,6 +923,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                                      if k in label_names}))
 
     graph = load_graph_json(figure_dir / "model" / "graph.json")
+    if graph is None:  # a compare folder whose best variant has a linear head: the graph of an ML-GCN variant
+        for candidate in sorted(Path(run_dir).glob("*/model/graph.json")):
+            graph = load_graph_json(candidate)
+            if graph is not None:
+                break
     graph_names = list(graph.get("labels") or label_names) if isinstance(graph, dict) else label_names
     _attempt(page, "Label co-occurrence graph",
              "An arrow source → target is an edge of the ML-GCN graph: P(target | source) ≥ t; width ∝ probability.",
