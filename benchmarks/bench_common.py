@@ -124,3 +124,16 @@ def machine_summary() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def write_results(results: dict, name: str, explicit: Path | None = None) -> Path | None:
+    """Write `results` as JSON to `explicit`, else to $OUT/<name> when OUT is set (the device tool's folder)."""
+    import json
+    import os
+
+    target = explicit or (Path(os.environ["OUT"]) / name if os.environ.get("OUT") else None)
+    if target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2))
+        print(f"wrote {target}")
+    return target

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved, machine_summary, median  # noqa: E402
+from bench_common import interleaved, machine_summary, median, write_results  # noqa: E402
 
 FEATURE_DIM = 1280  # tf_efficientnet_lite0's final feature map
 EMBEDDING_DIM = 50  # the default GloVe-50 word vectors
@@ -167,11 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   "saved_activations_mib": heads[name].saved_bytes() / 2**20}
     _add_ratios(results)
     _print(results)
-    target = args.json or (Path(os.environ["OUT"]) / "cost_scaling.json" if os.environ.get("OUT") else None)
-    if target:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(results, indent=2))
-        print(f"wrote {target}")
+    write_results(results, "cost_scaling.json", args.json)
     return results
 
 

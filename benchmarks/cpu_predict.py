@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (EXAMPLE_IMAGES, EXAMPLE_ROOT, build_default_style_model_dir, image_paths,  # noqa: E402
-                          interleaved, machine_summary, median, p90)
+                          interleaved, machine_summary, median, p90, write_results)
 
 
 def _session(path: Path, threads: int = 0, optimise: bool = True):
@@ -284,11 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
             median([w for _, w in rss["onnx"]]) / median([w for _, w in rss["torch"]]))
 
     _print(results)
-    target = args.json or (Path(os.environ["OUT"]) / "cpu_predict.json" if os.environ.get("OUT") else None)
-    if target:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(results, indent=2))
-        print(f"wrote {target}")
+    write_results(results, "cpu_predict.json", args.json)
     return results
 
 

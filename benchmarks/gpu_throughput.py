@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import shutil
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import EXAMPLE_IMAGES, REPO, image_paths, machine_summary  # noqa: E402
+from bench_common import EXAMPLE_IMAGES, REPO, image_paths, machine_summary, write_results  # noqa: E402
 
 try:
     import fashionlens  # noqa: F401
@@ -473,11 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in ratios.items():
         target = results["targets"].get(key)
         print(f"{key:<40} {value:10.2f}" + (f"   (target >= {target})" if target else ""))
-    target_path = args.json or (Path(os.environ["OUT"]) / "gpu_throughput.json" if os.environ.get("OUT") else None)
-    if target_path:
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        target_path.write_text(json.dumps(results, indent=2))
-        print(f"wrote {target_path}")
+    write_results(results, "gpu_throughput.json", args.json)
     return results
 
 

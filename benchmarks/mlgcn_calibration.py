@@ -1,191 +1,118 @@
 """Calibrate ML-GCN heads against a linear head on frozen features (Clothing Attribute Dataset).
 
-Frozen, shipped EfficientNet-Lite0, global max pooling over the final feature map, images resized
-straight to SIZE x SIZE (as ML-GCN evaluates). The 26 attributes of labels.csv become 37 binary
-labels: 22 yes/no attributes (2 = yes, 1 = no), gender as male/female, one label per value of
-sleeve length (3), neckline (3) and category (7). A blank cell (annotators disagreed) is unknown:
-masked out of the loss, the graph counts and the AP.
+Frozen, shipped EfficientNet-Lite0, global max pooling, images resized straight to SIZE x SIZE,
+the project's own reader (37 binarised labels, blanks unknown and masked), heads and metrics. Heads
+train full-batch with Adam on the cached features for a fixed number of steps, on a fixed 70/30
+split, several seeds; the table gives the holdout mAP after each of STEPS.
 
-Heads are trained on the cached features only (Adam, full batch, fixed number of steps; no early
-stopping on the holdout), on one fixed 70/30 split, several seeds; mAP is the mean over labels of
-the holdout AP (known entries only, labels with at least one holdout positive).
+    python benchmarks/mlgcn_calibration.py [--size 224] [--steps 100,300,1000] [--seeds 5] [--heads linear,onehot]
 
-    python benchmarks/mlgcn_calibration.py [--size 224] [--steps 300] [--seeds 3]
-
-Features are cached in /tmp/fashionlens_calib_<size>.npz.
+Features are cached in /tmp/fashionlens_calib_<size>.pt. Results: docs/results.md, section 1a.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from fashionlens.labels import (build_adjacency, cooccurrence_counts, identity_adjacency, label_embeddings,
-                                load_glove, onehot_embeddings)
+from fashionlens.data import build_transforms, read_clothing_attributes
+from fashionlens.labels import build_adjacency, cooccurrence_counts, label_embeddings, load_glove, onehot_embeddings
 from fashionlens.losses import masked_bce_with_logits
+from fashionlens.metrics import multilabel_metrics
+from fashionlens.models.backbones import create_backbone
 from fashionlens.models.mlgcn import LinearHead, MLGCNHead
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-attributes"
-BINARY = ["black", "blue", "brown", "collar", "cyan", "gray", "green", "many_colors", "necktie", "pattern_floral",
-          "pattern_graphics", "pattern_plaid", "pattern_solid", "pattern_spot", "pattern_stripe", "placket",
-          "purple", "red", "scarf", "skin_exposure", "white", "yellow"]
-MULTI = {
-    "gender": ["male", "female"],
-    "sleevelength": ["sleeveless", "short sleeves", "long sleeves"],
-    "neckline": ["v-neck", "round neckline", "other neckline"],
-    "category": ["shirt", "sweater", "t-shirt", "outerwear", "suit", "tank top", "dress"],
-}
-# Words for GloVe, per binary attribute (the column names are not all words).
-BINARY_WORDS = {"many_colors": "many colors", "pattern_floral": "floral pattern", "pattern_graphics": "graphics pattern",
-                "pattern_plaid": "plaid pattern", "pattern_solid": "solid pattern", "pattern_spot": "spot pattern",
-                "pattern_stripe": "stripe pattern", "skin_exposure": "skin exposure"}
 
 
-def read_labels() -> tuple[list[str], list[str], list[str], np.ndarray, np.ndarray]:
-    """(image file names, label names, label words, labels (N, 37), mask (N, 37))."""
-    with open(DATA / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    names = BINARY + [f"{column}={value}" for column, values in MULTI.items() for value in values]
-    words = [BINARY_WORDS.get(name, name) for name in BINARY] + [w for values in MULTI.values() for w in values]
-    labels = np.zeros((len(rows), len(names)), dtype=np.float32)
-    mask = np.zeros_like(labels)
-    for n, row in enumerate(rows):
-        k = 0
-        for column in BINARY:
-            if row[column].strip():
-                labels[n, k] = float(int(row[column]) == 2)
-                mask[n, k] = 1
-            k += 1
-        for column, values in MULTI.items():
-            cell = row[column].strip()
-            for value in range(1, len(values) + 1):
-                if cell:
-                    labels[n, k] = float(int(cell) == value)
-                    mask[n, k] = 1
-                k += 1
-    return [row["image"] for row in rows], names, words, labels, mask
-
-
-def extract_features(files: list[str], size: int) -> np.ndarray:
-    cache = Path(f"/tmp/fashionlens_calib_{size}.npz")
-    if cache.exists():
-        data = np.load(cache)
-        if list(data["files"]) == files:
-            return data["features"]
-    from PIL import Image
-
-    from fashionlens.models.backbones import create_backbone
-
-    torch.set_num_threads(2)
+def cached_features(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """(features (N, 1280), labels, mask, label names, label words), features computed once per size."""
     backbone = create_backbone("tf_efficientnet_lite0", pretrained="shipped").eval()
-    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-    features = []
-    start = time.time()
-    with torch.inference_mode():
-        for first in range(0, len(files), 32):
-            batch = []
-            for name in files[first:first + 32]:
-                image = Image.open(DATA / "images" / name).convert("RGB").resize((size, size), Image.BILINEAR)
-                batch.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-            images = (torch.stack(batch).float() / 255 - mean) / std
-            features.append(backbone(images).amax(dim=(2, 3)).numpy())
-            print(f"features {first + len(batch)}/{len(files)} {time.time() - start:.0f}s", flush=True)
-    features = np.concatenate(features)
-    np.savez(cache, files=np.array(files), features=features)
-    return features
+    dataset = read_clothing_attributes(DATA, transform=build_transforms(size, backbone.mean, backbone.std, train=False))
+    cache = Path(f"/tmp/fashionlens_calib_{size}.pt")
+    if cache.exists():
+        features = torch.load(cache)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=2)
+        with torch.inference_mode():
+            features = torch.cat([backbone(batch["image"]).amax(dim=(2, 3)) for batch in loader])
+        torch.save(features, cache)
+    labels = torch.tensor(np.stack([r.labels for r in dataset.records]))
+    mask = torch.tensor(np.stack([r.label_mask for r in dataset.records]))
+    return features, labels, mask, list(dataset.label_names), list(dataset.label_words)
 
 
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    order = np.argsort(-scores, kind="stable")
-    hits = targets[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
+class WithBias(nn.Module):
+    """A per-label bias added to a head's logits (ML-GCN's head has none)."""
 
+    def __init__(self, head: nn.Module, num_labels: int):
+        super().__init__()
+        self.head = head
+        self.bias = nn.Parameter(torch.zeros(num_labels))
 
-def mean_ap(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-    aps = []
-    for c in range(labels.shape[1]):
-        known = mask[:, c] > 0
-        if labels[known, c].sum() > 0:
-            aps.append(average_precision(scores[known, c], labels[known, c]))
-    return 100 * float(np.mean(aps))
-
-
-def train_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, steps: int,
-               lr: float, weight_decay: float) -> torch.nn.Module:
-    optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
-        optimiser.zero_grad()
-        loss = masked_bce_with_logits(head(x), y, m)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
-        optimiser.step()
-    return head
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features) + self.bias
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", default="100,300,1000")
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--heads", default="", help="comma-separated substrings: only heads whose name matches")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    checkpoints = sorted(int(s) for s in args.steps.split(","))
 
-    files, names, words, labels, mask = read_labels()
-    features = extract_features(files, args.size)
-    split = np.random.default_rng(0).permutation(len(files))
-    cut = int(0.7 * len(files))
-    train, test = split[:cut], split[cut:]
-    x = torch.from_numpy(features)
-    # Standardise with training statistics: max-pooled features have very different scales per channel.
-    mu, sigma = x[train].mean(0), x[train].std(0) + 1e-6
-    x = (x - mu) / sigma
-    y, m = torch.from_numpy(labels), torch.from_numpy(mask)
-    M, N = cooccurrence_counts(labels[train], mask[train])
+    x, y, m, names, words = cached_features(args.size)
+    count, dim = len(names), x.shape[1]
     glove = label_embeddings(words, load_glove("glove50"))
-    dim = features.shape[1]
+    onehot = onehot_embeddings(count)
+    identity = np.eye(count, dtype=np.float32)
 
-    def graph(t: float, p: float = 0.2):
-        return build_adjacency(M, N, t=t, p=p, label_names=names)
+    def graph(train: np.ndarray, t: float = 0.4) -> np.ndarray:
+        pair_counts, label_counts = cooccurrence_counts(y[train].numpy(), m[train].numpy())
+        return build_adjacency(pair_counts, label_counts, t=t, p=0.2, label_names=names).adjacency
 
     heads = {
-        "linear": lambda: LinearHead(dim, len(names)),
-        "mlgcn glove t=0.4": lambda: MLGCNHead(glove, graph(0.4).adjacency, dim, hidden=args.hidden),
-        "mlgcn glove t=0.4 residual": lambda: MLGCNHead(glove, graph(0.4).adjacency, dim, hidden=args.hidden,
-                                                         residual=True),
-        "mlgcn glove t=0.3": lambda: MLGCNHead(glove, graph(0.3).adjacency, dim, hidden=args.hidden),
-        "mlgcn glove t=0.2": lambda: MLGCNHead(glove, graph(0.2).adjacency, dim, hidden=args.hidden),
-        "mlgcn one-hot t=0.4": lambda: MLGCNHead(onehot_embeddings(len(names)), graph(0.4).adjacency, dim,
-                                                 hidden=args.hidden),
-        "mlgcn glove identity": lambda: MLGCNHead(glove, identity_adjacency(len(names)).adjacency, dim,
-                                                  hidden=args.hidden),
+        "linear": lambda train: LinearHead(dim, count),
+        "mlgcn glove (reference: no bias)": lambda train: MLGCNHead(glove, graph(train), dim),
+        "mlgcn glove + bias": lambda train: WithBias(MLGCNHead(glove, graph(train), dim), count),
+        "mlgcn glove t=0.3 + bias": lambda train: WithBias(MLGCNHead(glove, graph(train, 0.3), dim), count),
+        "mlgcn glove residual + bias": lambda train: WithBias(MLGCNHead(glove, graph(train), dim, residual=True),
+                                                              count),
+        "mlgcn glove identity + bias": lambda train: WithBias(MLGCNHead(glove, identity, dim), count),
+        "mlgcn onehot + bias": lambda train: WithBias(MLGCNHead(onehot, graph(train), dim), count),
+        "mlgcn onehot identity + bias": lambda train: WithBias(MLGCNHead(onehot, identity, dim), count),
     }
-    for t in (0.2, 0.3, 0.4):
-        print(f"t={t}: {graph(t).num_edges} edges")
-    print(f"features {tuple(features.shape)}, train {len(train)}, holdout {len(test)}, steps {args.steps}, "
-          f"lr {args.lr}, seeds {args.seeds}")
+    print(f"features {tuple(x.shape)}, seeds {args.seeds}, Adam lr {args.lr}, holdout mAP after {checkpoints} steps")
     for name, make in heads.items():
         if args.heads and not any(part in name for part in args.heads.split(",")):
             continue
-        scores = []
         start = time.time()
+        results = {step: [] for step in checkpoints}
         for seed in range(args.seeds):
+            order = np.random.default_rng(seed).permutation(len(x))
+            train, test = order[: int(0.7 * len(x))], order[int(0.7 * len(x)):]
             torch.manual_seed(seed)
-            head = train_head(make(), x[train], y[train], m[train], args.steps, args.lr, args.weight_decay)
-            with torch.no_grad():
-                scores.append(mean_ap(head(x[test]).numpy(), labels[test], mask[test]))
-        print(f"{name:30s} mAP {np.mean(scores):5.1f} ± {np.std(scores):.1f}  ({time.time() - start:.0f}s)",
-              flush=True)
+            head = make(train)
+            optimiser = torch.optim.Adam(head.parameters(), lr=args.lr, weight_decay=1e-4)
+            for step in range(1, checkpoints[-1] + 1):
+                optimiser.zero_grad()
+                masked_bce_with_logits(head(x[train]), y[train], m[train]).backward()
+                torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
+                optimiser.step()
+                if step in results:
+                    with torch.no_grad():
+                        results[step].append(multilabel_metrics(head(x[test]), y[test], m[test])["mAP"])
+        row = "  ".join(f"{step}: {np.mean(v):5.1f} ± {np.std(v):.1f}" for step, v in results.items())
+        print(f"{name:34s} {row}  ({time.time() - start:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_style_and_substyle_are_both_positive(tmp_path: Path, shared_data: Path)
 
 
 def test_unknown_korean_style(tmp_path: Path, shared_data: Path) -> None:
-    path = _copy(tmp_path, shared_data, [{"스타일": "기타"}])
+    _copy(tmp_path, shared_data, [{"스타일": "기타"}])
     with pytest.raises(DataError, match=r"100026.json: unknown 스타일 value '기타': expected one of the 23 K-Fashion styles"):
         read_kfashion(tmp_path)
 

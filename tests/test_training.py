@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fashionlens.errors import FashionlensError, ModelDirError
 from fashionlens.modeldir import load_model_dir
