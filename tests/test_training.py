@@ -101,8 +101,9 @@ def test_weights_that_do_not_match_the_config_are_refused(style_run: Path, tmp_p
 
 @pytest.mark.slow
 def test_style_model_learns_on_real_photos(tmp_path: Path):
-    """Three epochs on 300 real photos beat the label-frequency prior by a clear margin on held-out photos."""
-    out = train_style(_options(tmp_path, limit=300, epochs=3, image_size=96, head="linear", lr=0.01))
+    """A head trained on 240 real photos beats chance by a clear margin on 60 held-out photos."""
+    out = train_style(_options(tmp_path, limit=300, epochs=15, image_size=160, head="linear", optimizer="adamw",
+                               lr=1e-3, cache_features=True))
     predictions = np.load(out / "val_predictions.npz")
     labels, mask = predictions["labels"], predictions["mask"]
     from fashionlens.metrics import multilabel_metrics
