@@ -23,9 +23,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mlgcn-onehot-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot"},
     "mlgcn-onehot-identity-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot", "graph": "identity"},
     "mlgcn-identity": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "graph": "identity"},
-    "linear-max-scratch": {"head": "linear", "pool": "max", "pretrained": "none", "freeze_epochs": 0},
+    # From scratch the backbone has nothing to preserve: it trains at the heads' learning rate (lrp 1).
+    "linear-max-scratch": {"head": "linear", "pool": "max", "pretrained": "none", "freeze_epochs": 0, "lrp": 1.0},
     "mlgcn-glove-scratch": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "pretrained": "none",
-                            "freeze_epochs": 0},
+                            "freeze_epochs": 0, "lrp": 1.0},
 }
 DEFAULT_VARIANTS = ("linear-avg", "linear-max", "mlgcn-glove", "mlgcn-onehot", "mlgcn-identity", "linear-max-scratch")
 
