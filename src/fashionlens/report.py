@@ -93,6 +93,19 @@ def _thumbnail(image: Any, size: int = 160) -> np.ndarray | None:
     return np.asarray(picture)
 
 
+def _on_square_canvas(picture: np.ndarray | None, size: int) -> np.ndarray | None:
+    """Centre a thumbnail on a white size x size canvas, so every tile (and its caption) lines up."""
+    if picture is None:
+        return None
+    if picture.ndim == 2:
+        picture = np.stack([picture] * 3, axis=-1)
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    height, width = picture.shape[:2]
+    top, left = (size - height) // 2, (size - width) // 2
+    canvas[top:top + height, left:left + width] = picture[..., :3]
+    return canvas
+
+
 # ------------------------------------------------------------------------------- training curves
 
 
@@ -660,7 +673,7 @@ def plot_prediction_gallery(gallery: Gallery, path: str | Path, thumbnail: int =
     grey unknown) and the true labels underneath."""
     sections = [(name, items) for name, items in gallery.sections.items()]
     columns = max([len(items) for _, items in sections] + [1])
-    fig = Figure(figsize=(2.35 * columns, 3.55 * len(sections)))
+    fig = Figure(figsize=(2.35 * columns, 3.0 * len(sections)))
     axes = np.asarray(fig.subplots(len(sections), columns, squeeze=False))
     colours = {True: "#1a7f37", False: "#cf222e", None: "0.45"}
     for r, (name, items) in enumerate(sections):
@@ -673,18 +686,21 @@ def plot_prediction_gallery(gallery: Gallery, path: str | Path, thumbnail: int =
             if c >= len(items):
                 continue
             entry = items[c]
-            picture = _thumbnail(entry.path, thumbnail)
+            picture = _on_square_canvas(_thumbnail(entry.path, thumbnail), thumbnail)
             if picture is None:
                 picture = np.full((thumbnail, thumbnail, 3), 220, dtype=np.uint8)
                 ax.text(0.5, 0.5, "image\nunreadable", transform=ax.transAxes, ha="center", va="center", fontsize=8)
             ax.imshow(picture)
             lines = [(f"{_short(label, 16)} {p:.2f}", colours[ok]) for label, p, ok in entry.predicted]
-            truth = ", ".join(_short(t, 14) for t in entry.true[:3]) + (" …" if len(entry.true) > 3 else "")
+            truth = ", ".join(_short(t, 13) for t in entry.true[:2]) + (" …" if len(entry.true) > 2 else "")
             lines.append((f"true: {truth or '—'}", "0.15"))
             for k, (text, colour) in enumerate(lines):
-                ax.text(0.0, -0.04 - 0.105 * k, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                        color=colour, fontweight="bold" if k == 0 else "normal")
-    fig.tight_layout(h_pad=3.5)
+                # Captions in points below the tile, so their spacing does not depend on the tile's size.
+                ax.annotate(text, xy=(0.0, 0.0), xycoords="axes fraction", xytext=(0, -3 - 11 * k),
+                            textcoords="offset points", va="top", ha="left", fontsize=8, color=colour,
+                            fontweight="bold" if k == 0 else "normal", annotation_clip=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / fig.get_figheight(), bottom=0.9 / fig.get_figheight(),
+                        hspace=0.75, wspace=0.08)
     return _save(fig, path)
 
 
