@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     clothing.add_argument("--no-glem", action="store_true", help="ablation: landmark branch of plain convs")
     clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
     clothing.add_argument("--heatmap-size", type=int, default=56)
+    clothing.add_argument("--final-weights", choices=("best", "last"), default="best",
+                          help="save the epoch with the lowest validation loss (default) or the last epoch")
     clothing.add_argument("--heatmap-sigma", type=float, default=None, help="Gaussian sigma in heatmap pixels")
     clothing.add_argument("--lambdas", type=float, nargs=3, default=(1.0, 20.0, 10.0),
                           metavar=("CAT", "ATTR", "LM"), help="loss weights (default 1 20 10, Liu & Lu)")
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "split by product, and the upper-body images with ground-truth landmarks); images are symlinked.")
     sample.add_argument("shared_data", type=Path, help="the shared data folder (holds deepfashion/ and landmarks/)")
     sample.add_argument("out", type=Path)
+    sample.add_argument("--landmarks-only", action="store_true", help="only the photos with ground-truth landmarks")
     return parser
 
 
@@ -223,7 +226,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "deepfashion-sample":
         from fashionlens.data.samples import build_deepfashion_sample
 
-        print(f"wrote {build_deepfashion_sample(args.shared_data, args.out)}")
+        print(f"wrote {build_deepfashion_sample(args.shared_data, args.out, landmarks_only=args.landmarks_only)}")
         return 0
     if args.command == "data":
         from fashionlens.data.check import check_dataset

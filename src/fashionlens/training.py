@@ -301,6 +301,8 @@ class ClothingTask(_Task):
         if "heatmaps" in outputs and "landmarks" in batch:
             size = batch["image"].shape[-2:]
             xy, _ = decode_heatmaps(outputs["heatmaps"].float().detach(), tuple(size), subpixel=True)
+            if "crop_box" in batch:
+                record["boxes"] = batch["crop_box"].detach()
             record.update(pred_xy=xy, true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
                           visibility=batch["landmark_visibility"].detach(),
                           sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
@@ -328,14 +330,14 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
 # ------------------------------------------------------------------------------------- entry points
 
 
-def _trainer(run_dir: Path, options: dict, monitor: str, callbacks_extra=()) -> L.Trainer:
+def _trainer(run_dir: Path, options: dict, monitor: str, mode: str = "max", callbacks_extra=()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     on_gpu = torch.cuda.is_available() and options.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     precision = options.get("precision") or ("bf16-mixed" if on_gpu else "32-true")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val/{monitor}",
-                                 mode="max", save_last=True, save_top_k=1, every_n_epochs=1)
+                                 mode=mode, save_last=True, save_top_k=1, every_n_epochs=1)
     # The two most recent epochs, so a truncated last.ckpt still leaves a good checkpoint to resume from.
     recent = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="recent-{epoch:03d}", monitor="global_step",
                              mode="max", save_top_k=2, every_n_epochs=1)
@@ -593,12 +595,14 @@ def train_clothing(options: dict) -> Path:
                         freeze_epochs=options.get("freeze_epochs", 1), epochs=options["epochs"],
                         channels_last=options.get("channels_last", False))
     data = FashionDataModule(train_set, val_set, options.get("batch_size", 32), options.get("workers"))
-    trainer = _trainer(run_dir, options, monitor="category_top3")
+    # The multi-task validation loss: category top-k saturates early (DeepFashion is 40% dresses, and a
+    # sample set can be all one category), which would freeze "best" at the first epoch.
+    trainer = _trainer(run_dir, options, monitor="loss", mode="min")
     atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
                                              "val_size": len(val_set)})
     _fit(trainer, task, data, run_dir, options)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).exists():
+    if options.get("final_weights", "best") == "best" and best and Path(best).exists():
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:

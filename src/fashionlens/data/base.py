@@ -324,6 +324,9 @@ class FashionDataset(torch.utils.data.Dataset):
                 visibility = mark_outside_landmarks(points, visibility, height, width)
             sample["landmarks"] = tv_tensors.KeyPoints(points, canvas_size=(height, width))
             sample["landmark_visibility"] = visibility
+        # Where the network input came from in the original photo (XYXY pixels), to draw results back on it.
+        sample["crop_box"] = torch.tensor([offset[0], offset[1], offset[0] + width, offset[1] + height],
+                                          dtype=torch.float32)
         sample["path"] = str(record.image)
         sample["index"] = index
         return sample

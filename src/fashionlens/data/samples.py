@@ -21,16 +21,19 @@ UPPER_BODY_ORDER = ("left_collar", "right_collar", "left_sleeve", "right_sleeve"
 LANDMARK_VAL_EVERY = 4  # every 4th landmark image goes to val, the rest to train
 
 
-def build_deepfashion_sample(shared_data: str | Path, out: str | Path) -> Path:
-    """Write the sample benchmark under ``out`` (Anno/, Eval/, img/) and return ``out``."""
+def build_deepfashion_sample(shared_data: str | Path, out: str | Path, landmarks_only: bool = False) -> Path:
+    """Write the sample benchmark under ``out`` (Anno/, Eval/, img/) and return ``out``.
+
+    ``landmarks_only`` keeps just the photos with ground-truth landmarks (a landmark-localisation set).
+    """
     shared_data, out = Path(shared_data).resolve(), Path(out)
     deepfashion = shared_data / "deepfashion"
     (out / "img").mkdir(parents=True, exist_ok=True)
-    for product in sorted((deepfashion / "img").iterdir()):
+    rows = [] if landmarks_only else weak_label_rows(deepfashion)
+    for product in [] if landmarks_only else sorted((deepfashion / "img").iterdir()):
         link = out / "img" / product.name
         if not link.exists():
             os.symlink(product, link, target_is_directory=True)
-    rows = weak_label_rows(deepfashion)
     # The landmark photos carry no attribute annotation: every attribute is unknown, not negative.
     attribute_names, _ = read_vocabulary(deepfashion / "Anno" / "list_attr_cloth.txt", ATTRIBUTE_TYPE_NAMES)
 
