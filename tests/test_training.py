@@ -113,3 +113,24 @@ def test_style_model_learns_on_real_photos(tmp_path: Path):
     chance = np.mean([multilabel_metrics(rng.normal(size=labels.shape), labels, mask)["mAP"] for _ in range(20)])
     learned = json.loads((out / "metrics.json").read_text())["mAP"]
     assert learned > chance + 10.0, (learned, chance)
+
+
+@pytest.mark.slow
+def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path: Path, shared_data: Path):
+    """The landmark network on the real landmark photos in benchmark format: train, save, reload, evaluate."""
+    from fashionlens.data.samples import build_deepfashion_sample
+    from fashionlens.training import train_clothing
+
+    root = build_deepfashion_sample(shared_data, tmp_path / "sample", landmarks_only=True)
+    out = train_clothing({"data": root, "out": tmp_path / "run", "backbone": "mobilenet_v2", "pretrained": "shipped",
+                          "image_size": 64, "heatmap_size": 16, "epochs": 1, "batch_size": 4, "workers": 0,
+                          "optimizer": "adamw", "lr": 1e-3, "freeze_epochs": 0, "seed": 0})
+    bundle = load_model_dir(out / "model")
+    assert bundle.task == "clothing" and len(bundle.labels["attribute_types"]) == 1000
+    predictions = np.load(out / "val_predictions.npz")
+    assert predictions["boxes"].shape == (4, 4) and predictions["pred_xy"].shape == (4, 8, 2)
+    metrics = evaluate_model_dir(out / "model", root, "deepfashion", split="val", workers=0)
+    assert metrics["num_images"] == 4
+    for key in ("category_top3", "attr_top3", "texture_top3", "style_top5", "normalized_error", "detection_rate@0.1"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["normalized_error"] < 2.0

@@ -271,9 +271,9 @@ class ClothingTask(_Task):
         kwargs = {}
         if self.heatmap_sigma is not None:
             kwargs["heatmap_sigma"] = self.heatmap_sigma
-        return clothing_loss(outputs, batch, lambdas=self.lambdas,
-                             attr_pos_weight=self.attr_pos_weight if self.attr_pos_weight.numel() else None,
-                             attr_neg_weight=self.attr_neg_weight if self.attr_neg_weight.numel() else None, **kwargs)
+        if self.attr_pos_weight.numel():  # else clothing_loss's defaults (Liu & Lu's 1 and 0.1)
+            kwargs.update(attr_pos_weight=self.attr_pos_weight, attr_neg_weight=self.attr_neg_weight)
+        return clothing_loss(outputs, batch, lambdas=self.lambdas, **kwargs)
 
     def training_step(self, batch, batch_idx):
         outputs = self(self._images(batch))
