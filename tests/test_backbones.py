@@ -69,3 +69,11 @@ def test_unknown_backbone_and_missing_weights_are_clear_errors(tmp_path):
         create_backbone("mobilenet_v2", pretrained=str(missing))
     with pytest.raises(BackboneError, match="no shipped offline weights for 'resnet18'"):
         create_backbone("resnet18", pretrained="shipped")
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenet_v2", "resnet18"])
+def test_normalisation_table_matches_the_built_backbone(name):
+    from fashionlens.models.backbones import backbone_normalisation
+
+    built = create_backbone(name, pretrained="none")
+    assert backbone_normalisation(name) == (built.mean, built.std)

@@ -364,13 +364,12 @@ def _trainer(run_dir: Path, options: dict, monitor: str, mode: str = "max", call
 def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint in RUN_DIR/checkpoints that loads; a truncated or corrupt one is skipped, loudly.
 
-    Order: last.ckpt, then the two most recent epoch checkpoints (newest first), then best.ckpt.
+    Newest = highest global step, over every checkpoint there (last, best, the two most recent
+    epochs, and their -vN copies from earlier runs in the same folder): Lightning refreshes last.ckpt
+    only when it saves a new best, so last.ckpt alone can be many epochs old.
     """
-    folder = Path(run_dir) / "checkpoints"
-    recent = sorted(folder.glob("recent-*.ckpt"), key=lambda path: path.name, reverse=True)
-    for candidate in [folder / "last.ckpt", *recent, folder / "best.ckpt"]:
-        if not candidate.is_file():
-            continue
+    newest, newest_step = None, -1
+    for candidate in sorted(Path(run_dir).glob("checkpoints/*.ckpt")):
         try:
             state = torch.load(candidate, map_location="cpu", weights_only=False)
             if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
@@ -381,8 +380,10 @@ def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
             print(f"fashionlens: {candidate} is truncated or corrupt; falling back to an earlier checkpoint",
                   flush=True)
             continue
-        return candidate
-    return None
+        step = int(state.get("global_step", -1))
+        if step > newest_step:
+            newest, newest_step = candidate, step
+    return newest
 
 
 def _fit(trainer: L.Trainer, task: "_Task", data: FashionDataModule, run_dir: Path, options: dict) -> None:
@@ -395,6 +396,13 @@ def _fit(trainer: L.Trainer, task: "_Task", data: FashionDataModule, run_dir: Pa
         print(f"fashionlens: {run_dir} already holds checkpoints; starting over (pass --resume to continue)",
               flush=True)
     trainer.fit(task, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
+
+
+def _load_final_weights(trainer: L.Trainer, task: "_Task", options: dict) -> None:
+    """Put the best checkpoint's weights into `task` (default), or keep the last epoch's (--final-weights last)."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if options.get("final_weights", "best") == "best" and best and Path(best).exists():
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
 
 
 def _run_metadata(options: dict) -> dict:
@@ -441,7 +449,7 @@ def train_style(options: dict) -> Path:
     """`fashionlens train style`: fit a multi-label model and write RUN_DIR/model/."""
     from fashionlens.data import open_dataset
     from fashionlens.data.transforms import build_transforms
-    from fashionlens.models.backbones import create_backbone
+    from fashionlens.models.backbones import backbone_normalisation
     from fashionlens.models.mlgcn import build_style_model
 
     options = dict(options)
@@ -452,9 +460,7 @@ def train_style(options: dict) -> Path:
     optimizer = options.get("optimizer", "sgd")
     options["lr"] = options.get("lr") or DEFAULT_LR[optimizer]
 
-    probe = create_backbone(options["backbone"], pretrained="none", stage="final")
-    mean, std = probe.mean, probe.std
-    del probe
+    mean, std = backbone_normalisation(options["backbone"])
     train_transform = build_transforms(image_size, mean, std, train=True)
     eval_transform = build_transforms(image_size, mean, std, train=False)
     fmt = options["format"]
@@ -521,10 +527,7 @@ def train_style(options: dict) -> Path:
                                              "val_size": len(val_set), "labels": kept_names})
     _fit(trainer, task, data, run_dir, options)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if options.get("final_weights", "best") == "best" and best and Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
+    _load_final_weights(trainer, task, options)
     final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:
         labels_json = {"label_names": kept_names,
@@ -541,7 +544,7 @@ def train_clothing(options: dict) -> Path:
     """`fashionlens train clothing`: category + attributes + landmarks on the DeepFashion layout."""
     from fashionlens.data import open_dataset
     from fashionlens.data.transforms import build_transforms
-    from fashionlens.models.backbones import create_backbone
+    from fashionlens.models.backbones import backbone_normalisation
     from fashionlens.models.landmark_net import build_clothing_model
 
     options = dict(options)
@@ -551,9 +554,7 @@ def train_clothing(options: dict) -> Path:
     image_size = int(options.get("image_size", 224))
     optimizer = options.get("optimizer", "sgd")
     options["lr"] = options.get("lr") or DEFAULT_LR[optimizer]
-    probe = create_backbone(options["backbone"], pretrained="none", stage="stride8")
-    mean, std = probe.mean, probe.std
-    del probe
+    mean, std = backbone_normalisation(options["backbone"])
     skip_bad = options.get("skip_bad", False)
     train_transform = build_transforms(image_size, mean, std, train=True)
     eval_transform = build_transforms(image_size, mean, std, train=False)
@@ -601,9 +602,7 @@ def train_clothing(options: dict) -> Path:
     atomic_write_json(run_dir / "run.json", {**_run_metadata(options), "train_size": len(train_set),
                                              "val_size": len(val_set)})
     _fit(trainer, task, data, run_dir, options)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if options.get("final_weights", "best") == "best" and best and Path(best).exists():
-        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    _load_final_weights(trainer, task, options)
     final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:
         labels_json = {"label_names": attribute_names, "attribute_types": attribute_types,

@@ -110,6 +110,15 @@ def create_backbone(name: str, pretrained: str = "shipped", stage: str = "final"
     return Backbone(body, channels, stride, spec.mean, spec.std, name, stage)
 
 
+def backbone_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's weights expect, without building it where the table knows them."""
+    spec = _SPECS.get(name)
+    if spec is not None:
+        return spec.mean, spec.std
+    backbone = create_backbone(name, pretrained="none")
+    return backbone.mean, backbone.std
+
+
 def _build_full_model(name: str, spec: _Spec, pretrained: str) -> nn.Module:
     if spec.library == "torchvision":
         import torchvision
