@@ -86,10 +86,13 @@ def build_default_style_model_dir(out: Path, image_size: int = 224, data_root: P
     return out, head
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each variant; each round runs every variant once, in a rotating order.
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 2, block: int = 1,
+                settle: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each variant; each round runs every variant in a rotating order.
 
-    Rotating the order spreads slow spells of a shared machine over all variants alike.
+    Rotating the order spreads slow spells of a shared machine over all variants alike. Each turn of a
+    variant is ``settle`` untimed calls, then ``block`` timed ones: with ``settle`` > 0 a variant is not
+    timed right after another one whose worker threads may still be spinning on the cores.
     """
     names = list(variants)
     for _ in range(warmup):
@@ -99,9 +102,12 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(settle):
+                variants[name]()
+            for _ in range(block):
+                start = time.perf_counter()
+                variants[name]()
+                times[name].append(time.perf_counter() - start)
     return times
 
 

@@ -37,12 +37,15 @@ from bench_common import (EXAMPLE_IMAGES, EXAMPLE_ROOT, build_default_style_mode
                           interleaved, machine_summary, median, p90, write_results)
 
 
-def _session(path: Path, threads: int = 0, optimise: bool = True):
+def _session(path: Path, threads: int = 0, optimise: bool = True, spinning: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    # Spinning worker threads (onnxruntime's default) keep burning the cores after a run returns and
+    # slow whatever runs next: here, the next variant. Off everywhere except the variant that measures it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if not optimise:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     runtimes = {"eager": lambda x: eager.runtime(x), "onnx": lambda x: onnx.runtime(x)}
     sessions = {f"onnx_threads{torch_threads}": _session(onnx_path, threads=torch_threads),
                 "onnx_threads1": _session(onnx_path, threads=1),
+                "onnx_spinning": _session(onnx_path, spinning=True),
                 "onnx_no_graph_opt": _session(onnx_path, optimise=False)}
     calibration = [eager.preprocess(image)[None].numpy() for image in decoded[:: max(1, len(decoded) // 32)][:32]]
     int8_kinds = [k for k in args.int8.split(",") if k and k != "none"]
@@ -212,8 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
             torch.set_num_threads(torch_threads)
     runtimes["eager_threads1"] = eager_one_thread
 
+    # Blocks of 5 timed calls after one untimed call: no variant is timed while the previous one's
+    # threads still spin (onnxruntime's spinning variant, torch's OpenMP pool).
+    blocks = max(1, args.rounds // 5)
     model_single = interleaved({name: (lambda f: lambda: f(single))(f) for name, f in runtimes.items()},
-                               rounds=args.rounds)
+                               rounds=blocks, block=5, settle=1)
     model_batch = interleaved({name: (lambda f: lambda: f(batch))(f) for name, f in runtimes.items()},
                               rounds=args.batch_rounds, warmup=1)
 
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_variant = {name: itertools.cycle(paths) for name in ("eager", "onnx")}
     predictors = {"eager": eager, "onnx": onnx}
     e2e_single = interleaved({name: (lambda n: lambda: predictors[n](next(per_variant[n])))(name)
-                              for name in predictors}, rounds=args.rounds)
+                              for name in predictors}, rounds=blocks, block=5, settle=1)
     chunks = [paths[i:i + args.batch_size] for i in range(0, len(paths) - args.batch_size + 1, args.batch_size)]
     per_chunk = {name: itertools.cycle(chunks) for name in predictors}
     e2e_batch = interleaved({name: (lambda n: lambda: predictors[n](next(per_chunk[n])))(name)

@@ -102,3 +102,22 @@ def test_bad_code(tmp_path: Path, shared_data: Path) -> None:
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"labels.csv:4: expected 27 columns as in the header, found 28"):
         open_dataset(tmp_path, "clothing-attributes")
+
+
+def test_clothing_view_types_the_30_attributes_and_keeps_categories_apart(shared_data: Path) -> None:
+    """For the clothing network: the 7 category labels leave the vocabulary (they are the category head)."""
+    from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
+
+    full = read_clothing_attributes(shared_data / "clothing-attributes")
+    assert full.attribute_types is None  # category labels have no attribute type
+    view = read_clothing_attributes(shared_data / "clothing-attributes", label_names=CLOTHING_ATTRIBUTE_NAMES)
+    assert len(view.label_names) == 30 and not any(name.startswith("category_") for name in view.label_names)
+    types = dict(zip(view.label_names, view.attribute_types))
+    # DeepFashion's own list_attr_cloth.txt types: floral 1 texture, plaid 2 fabric, red 5 style, v-neck 4 part.
+    assert (types["pattern_floral"], types["pattern_plaid"], types["color_red"], types["neckline_v"]) == (
+        "texture", "fabric", "style", "part")
+    assert sorted(set(view.attribute_types)) == ["fabric", "part", "shape", "style", "texture"]
+    # Categories: 0-based over the 7 names, -1 where the annotators disagreed (blank cell).
+    categories = np.array([r.category for r in view.records])
+    assert view.category_names[6] == "dress" and categories.min() == -1 and categories.max() == 6
+    assert (categories == -1).sum() == sum(1 for r in full.records if r.label_mask[-1] == 0)

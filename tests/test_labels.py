@@ -102,7 +102,7 @@ def test_equals_reference_when_every_label_receives():
     assert checked >= 5
 
 
-def test_empty_label_is_an_error_or_dropped():
+def test_empty_label_is_an_error_dropped_or_isolated():
     M = np.array([[3, 0, 2], [0, 0, 0], [2, 0, 2]])
     N = np.array([3, 0, 2])
     with pytest.raises(ValueError, match="'collar'"):
@@ -113,6 +113,11 @@ def test_empty_label_is_an_error_or_dropped():
     assert graph.label_names == ["solid", "floral"]
     # P(floral | solid) = 2/3, P(solid | floral) = 1: both edges; R = [[.8, .2], [.2, .8]], columns sum to 1.
     np.testing.assert_allclose(graph.adjacency, [[0.8, 0.2], [0.2, 0.8]], rtol=1e-6)
+    # Isolated: collar keeps its node, sees only itself, and the others' block is unchanged.
+    with pytest.warns(UserWarning, match="kept without edges.*collar"):
+        graph = build_adjacency(M, N, label_names=["solid", "collar", "floral"], on_empty="isolate")
+    assert graph.kept == [0, 1, 2] and not graph.edges[1].any() and not graph.edges[:, 1].any()
+    np.testing.assert_allclose(graph.adjacency, [[0.8, 0, 0.2], [0, 1, 0], [0.2, 0, 0.8]], rtol=1e-6, atol=1e-7)
 
 
 def test_graph_json_round_trip():

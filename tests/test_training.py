@@ -134,3 +134,33 @@ def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path
     for key in ("category_top3", "attr_top3", "texture_top3", "style_top5", "normalized_error", "detection_rate@0.1"):
         assert key in metrics, key
     assert 0.0 <= metrics["normalized_error"] < 2.0
+
+
+@pytest.mark.parametrize("attr_head", ["plain", "mlgcn"])
+def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path, attr_head: str):
+    """Category head over the 7 categories, 30 typed attributes, no landmarks; evaluate on the saved model."""
+    from fashionlens.training import train_clothing
+
+    out = train_clothing({"data": MINI, "format": "clothing-attributes", "out": tmp_path / "run",
+                          "backbone": "mobilenet_v2", "pretrained": "shipped", "image_size": 64, "epochs": 1,
+                          "batch_size": 16, "limit": 48, "val_split": 0.25, "no_landmarks": True,
+                          "attr_head": attr_head, "embeddings": "onehot", "workers": 0, "optimizer": "adamw",
+                          "lr": 1e-3, "freeze_epochs": 1, "seed": 0})
+    bundle = load_model_dir(out / "model")
+    assert bundle.task == "clothing" and len(bundle.labels["category_names"]) == 7
+    assert len(bundle.label_names) == 30 and bundle.config["attr_head"] == ("mlgcn" if attr_head == "mlgcn" else "linear")
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_size"] == 48 and run["val_size"] == len(split_indices(495, 0.25, 0)[1])
+    metrics = evaluate_model_dir(out / "model", MINI, "clothing-attributes", workers=0)
+    assert metrics["num_images"] == 495
+    for key in ("category_top3", "attr_top3", "texture_top3", "part_top5", "style_top3"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert metrics["fabric_top3"] == 100.0  # one fabric attribute (plaid): top-3 of one is always a hit
+
+
+def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):
+    from fashionlens.training import train_clothing
+
+    with pytest.raises(ValueError, match="expected deepfashion or clothing-attributes"):
+        train_clothing({"data": MINI, "format": "folders", "out": tmp_path / "run", "backbone": "mobilenet_v2",
+                        "epochs": 1})

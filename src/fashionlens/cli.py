@@ -93,10 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train the landmark-driven clothing network (Lee et al. 2020) on the "
                                             "DeepFashion Category & Attribute Prediction benchmark layout.")
     _add_common_training_arguments(clothing, image_size=224, backbone="vgg19")
-    clothing.add_argument("--format", default="deepfashion", choices=("deepfashion",))
+    clothing.add_argument("--format", default="deepfashion", choices=("deepfashion", "clothing-attributes"),
+                          help="deepfashion (the benchmark layout, its own partition) or clothing-attributes "
+                               "(7 categories + 30 typed attributes, no landmarks; --val-split held out)")
+    clothing.add_argument("--val-split", type=float, default=0.2,
+                          help="fraction held out for validation when the format has no partition (default 0.2)")
     clothing.add_argument("--no-landmarks", action="store_true", help="ablation: no landmark branch")
     clothing.add_argument("--no-glem", action="store_true", help="ablation: landmark branch of plain convs")
     clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
+    clothing.add_argument("--embeddings", default="glove50",
+                          help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot")
+    clothing.add_argument("--t", type=float, default=0.4, help="attribute graph threshold t (mlgcn head)")
+    clothing.add_argument("--p", type=float, default=0.2, help="attribute graph reweighting p (mlgcn head)")
     clothing.add_argument("--heatmap-size", type=int, default=56)
     clothing.add_argument("--final-weights", choices=("best", "last"), default="best",
                           help="save the epoch with the lowest validation loss (default) or the last epoch")

@@ -264,6 +264,9 @@ class _OnnxRuntime:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # onnxruntime's worker threads busy-wait after each run by default; between runs this process
+        # decodes and resizes with PIL/torch on the same cores, which the spinning threads would starve.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), sess_options=options,
                                                 providers=["CPUExecutionProvider"])

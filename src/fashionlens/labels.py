@@ -363,7 +363,9 @@ def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2
 
     A label with no positive in the training labels has no conditional probabilities: with
     ``on_empty="error"`` that is a ``ValueError`` naming it; with ``on_empty="drop"`` it is left
-    out with a warning and ``graph.kept`` lists the labels that remain.
+    out with a warning and ``graph.kept`` lists the labels that remain; with ``on_empty="isolate"``
+    it stays, with a warning, as a node without edges (it only sees itself: for a model whose
+    outputs are fixed, such as the 1000 DeepFashion attributes).
     """
     M = np.asarray(M, dtype=np.float64)
     N = np.asarray(N, dtype=np.float64)
@@ -373,8 +375,8 @@ def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2
     names = list(label_names) if label_names is not None else [str(k) for k in range(size)]
     if len(names) != size:
         raise ValueError(f"{len(names)} label names for {size} labels")
-    if on_empty not in ("error", "drop"):
-        raise ValueError(f"on_empty must be 'error' or 'drop', got {on_empty!r}")
+    if on_empty not in ("error", "drop", "isolate"):
+        raise ValueError(f"on_empty must be 'error', 'drop' or 'isolate', got {on_empty!r}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     empty = [k for k in range(size) if N[k] <= 0]
@@ -383,14 +385,15 @@ def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2
         raise ValueError(f"no positive training examples for label(s) {listed}: the graph needs P(.|label); "
                          f"drop them from the vocabulary or pass on_empty='drop'")
     if empty:
-        warnings.warn(f"label graph: dropped label(s) with no training positives: {[names[k] for k in empty]}",
+        action = "kept without edges" if on_empty == "isolate" else "dropped"
+        warnings.warn(f"label graph: {action} label(s) with no training positives: {[names[k] for k in empty]}",
                       stacklevel=2)
-    kept = [k for k in range(size) if k not in set(empty)]
+    kept = [k for k in range(size) if on_empty == "isolate" or k not in set(empty)]
     M = M[np.ix_(kept, kept)]
     N = N[kept]
     names = [names[k] for k in kept]
 
-    conditional = M / N[:, None]
+    conditional = np.divide(M, N[:, None], out=np.zeros_like(M), where=N[:, None] > 0)  # isolated rows: 0
     np.fill_diagonal(conditional, 0.0)
     edges = conditional >= t
     adjacency = normalize_adjacency(reweight_adjacency(edges, p))

@@ -435,7 +435,7 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
         vectors = label_tools.load_glove(embeddings_choice)
         embeddings = label_tools.label_embeddings(words, vectors, fallback=options.get("embedding_fallback"))
     counts, totals = label_tools.cooccurrence_counts(train_labels, train_mask)
-    on_empty = "drop" if options.get("drop_empty_labels") else "error"
+    on_empty = options.get("on_empty") or ("drop" if options.get("drop_empty_labels") else "error")
     graph = label_tools.build_adjacency(counts, totals, t=options.get("t", 0.4), p=options.get("p", 0.2),
                                         label_names=label_names, on_empty=on_empty)
     kept = list(graph.kept)
@@ -558,16 +558,29 @@ def train_clothing(options: dict) -> Path:
     skip_bad = options.get("skip_bad", False)
     train_transform = build_transforms(image_size, mean, std, train=True)
     eval_transform = build_transforms(image_size, mean, std, train=False)
-    train_set = open_dataset(options["data"], "deepfashion", split="train", skip_bad=skip_bad,
-                             transform=train_transform)
-    val_set = open_dataset(options["data"], "deepfashion", split="val", skip_bad=skip_bad, transform=eval_transform)
+    fmt = options.get("format", "deepfashion")
+    if fmt == "deepfashion":  # the benchmark's own partition
+        base = open_dataset(options["data"], fmt, split="train", skip_bad=skip_bad, transform=train_transform)
+        val_set = open_dataset(options["data"], fmt, split="val", skip_bad=skip_bad, transform=eval_transform)
+        train_idx = list(range(len(base)))
+    elif fmt == "clothing-attributes":  # 7 categories + 30 typed attributes, the style task's split
+        from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
+
+        names = list(CLOTHING_ATTRIBUTE_NAMES)
+        base = open_dataset(options["data"], fmt, skip_bad=skip_bad, transform=train_transform, label_names=names)
+        val_full = open_dataset(options["data"], fmt, skip_bad=skip_bad, transform=eval_transform, label_names=names)
+        train_idx, val_idx = split_indices(len(base), options.get("val_split", 0.2), options.get("seed", 0))
+        val_set = Subset(val_full, val_idx)
+    else:
+        raise ValueError(f"train clothing: format {fmt!r} has no categories and typed attributes; "
+                         "expected deepfashion or clothing-attributes")
     if options.get("limit"):
-        train_set = Subset(train_set, list(range(min(options["limit"], len(train_set)))))
-    base = train_set.dataset if isinstance(train_set, Subset) else train_set
+        train_idx = train_idx[: options["limit"]]
+    train_set = Subset(base, train_idx)
     attribute_names = list(base.label_names)
     attribute_types = list(base.attribute_types)
     category_names = list(base.category_names)
-    train_labels, train_mask = label_matrix(base, getattr(train_set, "indices", None))
+    train_labels, train_mask = label_matrix(base, train_idx)
 
     landmarks = "none" if options.get("no_landmarks") else ("plain" if options.get("no_glem") else "glem")
     config = {"task": "clothing", "backbone": options["backbone"], "pretrained": str(options.get("pretrained")),
@@ -580,9 +593,12 @@ def train_clothing(options: dict) -> Path:
     if config["attr_head"] == "mlgcn":
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
             train_labels, train_mask, attribute_names, _words_for_labels(base),
-            {**options, "drop_empty_labels": False, "embedding_fallback": options.get("embedding_fallback", "zero")})
+            # The attribute head's outputs are fixed (all attributes): an attribute without training
+            # positives keeps its classifier, as a graph node without edges.
+            {**options, "on_empty": "isolate", "embedding_fallback": options.get("embedding_fallback", "zero")})
         graph_json = json.loads(graph.to_json())
-        config["embedding_dim"] = int(attr_embeddings.shape[1])
+        config.update(embeddings=str(options.get("embeddings", "glove50")), t=options.get("t", 0.4),
+                      p=options.get("p", 0.2), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(config, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
 
     from fashionlens.losses import attribute_loss_weights
@@ -771,7 +787,10 @@ def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None 
     bundle = load_model_dir(model_dir)
     pre = bundle.preprocessing
     transform = build_transforms(pre["image_size"], pre["mean"], pre["std"], train=False)
-    dataset = open_dataset(data, fmt, split=split, skip_bad=skip_bad, transform=transform)
+    # A clothing model's attributes are a subset of some readers' labels (the Clothing Attribute
+    # Dataset's categories are its category head): read the dataset in the model's vocabulary.
+    vocabulary = bundle.label_names if bundle.task == "clothing" else None
+    dataset = open_dataset(data, fmt, split=split, skip_bad=skip_bad, transform=transform, label_names=vocabulary)
     names = bundle.label_names
     missing = [name for name in names if name not in dataset.label_names]
     if len(missing) == len(names):

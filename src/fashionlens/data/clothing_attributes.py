@@ -80,6 +80,23 @@ LABEL_NAMES = tuple(b[0] for b in BINARY_LABELS) + tuple(label[0] for _, group i
 DISPLAY_NAMES = tuple(b[3] for b in BINARY_LABELS) + tuple(label[1] for _, group in ONE_HOT_GROUPS for label in group)
 LABEL_WORDS = tuple(b[4] for b in BINARY_LABELS) + tuple(label[2] for _, group in ONE_HOT_GROUPS for label in group)
 CATEGORY_NAMES = tuple(label[1] for label in ONE_HOT_GROUPS[2][1])
+CATEGORY_LABELS = frozenset(label[0] for label in ONE_HOT_GROUPS[2][1])
+# The clothing network's attributes are the labels that are not categories (the category is its own
+# head), each with a DeepFashion attribute type for the per-type recalls. DeepFashion's list_attr_cloth.txt
+# decides wherever it has the word: floral, dot, striped, graphic, colorblock = texture; plaid = fabric;
+# red, solid = style; sleeveless, long-sleeve, v-neck, collar, button-front = part. The others follow
+# the nearest word there (scarf, necktie: part; gender: style; high skin exposure, like cutout: shape).
+ATTRIBUTE_TYPES: dict[str, str] = {
+    "pattern_floral": "texture", "pattern_graphics": "texture", "pattern_spot": "texture",
+    "pattern_stripe": "texture", "color_many": "texture", "pattern_plaid": "fabric",
+    "skin_exposure_high": "shape",
+    "collar": "part", "necktie": "part", "placket": "part", "scarf": "part",
+    "sleeve_none": "part", "sleeve_short": "part", "sleeve_long": "part",
+    "neckline_v": "part", "neckline_round": "part", "neckline_other": "part",
+    "pattern_solid": "style", "gender_female": "style", "gender_male": "style",
+    **{name: "style" for name in LABEL_NAMES if name.startswith("color_") and name != "color_many"},
+}
+CLOTHING_ATTRIBUTE_NAMES = tuple(name for name in LABEL_NAMES if name in ATTRIBUTE_TYPES)
 CSV_COLUMNS = frozenset({b[1] for b in BINARY_LABELS} | {column for column, _ in ONE_HOT_GROUPS} | {"image"})
 
 
@@ -157,7 +174,14 @@ def read_clothing_attributes(
 
     words = dict(zip(LABEL_NAMES, LABEL_WORDS))
     display = dict(zip(LABEL_NAMES, DISPLAY_NAMES))
-    labels, mask, vocabulary = force_vocabulary(labels, mask, LABEL_NAMES, label_names, path, absent_is_unknown=True)
+    names = list(LABEL_NAMES)
+    if label_names is not None and not any(name in CATEGORY_LABELS for name in label_names):
+        # A vocabulary without the category labels (the clothing network's): the category is still
+        # there, as each record's category index, so its one-hot columns are dropped, not an error.
+        keep = [j for j, name in enumerate(names) if name not in CATEGORY_LABELS]
+        labels, mask, names = labels[:, keep], mask[:, keep], [names[j] for j in keep]
+    labels, mask, vocabulary = force_vocabulary(labels, mask, names, label_names, path, absent_is_unknown=True)
+    types = [ATTRIBUTE_TYPES.get(name) for name in vocabulary]  # typed only when every label is an attribute
     records = [
         Record(image=image, labels=labels[i], label_mask=mask[i], category=int(categories[i]), source=path, line=line)
         for i, (image, (line, _)) in enumerate(zip(images, rows))
@@ -166,6 +190,7 @@ def read_clothing_attributes(
         records,
         vocabulary,
         category_names=CATEGORY_NAMES,
+        attribute_types=types if all(types) else None,
         display_names=[display.get(name, name) for name in vocabulary],
         label_words=[words.get(name, name.replace("_", " ")) for name in vocabulary],
         transform=transform,
