@@ -156,6 +156,7 @@ def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path
     for key in ("category_top3", "attr_top3", "texture_top3", "part_top5", "style_top3"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert metrics["fabric_top3"] == 100.0  # one fabric attribute (plaid): top-3 of one is always a hit
+    assert 0.0 < metrics["attr_mAP"] <= 100.0
 
 
 def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fraction held out for validation when the format has no partition (default 0.2)")
     clothing.add_argument("--no-landmarks", action="store_true", help="ablation: no landmark branch")
     clothing.add_argument("--no-glem", action="store_true", help="ablation: landmark branch of plain convs")
+    clothing.add_argument("--stage", choices=("stride8", "stride16"), default="stride8",
+                          help="where the shared features are taken from the backbone (default stride8: VGG-19's "
+                               "conv4 as in the paper; stride16 gives small backbones deeper features)")
     clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
     clothing.add_argument("--embeddings", default="glove50",
                           help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot")

@@ -57,18 +57,28 @@ def train_variants(base_options: dict, variants: list[str], out: Path) -> dict[s
 
 
 def comparison_table(results: dict[str, dict], target: float | None = None) -> str:
-    """A Markdown table: one row per variant (mAP, F1s, best epoch, epochs to reach `target` mAP)."""
+    """A Markdown table: one row per variant (mAP, F1s, best epoch, epochs to reach `target` mAP).
+
+    The default target is 90 % of the best pretrained variant's mAP; with no pretrained variant in
+    ``results`` and no ``target`` there is nothing to reach, and the column is left out.
+    """
     if target is None:
         pretrained = [r["metrics"]["mAP"] for name, r in results.items() if "scratch" not in name]
-        target = 0.9 * max(pretrained) if pretrained else 0.0
-    header = f"| variant | mAP | CF1 | OF1 | CF1 top-3 | OF1 top-3 | best epoch | epochs to mAP {target:.1f} |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+        target = 0.9 * max(pretrained) if pretrained else None
+    header = "| variant | mAP | CF1 | OF1 | CF1 top-3 | OF1 top-3 | best epoch |"
+    rule = "|---|---|---|---|---|---|---|"
+    if target is not None:
+        header, rule = header + f" epochs to mAP {target:.1f} |", rule + "---|"
+    lines = [header, rule]
     for name, result in results.items():
         m, history = result["metrics"], result["history"]
         best = max(history, key=lambda row: row.get("mAP", -1))["epoch"] + 1 if history else "-"
-        reach = epochs_to_reach(history, target)
-        lines.append(f"| {name} | {m['mAP']:.2f} | {m['CF1']:.2f} | {m['OF1']:.2f} | {m['CF1_top3']:.2f} | "
-                     f"{m['OF1_top3']:.2f} | {best} | {reach if reach is not None else 'never'} |")
+        row = (f"| {name} | {m['mAP']:.2f} | {m['CF1']:.2f} | {m['OF1']:.2f} | {m['CF1_top3']:.2f} | "
+               f"{m['OF1_top3']:.2f} | {best} |")
+        if target is not None:
+            reach = epochs_to_reach(history, target)
+            row += f" {reach if reach is not None else 'never'} |"
+        lines.append(row)
     return "\n".join(lines)
 
 

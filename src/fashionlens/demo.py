@@ -51,6 +51,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
           "the label names. mlgcn-onehot: the same graph over one-hot label inputs. See docs/results.md for why "
           "GloVe-50d inputs trail the linear head here.")
     _print_what_it_learned(out / "mlgcn-glove", results["mlgcn-glove"]["metrics"])
+    _print_released_models(data)
     elapsed = time.perf_counter() - started
     print(f"\ndemo finished in {elapsed / 60:.1f} min. Models: {out}/<variant>/model")
     print(f"try: fashionlens evaluate {out}/mlgcn-glove/model --data {data} --format clothing-attributes")
@@ -94,3 +95,43 @@ def _print_predictions(run_dir: Path, count: int = 3) -> None:
         truth = [names[j] for j in np.flatnonzero(predictions["labels"][row] * predictions["mask"][row])] if names \
             else []
         print(f"  {Path(path).name}: {top}  [{', '.join(truth)}]")
+
+
+def released_model_dirs() -> list[Path]:
+    """The model directories that ship in the repository's ``models/`` folder (empty if there is none)."""
+    root = Path(__file__).resolve().parents[2] / "models"
+    return sorted(d for d in root.iterdir() if (d / "config.json").is_file()) if root.is_dir() else []
+
+
+def _print_released_models(data: Path, count: int = 3) -> None:
+    """What the released models (trained on the full dataset) say about demo photos they never saw."""
+    import csv
+
+    from fashionlens.data.clothing_attributes import read_clothing_attributes
+    from fashionlens.inference import load
+
+    dataset = read_clothing_attributes(data)
+    truth = {Path(r.image).name: [dataset.label_names[j] for j in range(len(dataset.label_names))
+                                  if r.labels[j] and r.label_mask[j]] for r in dataset.records}
+    with (data / "labels.csv").open(newline="", encoding="utf-8-sig") as handle:
+        order = [row["image"].strip() for row in csv.DictReader(handle)]
+    for model_dir in released_model_dirs():
+        heldout_file = model_dir / "heldout_images.txt"
+        if not heldout_file.is_file():
+            continue
+        heldout = set(heldout_file.read_text().split())
+        photos = [data / "images" / name for name in order if name in heldout][:count]
+        if not photos:
+            continue
+        predictor = load(model_dir)
+        print(f"\nreleased model {model_dir.name} ({predictor.task}; no training needed), on demo photos it was "
+              f"not trained on (true labels in brackets):")
+        for photo, result in zip(photos, predictor(photos)):
+            if result.task == "style":
+                said = ", ".join(f"{label.name} {label.score:.2f}" for label in result.labels[:4])
+            else:
+                category = result.category_top_k[0]
+                tops = [f"{kind}: {labels[0].name} {labels[0].score:.2f}"
+                        for kind, labels in result.attributes_by_type.items() if labels]
+                said = f"category {category.name} {category.score:.2f}; " + "; ".join(tops)
+            print(f"  {photo.name}: {said}  [{', '.join(truth.get(photo.name, []))}]")

@@ -317,10 +317,12 @@ class ClothingTask(_Task):
 
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
-    from fashionlens.metrics import deepfashion_metrics, landmark_metrics
+    from fashionlens.metrics import deepfashion_metrics, landmark_metrics, multilabel_metrics
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
                                   outputs["labels"], attribute_types, attr_mask=outputs["mask"])
+    # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
+    metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
     if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
         metrics.update(landmark_metrics(outputs["pred_xy"], outputs["true_xy"], outputs["visibility"],
                                         outputs["sizes"]))
@@ -584,7 +586,7 @@ def train_clothing(options: dict) -> Path:
 
     landmarks = "none" if options.get("no_landmarks") else ("plain" if options.get("no_glem") else "glem")
     config = {"task": "clothing", "backbone": options["backbone"], "pretrained": str(options.get("pretrained")),
-              "landmarks": landmarks,
+              "stage": options.get("stage", "stride8"), "landmarks": landmarks,
               "attr_head": "mlgcn" if options.get("attr_head") == "mlgcn" else "linear",
               "num_categories": len(category_names), "num_attributes": len(attribute_names), "num_landmarks": 8,
               "heatmap_size": options.get("heatmap_size", 56), "image_size": image_size}
