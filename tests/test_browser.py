@@ -37,20 +37,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+def _serve(model_dir: Path):
+    """Run the app on a free port in a thread; yield its URL; stop it."""
     uvicorn = pytest.importorskip("uvicorn")
-    from fashionlens.models.mlgcn import build_style_model
-    from fashionlens.modeldir import save_model_dir
     from fashionlens.server.app import create_app
 
-    torch.manual_seed(0)
-    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
-              "head": "linear", "num_labels": len(NAMES), "image_size": 128, "residual": False, "hidden_dim": 64}
-    labels = {"label_names": NAMES, "display_names": [n.replace("_", " ").title() for n in NAMES]}
-    preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
-    model_dir = save_model_dir(tmp_path_factory.mktemp("browser") / "model", build_style_model(config), config,
-                               labels, preprocessing)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(model_dir, max_upload_mb=2), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -64,6 +55,43 @@ def server_url(tmp_path_factory):
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    from fashionlens.models.mlgcn import build_style_model
+    from fashionlens.modeldir import save_model_dir
+
+    torch.manual_seed(0)
+    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
+              "head": "linear", "num_labels": len(NAMES), "image_size": 128, "residual": False, "hidden_dim": 64}
+    labels = {"label_names": NAMES, "display_names": [n.replace("_", " ").title() for n in NAMES]}
+    preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+    model_dir = save_model_dir(tmp_path_factory.mktemp("browser") / "model", build_style_model(config), config,
+                               labels, preprocessing)
+    yield from _serve(model_dir)
+
+
+@pytest.fixture(scope="module")
+def clothing_server_url(tmp_path_factory):
+    """A clothing network with a GLEM landmark branch (untrained heads): category, typed attributes, landmarks."""
+    from fashionlens.modeldir import save_model_dir
+    from fashionlens.models.landmark_net import build_clothing_model
+
+    torch.manual_seed(0)
+    config = {"task": "clothing", "backbone": "mobilenet_v2", "pretrained": "shipped", "stage": "stride8",
+              "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128, "heatmap_size": 32,
+              "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16}
+    model = build_clothing_model(config)
+    labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
+              "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],
+              "category_names": ["Tee", "Dress", "Jeans", "Skirt"],
+              "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
+                                 "left_waistline", "right_waistline", "left_hem", "right_hem"]}
+    preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+    model_dir = save_model_dir(tmp_path_factory.mktemp("browser-clothing") / "model", model, model.config, labels,
+                               preprocessing)
+    yield from _serve(model_dir)
 
 
 @pytest.fixture()
@@ -109,3 +137,22 @@ def test_phone_width_and_rejected_upload(server_url, browser, tmp_path):
     # Nothing wider than the phone: no horizontal scrolling.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+
+
+def test_clothing_model_shows_category_attributes_by_type_and_landmarks(clothing_server_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(clothing_server_url)
+    page.set_input_files("#file", str(PHOTOS[0]))
+    page.wait_for_selector("#results .bar", timeout=30_000)
+    assert page.locator("#results h2").all_text_contents() == ["Category", "Attributes"]
+    assert page.locator("#results .type h3").all_text_contents() == ["texture", "fabric", "shape"]
+    categories = page.locator("#results > .bars").first.locator(".name").all_text_contents()
+    assert sorted(categories) == ["Dress", "Jeans", "Skirt", "Tee"]
+    # Eight landmarks in the legend, drawn on the canvas over the photo (some pixels painted).
+    assert page.locator("#legend span").count() == 8
+    painted = page.evaluate("""() => { const c = document.getElementById('overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert painted > 100
+    assert not page.locator("#error").is_visible()
+    page.screenshot(path=str(tmp_path / "clothing.png"), full_page=True)
