@@ -165,3 +165,23 @@ def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):
     with pytest.raises(ValueError, match="expected deepfashion or clothing-attributes"):
         train_clothing({"data": MINI, "format": "folders", "out": tmp_path / "run", "backbone": "mobilenet_v2",
                         "epochs": 1})
+
+
+def test_glove_plus_onehot_label_inputs_keep_exclusive_labels_apart():
+    """GloVe-50d puts "man" and "woman" at cosine 0.89; with a one-hot code appended they are distinct inputs."""
+    from fashionlens.training import build_label_graph_inputs
+
+    labels = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], dtype=np.uint8)
+    mask = np.ones_like(labels)
+    names, words = ["gender_male", "gender_female", "collar"], ["man", "woman", "collar"]
+    glove, _, _, _ = build_label_graph_inputs(labels, mask, names, words, {"embeddings": "glove50"})
+    both, adjacency, _, kept = build_label_graph_inputs(labels, mask, names, words, {"embeddings": "glove50+onehot"})
+    assert glove.shape == (3, 50) and both.shape == (3, 53) and kept == [0, 1, 2] and adjacency.shape == (3, 3)
+    np.testing.assert_array_equal(both[:, :50], glove)
+    np.testing.assert_array_equal(both[:, 50:], np.eye(3))
+
+    def cosine(m, i, j):
+        return float(m[i] @ m[j] / np.linalg.norm(m[i]) / np.linalg.norm(m[j]))
+
+    assert cosine(glove, 0, 1) > 0.85
+    assert cosine(both, 0, 1) < cosine(glove, 0, 1)

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--val", type=Path, help="a separate validation set in the same format")
     style.add_argument("--head", choices=("mlgcn", "linear"), default="mlgcn")
     style.add_argument("--pool", choices=("max", "avg"), default="max")
-    style.add_argument("--embeddings", default="glove50", help="glove50 | PATH to glove.*.txt | onehot")
+    style.add_argument("--embeddings", default="glove50", help="glove50 | PATH to glove.*.txt | onehot, or glove50+onehot / PATH+onehot (word vectors with a one-hot code appended)")
     style.add_argument("--graph", choices=("cooccurrence", "identity"), default="cooccurrence")
     style.add_argument("--t", type=float, default=0.4, help="co-occurrence binarisation threshold t (default 0.4)")
     style.add_argument("--p", type=float, default=0.2, help="neighbour reweighting p (default 0.2)")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "conv4 as in the paper; stride16 gives small backbones deeper features)")
     clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
     clothing.add_argument("--embeddings", default="glove50",
-                          help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot")
+                          help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot | glove50+onehot")
     clothing.add_argument("--t", type=float, default=0.4, help="attribute graph threshold t (mlgcn head)")
     clothing.add_argument("--p", type=float, default=0.2, help="attribute graph reweighting p (mlgcn head)")
     clothing.add_argument("--heatmap-size", type=int, default=56)

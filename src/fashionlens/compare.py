@@ -19,6 +19,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mlgcn-onehot-identity": {"head": "mlgcn", "pool": "max", "embeddings": "onehot", "graph": "identity"},
     "mlgcn-glove-residual": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "residual": True},
     "mlgcn-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "onehot"},
+    "mlgcn-glove-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "glove50+onehot"},
     "mlgcn-glove-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "glove50"},
     "mlgcn-onehot-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot"},
     "mlgcn-onehot-identity-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot", "graph": "identity"},

@@ -431,11 +431,18 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
     from fashionlens import labels as label_tools
 
     embeddings_choice = str(options.get("embeddings", "glove50"))
-    if embeddings_choice == "onehot":
+    # "X+onehot": word vectors X with a one-hot code appended, so labels whose word vectors nearly
+    # coincide (male/female in GloVe-50d: cosine 0.97) still enter the GCN as distinct inputs.
+    words_choice, plus_onehot = (embeddings_choice[: -len("+onehot")], True) \
+        if embeddings_choice.endswith("+onehot") else (embeddings_choice, False)
+    if words_choice == "onehot":
         embeddings = label_tools.onehot_embeddings(len(label_names))
     else:
-        vectors = label_tools.load_glove(embeddings_choice)
+        vectors = label_tools.load_glove(words_choice)
         embeddings = label_tools.label_embeddings(words, vectors, fallback=options.get("embedding_fallback"))
+        if plus_onehot:
+            embeddings = np.concatenate([np.asarray(embeddings, dtype=np.float32),
+                                         label_tools.onehot_embeddings(len(label_names))], axis=1)
     counts, totals = label_tools.cooccurrence_counts(train_labels, train_mask)
     on_empty = options.get("on_empty") or ("drop" if options.get("drop_empty_labels") else "error")
     graph = label_tools.build_adjacency(counts, totals, t=options.get("t", 0.4), p=options.get("p", 0.2),
