@@ -188,3 +188,20 @@ def test_label_embedding_fallbacks(tmp_path):
         label_embeddings(["zork"], vectors, fallback="skip-word")
     with pytest.raises(FileNotFoundError):
         load_glove(tmp_path / "missing.txt")
+
+
+def test_min_lift_drops_edges_that_only_point_at_a_frequent_label():
+    # 10 images: solid in 8, collar in 4, floral in 2; both floral images also have solid and collar.
+    M = np.array([[8, 3, 2], [3, 4, 2], [2, 2, 2]])
+    N = np.array([8, 4, 2])
+    rates = N / 10.0
+    names = ["solid", "collar", "floral"]
+    plain = build_adjacency(M, N, t=0.4, label_names=names)
+    # P(solid|collar) = 0.75, P(solid|floral) = 1, P(collar|floral) = 1, P(floral|collar) = 0.5; the rest < 0.4.
+    assert {(i, j) for i, j in zip(*np.nonzero(plain.edges))} == {(1, 0), (2, 0), (2, 1), (1, 2)}
+    lifted = build_adjacency(M, N, t=0.4, label_names=names, min_lift=1.2, base_rates=rates)
+    # collar -> solid goes: 0.75 is below solid's base rate 0.8 (collar makes solid LESS likely).
+    # floral -> solid stays: 1.0 >= 1.2 * 0.8.
+    assert {(i, j) for i, j in zip(*np.nonzero(lifted.edges))} == {(2, 0), (2, 1), (1, 2)}
+    with pytest.raises(ValueError, match="base_rates"):
+        build_adjacency(M, N, min_lift=1.2)

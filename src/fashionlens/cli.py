@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument("--graph", choices=("cooccurrence", "identity"), default="cooccurrence")
     style.add_argument("--t", type=float, default=0.4, help="co-occurrence binarisation threshold t (default 0.4)")
     style.add_argument("--p", type=float, default=0.2, help="neighbour reweighting p (default 0.2)")
+    style.add_argument("--min-lift", type=float, default=None,
+                       help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
+                            "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
     style.add_argument("--residual", action="store_true", help="add learned per-label classifiers to the GCN's")
     style.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
                        help="a learned per-label bias on the ML-GCN logits (default on; the reference has none)")

@@ -20,6 +20,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mlgcn-glove-residual": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "residual": True},
     "mlgcn-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "onehot"},
     "mlgcn-glove-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "glove50+onehot"},
+    # Edges only where the source makes the target at least 1.25x more likely than its base rate.
+    "mlgcn-onehot-lift": {"head": "mlgcn", "pool": "max", "embeddings": "onehot", "min_lift": 1.25},
     "mlgcn-glove-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "glove50"},
     "mlgcn-onehot-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot"},
     "mlgcn-onehot-identity-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot", "graph": "identity"},

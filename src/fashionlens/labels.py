@@ -342,13 +342,18 @@ class LabelGraph:
 
 
 def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2,
-                    label_names: Sequence[str] | None = None, on_empty: str = "error") -> LabelGraph:
+                    label_names: Sequence[str] | None = None, on_empty: str = "error",
+                    min_lift: float | None = None, base_rates: np.ndarray | None = None) -> LabelGraph:
     """The ML-GCN label graph from co-occurrence counts (see :func:`cooccurrence_counts`).
 
     Steps, each a section of Chen et al. 2019 (Sec. 3.4):
 
     1. conditional probabilities ``P = M / N[:, None]``: ``P[i, j] = P(L_j | L_i)``; zero diagonal;
-    2. binarise (Eq. 7): ``E = P >= t``;
+    2. binarise (Eq. 7): ``E = P >= t``; with ``min_lift`` (not in the paper) an edge must also
+       make its target more likely than usual: ``P(L_j | L_i) >= min_lift * base_rates[j]``, where
+       ``base_rates[j]`` is ``P(L_j)`` over the training images. Without it, a label that most
+       images have (solid pattern, long sleeves) receives an edge from nearly every label, even
+       from labels that make it LESS likely;
     3. reweight (Eq. 8), receiving orientation: label ``i`` keeps ``1 - p`` of itself and shares
        ``p`` equally among the labels ``j`` with ``E[j, i]`` (:func:`reweight_adjacency`);
        a label that nobody sends to keeps ``1`` on its diagonal;
@@ -396,6 +401,13 @@ def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2
     conditional = np.divide(M, N[:, None], out=np.zeros_like(M), where=N[:, None] > 0)  # isolated rows: 0
     np.fill_diagonal(conditional, 0.0)
     edges = conditional >= t
+    if min_lift is not None:
+        if base_rates is None:
+            raise ValueError("min_lift needs base_rates: P(label) over the training images, one per label")
+        rates = np.asarray(base_rates, dtype=np.float64)
+        if rates.shape != (size,):
+            raise ValueError(f"base_rates must have one entry per label ({size}), got shape {rates.shape}")
+        edges &= conditional >= float(min_lift) * rates[kept][None, :]
     adjacency = normalize_adjacency(reweight_adjacency(edges, p))
     return LabelGraph(adjacency.astype(np.float32), edges, float(t), float(p), names, kept, conditional)
 

@@ -445,8 +445,11 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
                                          label_tools.onehot_embeddings(len(label_names))], axis=1)
     counts, totals = label_tools.cooccurrence_counts(train_labels, train_mask)
     on_empty = options.get("on_empty") or ("drop" if options.get("drop_empty_labels") else "error")
+    known = np.asarray(train_mask, dtype=np.float64).sum(axis=0)
+    base_rates = np.divide(totals, known, out=np.zeros(len(label_names)), where=known > 0)
     graph = label_tools.build_adjacency(counts, totals, t=options.get("t", 0.4), p=options.get("p", 0.2),
-                                        label_names=label_names, on_empty=on_empty)
+                                        label_names=label_names, on_empty=on_empty,
+                                        min_lift=options.get("min_lift"), base_rates=base_rates)
     kept = list(graph.kept)
     if options.get("graph") == "identity":
         graph = label_tools.identity_adjacency(len(kept), [label_names[i] for i in kept])
@@ -502,7 +505,8 @@ def train_style(options: dict) -> Path:
             train_labels, train_mask, label_names, _words_for_labels(train_full), options)
         graph_json = json.loads(graph.to_json())
         config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
-                      t=options.get("t", 0.4), p=options.get("p", 0.2), embedding_dim=int(embeddings.shape[1]))
+                      t=options.get("t", 0.4), p=options.get("p", 0.2), min_lift=options.get("min_lift"),
+                      embedding_dim=int(embeddings.shape[1]))
     kept_names = [label_names[i] for i in kept]
     config["num_labels"] = len(kept_names)
     model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
