@@ -638,7 +638,8 @@ def train_clothing(options: dict) -> Path:
                        "category_names": category_names,
                        "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
                                           "left_waistline", "right_waistline", "left_hem", "right_hem"]}
-        save_model_dir(run_dir / "model", _unwrap(task.model), config, labels_json,
+        # The network's own config: every key, defaults included, so a later default cannot change it.
+        save_model_dir(run_dir / "model", _unwrap(task.model), {**_unwrap(task.model).config, **config}, labels_json,
                        {"image_size": image_size, "mean": list(mean), "std": list(std), "resize": "square",
                         "crop_to_bbox": True}, graph=graph_json)
         _write_results(run_dir, task, final_metrics, final_outputs, data.val_set)

@@ -54,6 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dropout": 0.0,
     "mlgcn_hidden": 1024,
     "mlgcn_negative_slope": 0.2,
+    "mlgcn_bias": True,  # a per-label bias, as the linear head has: top-k ranks attributes against each other
     "attr_embedding_dim": None,  # set from the embeddings by build_clothing_model
 }
 
@@ -207,7 +208,8 @@ class LandmarkClothingNet(nn.Module):
             embeddings, adjacency = _graph_inputs(cfg, attr_embeddings, attr_adjacency)
             cfg["attr_embedding_dim"] = int(embeddings.shape[1])
             self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["mlgcn_hidden"]),
-                                          negative_slope=float(cfg["mlgcn_negative_slope"]))
+                                          negative_slope=float(cfg["mlgcn_negative_slope"]),
+                                          bias=bool(cfg["mlgcn_bias"]))
         else:
             self.attribute_fc = nn.Linear(head_width, int(cfg["num_attributes"]))
         self.config: dict[str, Any] = cfg
