@@ -634,7 +634,8 @@ def train_clothing(options: dict) -> Path:
     _load_final_weights(trainer, task, options)
     final_metrics, final_outputs = _validate(task, data) if trainer.is_global_zero else ({}, {})
     if trainer.is_global_zero:
-        labels_json = {"label_names": attribute_names, "attribute_types": attribute_types,
+        labels_json = {"label_names": attribute_names, "display_names": list(base.display_names),
+                       "attribute_types": attribute_types,
                        "category_names": category_names,
                        "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
                                           "left_waistline", "right_waistline", "left_hem", "right_hem"]}
