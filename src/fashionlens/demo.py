@@ -131,7 +131,8 @@ def _print_released_models(data: Path, count: int = 3) -> None:
                 said = ", ".join(f"{label.name} {label.score:.2f}" for label in result.labels[:4])
             else:
                 category = result.category_top_k[0]
-                tops = [f"{kind}: {labels[0].name} {labels[0].score:.2f}"
-                        for kind, labels in result.attributes_by_type.items() if labels]
-                said = f"category {category.name} {category.score:.2f}; " + "; ".join(tops)
+                ranked = sorted(((label.score, label.name, kind) for kind, labels in result.attributes_by_type.items()
+                                 for label in labels), reverse=True)
+                tops = [f"{name} ({kind}) {score:.2f}" for score, name, kind in ranked[:4]]
+                said = f"category {category.name} {category.score:.2f}; " + ", ".join(tops)
             print(f"  {photo.name}: {said}  [{', '.join(truth.get(photo.name, []))}]")
