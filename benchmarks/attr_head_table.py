@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_results  # noqa: E402
+from bench_common import write_results
 
 COLUMNS = ("attr_mAP", "attr_top3", "attr_top5", "texture_top3", "part_top3", "part_top5", "style_top3",
            "style_top5", "attr_top3_mean_per_attribute", "category_top3")

@@ -72,7 +72,10 @@ def test_style_release_predicts_sensible_labels_on_unseen_real_photos(tmp_path: 
 
 
 def test_clothing_release_names_category_and_attributes_by_type_on_unseen_real_photos(tmp_path: Path, capsys):
-    from fashionlens.data.clothing_attributes import CATEGORY_NAMES, CLOTHING_ATTRIBUTE_NAMES
+    from fashionlens.data.clothing_attributes import (
+        CATEGORY_NAMES,
+        CLOTHING_ATTRIBUTE_NAMES,
+    )
 
     model_dir = RELEASES["clothing-category-attributes-mnv2"]
     folder = _heldout_folder(model_dir, tmp_path / "photos")
