@@ -317,7 +317,11 @@ class ClothingTask(_Task):
 
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
-    from fashionlens.metrics import deepfashion_metrics, landmark_metrics, multilabel_metrics
+    from fashionlens.metrics import (
+        deepfashion_metrics,
+        landmark_metrics,
+        multilabel_metrics,
+    )
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
                                   outputs["labels"], attribute_types, attr_mask=outputs["mask"])
