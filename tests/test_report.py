@@ -202,7 +202,7 @@ def test_clothing_run_report_has_confusion_landmarks_and_gallery(tmp_path, share
     pred_xy = np.nan_to_num(true_xy) + rng.normal(scale=5, size=true_xy.shape)
     run.mkdir()
     np.savez_compressed(run / "val_predictions.npz", category_logits=category_logits,
-                        category=category, attr_scores=rng.normal(size=(n, 20)), labels=np.zeros((n, 20)),
+                        category=category, attr_scores=rng.normal(size=(n, 20)), labels=rng.random((n, 20)) < 0.3,
                         mask=np.ones((n, 20)), index=np.arange(n), paths=np.array([str(p) for p in paths]),
                         pred_xy=pred_xy, true_xy=np.nan_to_num(true_xy), visibility=visibility,
                         sizes=np.full((n, 2), 224.0))
@@ -214,6 +214,8 @@ def test_clothing_run_report_has_confusion_landmarks_and_gallery(tmp_path, share
     index = report.write_report(run)
     pngs = set(_referenced_pngs(index))
     assert {"confusion_matrix.png", "landmarks.png", "gallery.png", "training_curves.png"} <= pngs
+    # Attributes get the per-label pictures too (AP from the saved attribute scores).
+    assert {"per_label_ap.png", "pr_curves.png"} <= pngs
     assert "plain canvas" not in index.read_text()  # the 224x224 photos are the network input itself
     for name in pngs:
         _check_png(run / "report" / name)

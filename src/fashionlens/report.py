@@ -925,8 +925,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
              lambda: plot_training_curves(history, out / "training_curves.png", steps, variants))
 
     per_class = metrics.get("per_class_AP")
+    if predictions is not None and "scores" not in predictions and "attr_scores" in predictions:
+        # A clothing run: its attributes get the same per-label pictures, each name tagged with its type.
+        predictions = {**predictions, "scores": predictions["attr_scores"]}
+        types = list(labels_json.get("attribute_types") or [])
+        if len(types) == len(display):
+            display = [f"{name} ({kind})" for name, kind in zip(display, types)]
+        if not per_class and len(label_names) == predictions["scores"].shape[1]:
+            from fashionlens.metrics import multilabel_metrics
+
+            per_class = multilabel_metrics(predictions["scores"], predictions["labels"], predictions.get("mask"),
+                                           label_names=label_names)["per_class_AP"]
     _attempt(page, "Average precision per label", "Sorted best to worst; dashed line: mean over the labels shown.",
-             None if isinstance(per_class, dict) and per_class else "metrics.json has no per_class_AP (not a style run)",
+             None if isinstance(per_class, dict) and per_class else "metrics.json has no per_class_AP",
              lambda: plot_per_label_ap({display[label_names.index(k)] if k in label_names else k: v
                                         for k, v in per_class.items()}, out / "per_label_ap.png"))
 
@@ -973,12 +984,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     gallery = None
     if predictions is not None and "paths" in predictions:
-        if has_scores and label_names and predictions["scores"].shape[1] == len(label_names):
-            gallery = style_gallery(predictions["scores"], predictions["labels"], predictions.get("mask"),
-                                    predictions["paths"], display)
-        elif has_categories:
+        if has_categories:
             gallery = category_gallery(predictions["category_logits"], predictions["category"],
                                        predictions["paths"], category_names)
+        elif has_scores and label_names and predictions["scores"].shape[1] == len(label_names):
+            gallery = style_gallery(predictions["scores"], predictions["labels"], predictions.get("mask"),
+                                    predictions["paths"], display)
     _attempt(page, "Prediction gallery", "Top-3 predictions per photo: green correct, red wrong, grey unannotated.",
              None if gallery is not None else "val_predictions.npz with paths and scores needed",
              lambda: plot_prediction_gallery(gallery, out / "gallery.png"))
