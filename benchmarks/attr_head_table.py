@@ -36,7 +36,8 @@ def run_metrics(run_dir: Path) -> tuple[str, int, dict]:
     outputs = {key: torch.as_tensor(saved[key]) for key in ("category_logits", "category", "attr_scores", "labels",
                                                             "mask")}
     head = config.get("attr_head", "linear")
-    variant = "plain" if head == "linear" else f"mlgcn ({config.get('embeddings', 'glove50')})"
+    graph = "" if config.get("graph", "cooccurrence") == "cooccurrence" else f", {config['graph']} graph"
+    variant = "plain" if head == "linear" else f"mlgcn ({config.get('embeddings', 'glove50')}{graph})"
     return variant, int(run.get("seed", 0)), clothing_metrics(outputs, labels["attribute_types"])
 
 

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
     clothing.add_argument("--embeddings", default="glove50",
                           help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot | glove50+onehot")
+    clothing.add_argument("--graph", choices=("cooccurrence", "identity"), default="cooccurrence",
+                          help="attribute graph of the mlgcn head (identity: the no-graph ablation)")
     clothing.add_argument("--t", type=float, default=0.4, help="attribute graph threshold t (mlgcn head)")
     clothing.add_argument("--p", type=float, default=0.2, help="attribute graph reweighting p (mlgcn head)")
     clothing.add_argument("--heatmap-size", type=int, default=56)

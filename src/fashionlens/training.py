@@ -614,7 +614,8 @@ def train_clothing(options: dict) -> Path:
             # positives keeps its classifier, as a graph node without edges.
             {**options, "on_empty": "isolate", "embedding_fallback": options.get("embedding_fallback", "zero")})
         graph_json = json.loads(graph.to_json())
-        config.update(embeddings=str(options.get("embeddings", "glove50")), t=options.get("t", 0.4),
+        config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
+                      t=options.get("t", 0.4),
                       p=options.get("p", 0.2), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(config, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
 
