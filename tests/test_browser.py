@@ -59,8 +59,8 @@ def _serve(model_dir: Path):
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
-    from fashionlens.models.mlgcn import build_style_model
     from fashionlens.modeldir import save_model_dir
+    from fashionlens.models.mlgcn import build_style_model
 
     torch.manual_seed(0)
     config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
@@ -75,22 +75,9 @@ def server_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clothing_server_url(tmp_path_factory):
     """A clothing network with a GLEM landmark branch (untrained heads): category, typed attributes, landmarks."""
-    from fashionlens.modeldir import save_model_dir
-    from fashionlens.models.landmark_net import build_clothing_model
+    from tiny_models import clothing_model_dir
 
-    torch.manual_seed(0)
-    config = {"task": "clothing", "backbone": "mobilenet_v2", "pretrained": "shipped", "stage": "stride8",
-              "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128, "heatmap_size": 32,
-              "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16}
-    model = build_clothing_model(config)
-    labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
-              "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],
-              "category_names": ["Tee", "Dress", "Jeans", "Skirt"],
-              "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
-                                 "left_waistline", "right_waistline", "left_hem", "right_hem"]}
-    preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
-    model_dir = save_model_dir(tmp_path_factory.mktemp("browser-clothing") / "model", model, model.config, labels,
-                               preprocessing)
+    model_dir = clothing_model_dir(tmp_path_factory.mktemp("browser-clothing") / "model")
     yield from _serve(model_dir)
 
 

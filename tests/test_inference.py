@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import PREPROCESSING, clothing_model_dir
 
 from fashionlens.errors import FashionlensError
-from fashionlens.inference import ClothingPrediction, Predictor, StylePrediction, export_onnx, load
+from fashionlens.inference import (
+    ClothingPrediction,
+    Predictor,
+    StylePrediction,
+    export_onnx,
+    load,
+)
 from fashionlens.modeldir import save_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +28,6 @@ PHOTOS = sorted((DATA / "clothing-attributes" / "images").glob("*.jpg"))[:6] or 
     sorted((REPO / "examples" / "clothing-attributes-mini" / "images").glob("*.jpg"))[:6]
 LANDMARK_PHOTOS = sorted((DATA / "landmarks" / "img").glob("*.jpg"))[:2]
 STYLE_NAMES = ["floral", "striped", "plaid", "solid_color", "spotted", "graphics"]
-PREPROCESSING = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
 
 pytestmark = pytest.mark.skipif(len(PHOTOS) < 4, reason=f"real photos not found under {DATA} or examples/")
 
@@ -41,22 +47,6 @@ def _style_model_dir(path: Path, head: str) -> Path:
     model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
     labels = {"label_names": STYLE_NAMES, "display_names": [n.replace("_", " ").title() for n in STYLE_NAMES]}
     return save_model_dir(path, model, config, labels, PREPROCESSING)
-
-
-def _clothing_model_dir(path: Path) -> Path:
-    from fashionlens.models.landmark_net import build_clothing_model
-
-    torch.manual_seed(0)
-    config = {"task": "clothing", "backbone": "tf_efficientnet_lite0", "pretrained": "none", "stage": "stride8",
-              "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128,
-              "heatmap_size": 32, "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16}
-    model = build_clothing_model(config)
-    labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
-              "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],
-              "category_names": ["Tee", "Dress", "Jeans", "Skirt"],
-              "landmark_names": ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
-                                 "left_waistline", "right_waistline", "left_hem", "right_hem"]}
-    return save_model_dir(path, model, model.config, labels, PREPROCESSING)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +191,7 @@ def test_bad_files_raise_errors_naming_the_file(predictor, tmp_path):
 
 
 def test_clothing_landmarks_map_back_to_original_pixels(tmp_path):
-    directory = _clothing_model_dir(tmp_path / "clothing")
+    directory = clothing_model_dir(tmp_path / "clothing")
     real = load(directory)
     photo = LANDMARK_PHOTOS[0] if LANDMARK_PHOTOS else PHOTOS[0]
     result = real(photo)
@@ -299,7 +289,7 @@ def test_onnx_matches_torch_on_real_photos(head, tmp_path):
 
 
 def test_onnx_export_of_a_clothing_model(tmp_path):
-    directory = _clothing_model_dir(tmp_path / "clothing")
+    directory = clothing_model_dir(tmp_path / "clothing")
     out = export_onnx(directory, tmp_path / "clothing.onnx")
     import onnx
 

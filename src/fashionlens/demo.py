@@ -105,28 +105,22 @@ def released_model_dirs() -> list[Path]:
 
 def _print_released_models(data: Path, count: int = 3) -> None:
     """What the released models (trained on the full dataset) say about demo photos they never saw."""
-    import csv
-
     from fashionlens.data.clothing_attributes import read_clothing_attributes
     from fashionlens.inference import load
 
-    dataset = read_clothing_attributes(data)
-    truth = {Path(r.image).name: [dataset.label_names[j] for j in range(len(dataset.label_names))
-                                  if r.labels[j] and r.label_mask[j]] for r in dataset.records}
-    with (data / "labels.csv").open(newline="", encoding="utf-8-sig") as handle:
-        order = [row["image"].strip() for row in csv.DictReader(handle)]
+    dataset = read_clothing_attributes(data)  # records in labels.csv order
     for model_dir in released_model_dirs():
         heldout_file = model_dir / "heldout_images.txt"
         if not heldout_file.is_file():
             continue
         heldout = set(heldout_file.read_text().split())
-        photos = [data / "images" / name for name in order if name in heldout][:count]
-        if not photos:
+        records = [r for r in dataset.records if Path(r.image).name in heldout][:count]
+        if not records:
             continue
         predictor = load(model_dir)
         print(f"\nreleased model {model_dir.name} ({predictor.task}; no training needed), on demo photos it was "
               f"not trained on (true labels in brackets):")
-        for photo, result in zip(photos, predictor(photos)):
+        for record, result in zip(records, predictor([r.image for r in records])):
             if result.task == "style":
                 said = ", ".join(f"{label.name} {label.score:.2f}" for label in result.labels[:4])
             else:
@@ -135,4 +129,5 @@ def _print_released_models(data: Path, count: int = 3) -> None:
                                  for label in labels), reverse=True)
                 tops = [f"{name} ({kind}) {score:.2f}" for score, name, kind in ranked[:4]]
                 said = f"category {category.name} {category.score:.2f}; " + ", ".join(tops)
-            print(f"  {photo.name}: {said}  [{', '.join(truth.get(photo.name, []))}]")
+            truth = [name for name, y, known in zip(dataset.label_names, record.labels, record.label_mask) if y and known]
+            print(f"  {Path(record.image).name}: {said}  [{', '.join(truth)}]")

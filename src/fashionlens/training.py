@@ -436,7 +436,7 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
 
     embeddings_choice = str(options.get("embeddings", "glove50"))
     # "X+onehot": word vectors X with a one-hot code appended, so labels whose word vectors nearly
-    # coincide (male/female in GloVe-50d: cosine 0.97) still enter the GCN as distinct inputs.
+    # coincide (short/long sleeves in GloVe-50d: cosine 0.96) still enter the GCN as distinct inputs.
     words_choice, plus_onehot = (embeddings_choice[: -len("+onehot")], True) \
         if embeddings_choice.endswith("+onehot") else (embeddings_choice, False)
     if words_choice == "onehot":
@@ -459,6 +459,12 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
         graph = label_tools.identity_adjacency(len(kept), [label_names[i] for i in kept])
     adjacency = np.asarray(graph.adjacency, dtype=np.float32)
     return np.asarray(embeddings, dtype=np.float32)[kept], adjacency, graph, kept
+
+
+def _graph_config(options: dict) -> dict:
+    """The label-graph settings a model directory records (its graph itself is saved as graph.json)."""
+    return {"embeddings": str(options.get("embeddings", "glove50")), "graph": options.get("graph", "cooccurrence"),
+            "t": options.get("t", 0.4), "p": options.get("p", 0.2), "min_lift": options.get("min_lift")}
 
 
 def train_style(options: dict) -> Path:
@@ -508,9 +514,7 @@ def train_style(options: dict) -> Path:
         embeddings, adjacency, graph, kept = build_label_graph_inputs(
             train_labels, train_mask, label_names, _words_for_labels(train_full), options)
         graph_json = json.loads(graph.to_json())
-        config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
-                      t=options.get("t", 0.4), p=options.get("p", 0.2), min_lift=options.get("min_lift"),
-                      embedding_dim=int(embeddings.shape[1]))
+        config.update(_graph_config(options), embedding_dim=int(embeddings.shape[1]))
     kept_names = [label_names[i] for i in kept]
     config["num_labels"] = len(kept_names)
     model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
@@ -614,9 +618,7 @@ def train_clothing(options: dict) -> Path:
             # positives keeps its classifier, as a graph node without edges.
             {**options, "on_empty": "isolate", "embedding_fallback": options.get("embedding_fallback", "zero")})
         graph_json = json.loads(graph.to_json())
-        config.update(embeddings=str(options.get("embeddings", "glove50")), graph=options.get("graph", "cooccurrence"),
-                      t=options.get("t", 0.4),
-                      p=options.get("p", 0.2), attr_embedding_dim=int(attr_embeddings.shape[1]))
+        config.update(_graph_config(options), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(config, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
 
     from fashionlens.losses import attribute_loss_weights
