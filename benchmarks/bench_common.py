@@ -42,47 +42,27 @@ def build_default_style_model_dir(out: Path, image_size: int = 224, data_root: P
     builds them; when that fails (no word vectors, unreadable labels) the head is linear. Speed does
     not depend on the head's trained values, so no training is done. Returns (model dir, head used).
     """
-    from fashionlens.data import open_dataset
-    from fashionlens.modeldir import save_model_dir
-    from fashionlens.models.backbones import create_backbone
-    from fashionlens.models.mlgcn import build_style_model
-    from fashionlens.training import build_label_graph_inputs, label_matrix
+    from fashionlens.config import DataSource, StyleConfig, override
+    from fashionlens.training import prepare, save_built_model
 
     out = Path(out)
     if (out / "model.safetensors").is_file():
         import json
 
         return out, json.loads((out / "config.json").read_text())["head"]
-    dataset = open_dataset(data_root, "clothing-attributes")
-    names = list(dataset.label_names)
-    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
-              "image_size": image_size, "residual": False, "hidden_dim": 1024}
-    embeddings = adjacency = None
-    graph_json = None
-    kept = list(range(len(names)))
-    if head == "mlgcn":
-        try:
-            import json
-
-            labels, mask = label_matrix(dataset)
-            words = list(getattr(dataset, "label_words", None) or [n.replace("_", " ") for n in names])
-            embeddings, adjacency, graph, kept = build_label_graph_inputs(
-                labels, mask, names, words, {"embeddings": "glove50", "t": 0.4, "p": 0.2,
-                                             "drop_empty_labels": True, "embedding_fallback": "zero"})
-            graph_json = json.loads(graph.to_json())
-            config.update(embeddings="glove50", graph="cooccurrence", t=0.4, p=0.2,
-                          embedding_dim=int(embeddings.shape[1]))
-        except Exception as error:  # the benchmark still measures the backbone with a linear head
-            print(f"ML-GCN head unavailable ({type(error).__name__}: {error}); using a linear head")
-            head, embeddings, adjacency, kept = "linear", None, None, list(range(len(names)))
-    config["head"] = head
-    config["num_labels"] = len(kept)
-    model = build_style_model(config, embeddings=embeddings, adjacency=adjacency).eval()
-    probe = create_backbone("tf_efficientnet_lite0", pretrained="none")
-    kept_names = [names[i] for i in kept]
-    save_model_dir(out, model, config, {"label_names": kept_names, "display_names": kept_names},
-                   {"image_size": image_size, "mean": list(probe.mean), "std": list(probe.std), "resize": "square"},
-                   graph=graph_json)
+    config = override(StyleConfig(), {
+        "out": out.parent / f"{out.name}-run", "data.sources": [DataSource(data_root, "clothing-attributes")],
+        "data.val_split": 0.2, "data.drop_empty_labels": True, "backbone.name": "tf_efficientnet_lite0",
+        "backbone.pretrained": "shipped", "backbone.image_size": image_size, "head.kind": head,
+        "graph.embeddings": "glove50", "graph.embedding_fallback": "zero"})
+    try:
+        _, built = prepare(config)
+    except Exception as error:  # the benchmark still measures the backbone with a linear head
+        print(f"ML-GCN head unavailable ({type(error).__name__}: {error}); using a linear head")
+        head = "linear"
+        _, built = prepare(override(config, {"head.kind": head}))
+    built["task"].model.eval()
+    save_built_model(out, built)
     return out, head
 
 

@@ -8,7 +8,7 @@ One run measures, in images per second:
     backbone + global max pooling + a 37-way linear layer (negligible next to the backbone);
 (b) fashionlens training with the real data pipeline: a JPEG set made from real photos (resized so
     the short side is >= 448 px, repeated to ``--num-files`` files), read by the clothing-attributes
-    reader with the training transform, FashionDataModule (workers, pinned memory, persistent
+    reader with the training transform, TrainingData (workers, pinned memory, persistent
     workers), StyleTask with the ML-GCN head, Lightning Trainer with bf16-mixed and channels_last;
 (c) a loop written the way the ML-GCN reference trains: fp32, PIL decode in the Dataset, 4
     workers, no pinned memory, no channels_last, a hand-written training loop, same model and batch;
@@ -186,26 +186,24 @@ def build_jpeg_set(photos: Path, out: Path, num_files: int, min_side: int) -> Pa
 # ---------------------------------------------------------------------------- (b) fashionlens training
 
 
-def _style_model(dataset, backbone: str):
-    """The ML-GCN style model over the dataset's labels (GloVe-50, else one-hot word vectors)."""
-    from fashionlens.models.mlgcn import build_style_model
-    from fashionlens.training import build_label_graph_inputs, label_matrix
+def _style_config(data_root: Path, backbone: str, size: int, batch: int, workers: int):
+    """The style run being measured: ML-GCN over GloVe-50 vectors (a missing word gets zeros), the
+    reference recipe, channels_last; built by the same `prepare` a training run uses."""
+    from fashionlens.config import RECIPES, DataSource, StyleConfig, override
 
-    labels, mask = label_matrix(dataset)
-    words = list(getattr(dataset, "label_words", None) or dataset.label_names)
-    options = {"embeddings": "glove50", "t": 0.4, "p": 0.2, "drop_empty_labels": True, "embedding_fallback": "zero"}
-    try:
-        embeddings, adjacency, _, kept = build_label_graph_inputs(labels, mask, dataset.label_names, words, options)
-        vectors = "glove50"
-    except ImportError:  # GloVe package missing on this machine; the cost is the same
-        embeddings, adjacency, _, kept = build_label_graph_inputs(labels, mask, dataset.label_names, words,
-                                                                  {**options, "embeddings": "onehot"})
-        vectors = "onehot"
-    config = {"task": "style", "backbone": backbone, "pretrained": "none", "pool": "max", "head": "mlgcn",
-              "num_labels": len(kept), "embedding_dim": int(embeddings.shape[1]), "hidden_dim": 1024,
-              "residual": False}
-    model = build_style_model(config, embeddings=embeddings, adjacency=adjacency)
-    return model, config, kept, vectors
+    return override(StyleConfig(recipe=RECIPES["reference"]), {
+        "out": Path(os.environ.get("TMPDIR", "/tmp")) / "fashionlens-gpu-throughput",
+        "data.sources": [DataSource(data_root, "clothing-attributes")], "data.batch_size": batch,
+        "data.workers": workers, "data.drop_empty_labels": True, "backbone.name": backbone,
+        "backbone.pretrained": "none", "backbone.image_size": size, "backbone.channels_last": True,
+        "head.kind": "mlgcn", "graph.embeddings": "glove50", "graph.embedding_fallback": "zero"})
+
+
+def _style_model(data_root: Path, backbone: str, size: int = 224, batch: int = 32, workers: int = 0):
+    """(data, built) of `_style_config`: the model is built["task"].model, its labels data.columns."""
+    from fashionlens.training import prepare
+
+    return prepare(_style_config(data_root, backbone, size, batch, workers))
 
 
 def fashionlens_training(data_root: Path, backbone: str, size: int, batch: int, workers: int, warmup: int,
@@ -214,20 +212,12 @@ def fashionlens_training(data_root: Path, backbone: str, size: int, batch: int, 
     import lightning as L
     from torch.utils.data import Subset
 
-    from fashionlens.data import open_dataset
-    from fashionlens.data.transforms import build_transforms
-    from fashionlens.training import FashionDataModule, StyleTask, _ColumnSubset
-
-    probe = open_dataset(data_root, "clothing-attributes")
-    model, config, kept, vectors = _style_model(probe, backbone)
-    train_set = open_dataset(data_root, "clothing-attributes",
-                             transform=build_transforms(size, model.backbone.mean, model.backbone.std, train=True))
-    train_set = _ColumnSubset(train_set, None, kept)
+    data, built = _style_model(data_root, backbone, size, batch, workers)
+    task = built["task"]
     if compile_model:
-        model = torch.compile(model)
-    task = StyleTask(model, [probe.label_names[i] for i in kept], optimizer="sgd", lr=0.1, lrp=0.1,
-                     weight_decay=1e-4, freeze_epochs=0, epochs=1, channels_last=True)
-    data = FashionDataModule(train_set, Subset(train_set, [0]), batch_size=batch, workers=workers)
+        task.model = torch.compile(task.model)
+    data.val_set = Subset(data.train_set, [0])  # validation is not what is measured
+    vectors = built["network"].get("embeddings", "onehot")
 
     class Throughput(L.Callback):
         def __init__(self) -> None:
@@ -257,8 +247,9 @@ def fashionlens_training(data_root: Path, backbone: str, size: int, batch: int, 
     details = {"workers": data.workers, "pin_memory": device.type == "cuda", "persistent_workers": data.workers > 0,
                "precision": "bf16-mixed", "channels_last": True, "word_vectors": vectors, "compiled": compile_model}
     unwrapped = getattr(task.model, "_orig_mod", task.model)
-    return meter.images / (meter.end - meter.start), {"details": details, "model": unwrapped.cpu(), "config": config,
-                                                      "label_names": [probe.label_names[i] for i in kept]}
+    return meter.images / (meter.end - meter.start), {"details": details, "model": unwrapped.cpu(),
+                                                      "config": built["network"],
+                                                      "label_names": built["labels"]["label_names"]}
 
 
 # ------------------------------------------------------------------------------ (c) reference-style loop
@@ -303,8 +294,8 @@ def reference_loop(data_root: Path, backbone: str, size: int, batch: int, worker
     from fashionlens.data import open_dataset
 
     dataset = open_dataset(data_root, "clothing-attributes")
-    model, _, kept, _ = _style_model(dataset, backbone)
-    model = model.to(device).train()
+    data, built = _style_model(data_root, backbone)
+    model, kept = built["task"].model.to(device).train(), data.columns
     loader = DataLoader(_ReferenceStyleDataset(dataset.records, size, model.backbone.mean, model.backbone.std),
                         batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fashionlens.data import open_dataset, read_deepfashion, weak_label_rows, write_deepfashion_lists
-from fashionlens.data.deepfashion import read_vocabulary, ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES
+from fashionlens.data.deepfashion import CLOTHES_TYPE_NAMES, read_vocabulary
+from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS as ATTRIBUTE_TYPE_NAMES
 from fashionlens.errors import DataError
 
 DRESS = 40  # "Dress" is line 43 of list_category_cloth.txt: id 41, 0-based 40

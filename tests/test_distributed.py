@@ -10,7 +10,7 @@ import torch
 
 from fashionlens.data import build_transforms, open_dataset
 from fashionlens.models.mlgcn import build_style_model
-from fashionlens.training import FashionDataModule, StyleTask, _ColumnSubset
+from fashionlens.training import ColumnSubset, StyleTask
 
 MINI = Path(__file__).resolve().parents[1] / "examples" / "clothing-attributes-mini"
 
@@ -21,13 +21,12 @@ def _validate(devices: int, tmp_path: Path) -> dict[str, float]:
                            transform=build_transforms(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), train=False))
     # 21 samples: odd, so the distributed sampler must pad one rank with a repeated sample.
     columns = list(range(len(dataset.label_names)))
-    val = _ColumnSubset(dataset, list(range(21)), columns)
+    val = ColumnSubset(dataset, list(range(21)), columns)
     config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
               "head": "linear", "num_labels": len(columns), "image_size": 64}
     model = build_style_model(config)
-    task = StyleTask(model, list(dataset.label_names), optimizer="sgd", lr=0.0, lrp=0.0, weight_decay=0.0,
-                     freeze_epochs=0, epochs=1)
-    data = FashionDataModule(val, val, batch_size=4, workers=0)
+    task = StyleTask(model, list(dataset.label_names))
+    data = L.LightningDataModule.from_datasets(train_dataset=val, val_dataset=val, batch_size=4, num_workers=0)
     strategy = "ddp_spawn" if devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)

@@ -31,7 +31,7 @@ def _small_mobilenet(**overrides) -> dict:
 # ---------------------------------------------------------------- shapes for each ablation and backbone
 
 
-@pytest.mark.parametrize("landmarks", ["glem", "plain", "none"])
+@pytest.mark.parametrize("landmarks", ["glem", "convs", "none"])
 @pytest.mark.parametrize("backbone,pretrained,width", [("vgg19", "none", None), ("mobilenet_v2", "shipped", 32)])
 def test_output_shapes_per_ablation(backbone, pretrained, width, landmarks):
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_mlgcn_attribute_head_round_trip_keeps_the_graph(tmp_path):
     torch.manual_seed(0)
     embeddings = torch.randn(11, 6)
     adjacency = torch.rand(11, 11)
-    model = build_clothing_model(_small_mobilenet(attr_head="mlgcn", num_attributes=11, mlgcn_hidden=16),
+    model = build_clothing_model(_small_mobilenet(attr_head="mlgcn", num_attributes=11, hidden_dim=16),
                                  attr_embeddings=embeddings, attr_adjacency=adjacency)
     assert model.config["attr_embedding_dim"] == 6
     state = model.state_dict()

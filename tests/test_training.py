@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fashionlens.config import ClothingConfig, ConfigError, DataSource, StyleConfig, override
 from fashionlens.errors import FashionlensError, ModelDirError
 from fashionlens.modeldir import load_model_dir
-from fashionlens.training import evaluate_model_dir, split_indices, train_style
+from fashionlens.training import evaluate_model_dir, split_indices, train_clothing, train_style
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "examples" / "clothing-attributes-mini"
@@ -30,19 +31,26 @@ def test_split_rejects_bad_fraction():
         split_indices(10, 1.5, seed=0)
 
 
-def _options(out: Path, **overrides) -> dict:
-    options = {"data": MINI, "format": "clothing-attributes", "out": out, "backbone": "tf_efficientnet_lite0",
-               "pretrained": "shipped", "image_size": 64, "epochs": 1, "batch_size": 16, "limit": 80,
-               "val_split": 0.25, "head": "linear", "pool": "max", "freeze_epochs": 1, "workers": 0,
-               "drop_empty_labels": True, "seed": 0}
-    options.update(overrides)
-    return options
+def _config(out: Path, changes: dict | None = None) -> StyleConfig:
+    """A small style run on the bundled photos; ``changes`` are config overrides (dotted keys)."""
+    base = {"out": out, "data.sources": [DataSource(MINI, "clothing-attributes")], "data.batch_size": 16,
+            "data.limit": 80, "data.val_split": 0.25, "data.workers": 0, "data.drop_empty_labels": True,
+            "backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": "shipped", "backbone.image_size": 64,
+            "recipe.epochs": 1, "recipe.freeze_epochs": 1, "recipe.seed": 0, "head.kind": "linear", "head.pool": "max"}
+    return override(StyleConfig(), {**base, **(changes or {})})
+
+
+def _clothing_config(out: Path, data: Path, fmt: str, changes: dict) -> ClothingConfig:
+    base = {"out": out, "data.sources": [DataSource(data, fmt)], "data.workers": 0, "backbone.name": "mobilenet_v2",
+            "backbone.pretrained": "shipped", "backbone.image_size": 64, "recipe.epochs": 1,
+            "recipe.optimizer": "adamw", "recipe.lr": 1e-3, "recipe.seed": 0}
+    return override(ClothingConfig(), {**base, **changes})
 
 
 @pytest.fixture(scope="module")
 def style_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("style-run")
-    return train_style(_options(out, head="mlgcn"))
+    return train_style(_config(out, {"head.kind": "mlgcn"}))
 
 
 def test_training_writes_a_complete_run_directory(style_run: Path):
@@ -102,8 +110,9 @@ def test_weights_that_do_not_match_the_config_are_refused(style_run: Path, tmp_p
 @pytest.mark.slow
 def test_style_model_learns_on_real_photos(tmp_path: Path):
     """A head trained on 240 real photos beats chance by a clear margin on 60 held-out photos."""
-    out = train_style(_options(tmp_path, limit=300, epochs=15, image_size=160, head="linear", optimizer="adamw",
-                               lr=1e-3, cache_features=True))
+    out = train_style(_config(tmp_path, {"data.limit": 300, "recipe.epochs": 15, "backbone.image_size": 160,
+                                         "recipe.optimizer": "adamw", "recipe.lr": 1e-3,
+                                         "recipe.cache_features": True}))
     predictions = np.load(out / "val_predictions.npz")
     labels, mask = predictions["labels"], predictions["mask"]
     from fashionlens.metrics import multilabel_metrics
@@ -119,12 +128,11 @@ def test_style_model_learns_on_real_photos(tmp_path: Path):
 def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path: Path, shared_data: Path):
     """The landmark network on the real landmark photos in benchmark format: train, save, reload, evaluate."""
     from fashionlens.data.samples import build_deepfashion_sample
-    from fashionlens.training import train_clothing
 
     root = build_deepfashion_sample(shared_data, tmp_path / "sample", landmarks_only=True)
-    out = train_clothing({"data": root, "out": tmp_path / "run", "backbone": "mobilenet_v2", "pretrained": "shipped",
-                          "image_size": 64, "heatmap_size": 16, "epochs": 1, "batch_size": 4, "workers": 0,
-                          "optimizer": "adamw", "lr": 1e-3, "freeze_epochs": 0, "seed": 0})
+    out = train_clothing(_clothing_config(tmp_path / "run", root, "deepfashion",
+                                          {"model.heatmap_size": 16, "data.batch_size": 4,
+                                           "recipe.freeze_epochs": 0}))
     bundle = load_model_dir(out / "model")
     assert bundle.task == "clothing" and len(bundle.labels["attribute_types"]) == 1000
     predictions = np.load(out / "val_predictions.npz")
@@ -136,19 +144,15 @@ def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path
     assert 0.0 <= metrics["normalized_error"] < 2.0
 
 
-@pytest.mark.parametrize("attr_head", ["plain", "mlgcn"])
+@pytest.mark.parametrize("attr_head", ["linear", "mlgcn"])
 def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path, attr_head: str):
     """Category head over the 7 categories, 30 typed attributes, no landmarks; evaluate on the saved model."""
-    from fashionlens.training import train_clothing
-
-    out = train_clothing({"data": MINI, "format": "clothing-attributes", "out": tmp_path / "run",
-                          "backbone": "mobilenet_v2", "pretrained": "shipped", "image_size": 64, "epochs": 1,
-                          "batch_size": 16, "limit": 48, "val_split": 0.25, "no_landmarks": True,
-                          "attr_head": attr_head, "embeddings": "onehot", "workers": 0, "optimizer": "adamw",
-                          "lr": 1e-3, "freeze_epochs": 1, "seed": 0})
+    out = train_clothing(_clothing_config(tmp_path / "run", MINI, "clothing-attributes", {
+        "data.batch_size": 16, "data.limit": 48, "data.val_split": 0.25, "model.landmarks": "none",
+        "head.kind": attr_head, "graph.embeddings": "onehot", "recipe.freeze_epochs": 1}))
     bundle = load_model_dir(out / "model")
     assert bundle.task == "clothing" and len(bundle.labels["category_names"]) == 7
-    assert len(bundle.label_names) == 30 and bundle.config["attr_head"] == ("mlgcn" if attr_head == "mlgcn" else "linear")
+    assert len(bundle.label_names) == 30 and bundle.config["attr_head"] == attr_head
     run = json.loads((out / "run.json").read_text())
     assert run["train_size"] == 48 and run["val_size"] == len(split_indices(495, 0.25, 0)[1])
     metrics = evaluate_model_dir(out / "model", MINI, "clothing-attributes", workers=0)
@@ -160,22 +164,22 @@ def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path
 
 
 def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):
-    from fashionlens.training import train_clothing
-
-    with pytest.raises(ValueError, match="expected deepfashion or clothing-attributes"):
-        train_clothing({"data": MINI, "format": "folders", "out": tmp_path / "run", "backbone": "mobilenet_v2",
-                        "epochs": 1})
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].format: 'folders' cannot train `clothing`; "
+                                          r"expected one of deepfashion, clothing-attributes"):
+        train_clothing(_clothing_config(tmp_path / "run", MINI, "folders", {}))
 
 
 def test_glove_plus_onehot_label_inputs_keep_exclusive_labels_apart():
     """GloVe-50d puts "man" and "woman" at cosine 0.89; with a one-hot code appended they are distinct inputs."""
+    from fashionlens.config import GraphConfig
     from fashionlens.training import build_label_graph_inputs
 
     labels = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], dtype=np.uint8)
     mask = np.ones_like(labels)
     names, words = ["gender_male", "gender_female", "collar"], ["man", "woman", "collar"]
-    glove, _, _, _ = build_label_graph_inputs(labels, mask, names, words, {"embeddings": "glove50"})
-    both, adjacency, _, kept = build_label_graph_inputs(labels, mask, names, words, {"embeddings": "glove50+onehot"})
+    glove, _, _, _ = build_label_graph_inputs(labels, mask, names, words, GraphConfig(embeddings="glove50"))
+    both, adjacency, _, kept = build_label_graph_inputs(labels, mask, names, words,
+                                                          GraphConfig(embeddings="glove50+onehot"))
     assert glove.shape == (3, 50) and both.shape == (3, 53) and kept == [0, 1, 2] and adjacency.shape == (3, 3)
     np.testing.assert_array_equal(both[:, :50], glove)
     np.testing.assert_array_equal(both[:, 50:], np.eye(3))

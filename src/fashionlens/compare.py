@@ -1,8 +1,9 @@
 """Side-by-side comparison of the style heads on one fixed split: baselines vs ML-GCN variants.
 
-Every variant trains with the same data, split, seed, backbone, image size and schedule; only the
-head (and, for the scratch run, the initial weights) changes. One table comes out, also written to
-RUN_DIR/compare.json and RUN_DIR/compare.md.
+Every variant trains with the same data, split, seed, backbone, image size and recipe (one
+StyleConfig); a variant is a set of overrides of that config (``fashionlens.config.override``, so
+a misspelt key is an error), changing only the head (and, for the scratch runs, the initial
+weights). One table comes out, also written to RUN_DIR/compare.json and RUN_DIR/compare.md.
 """
 
 from __future__ import annotations
@@ -11,27 +12,48 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fashionlens.config import StyleConfig, override
+from fashionlens.rundir import RunDir
+
+# From scratch the backbone has nothing to preserve: it trains at the heads' learning rate (lrp 1).
+_SCRATCH = {"backbone.pretrained": "none", "recipe.freeze_epochs": 0, "recipe.lrp": 1.0}
+
 VARIANTS: dict[str, dict[str, Any]] = {
-    "linear-avg": {"head": "linear", "pool": "avg"},
-    "linear-max": {"head": "linear", "pool": "max"},
-    "mlgcn-glove": {"head": "mlgcn", "pool": "max", "embeddings": "glove50"},
-    "mlgcn-glove-nobias": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "bias": False},
-    "mlgcn-onehot-identity": {"head": "mlgcn", "pool": "max", "embeddings": "onehot", "graph": "identity"},
-    "mlgcn-glove-residual": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "residual": True},
-    "mlgcn-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "onehot"},
-    "mlgcn-glove-onehot": {"head": "mlgcn", "pool": "max", "embeddings": "glove50+onehot"},
+    "linear-avg": {"head.kind": "linear", "head.pool": "avg"},
+    "linear-max": {"head.kind": "linear", "head.pool": "max"},
+    "mlgcn-glove": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50"},
+    "mlgcn-glove-nobias": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50",
+                           "head.bias": False},
+    "mlgcn-onehot-identity": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "onehot",
+                              "graph.graph": "identity"},
+    "mlgcn-glove-residual": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50",
+                             "head.residual": True},
+    "mlgcn-onehot": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "onehot"},
+    "mlgcn-glove-onehot": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50+onehot"},
+    "mlgcn-minilm": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "minilm"},
+    "mlgcn-minilm-identity": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "minilm",
+                              "graph.graph": "identity"},
     # Edges only where the source makes the target at least 1.25x more likely than its base rate.
-    "mlgcn-onehot-lift": {"head": "mlgcn", "pool": "max", "embeddings": "onehot", "min_lift": 1.25},
-    "mlgcn-glove-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "glove50"},
-    "mlgcn-onehot-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot"},
-    "mlgcn-onehot-identity-avg": {"head": "mlgcn", "pool": "avg", "embeddings": "onehot", "graph": "identity"},
-    "mlgcn-identity": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "graph": "identity"},
-    # From scratch the backbone has nothing to preserve: it trains at the heads' learning rate (lrp 1).
-    "linear-max-scratch": {"head": "linear", "pool": "max", "pretrained": "none", "freeze_epochs": 0, "lrp": 1.0},
-    "mlgcn-glove-scratch": {"head": "mlgcn", "pool": "max", "embeddings": "glove50", "pretrained": "none",
-                            "freeze_epochs": 0, "lrp": 1.0},
+    "mlgcn-onehot-lift": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "onehot",
+                          "graph.min_lift": 1.25},
+    "mlgcn-glove-avg": {"head.kind": "mlgcn", "head.pool": "avg", "graph.embeddings": "glove50"},
+    "mlgcn-onehot-avg": {"head.kind": "mlgcn", "head.pool": "avg", "graph.embeddings": "onehot"},
+    "mlgcn-onehot-identity-avg": {"head.kind": "mlgcn", "head.pool": "avg", "graph.embeddings": "onehot",
+                                  "graph.graph": "identity"},
+    "mlgcn-identity": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50",
+                       "graph.graph": "identity"},
+    "linear-max-scratch": {"head.kind": "linear", "head.pool": "max", **_SCRATCH},
+    "mlgcn-glove-scratch": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50", **_SCRATCH},
+    "mlgcn-onehot-scratch": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "onehot", **_SCRATCH},
 }
 DEFAULT_VARIANTS = ("linear-avg", "linear-max", "mlgcn-glove", "mlgcn-onehot", "mlgcn-identity", "linear-max-scratch")
+
+
+def variant_config(base: StyleConfig, name: str) -> StyleConfig:
+    """``base`` with variant ``name``'s overrides, training into ``base.out / name``."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(sorted(VARIANTS))}")
+    return override(base, {**VARIANTS[name], "out": Path(base.out) / name}, where=f"variant {name}: ")
 
 
 def epochs_to_reach(history: list[dict], target: float, key: str = "mAP") -> int | None:
@@ -42,20 +64,17 @@ def epochs_to_reach(history: list[dict], target: float, key: str = "mAP") -> int
     return None
 
 
-def train_variants(base_options: dict, variants: list[str], out: Path) -> dict[str, dict]:
-    """Train each variant into out/<variant>/ and return {variant: {"metrics": ..., "history": ...}}."""
+def train_variants(base: StyleConfig, variants: list[str], progress: bool = True) -> dict[str, dict]:
+    """Train each variant into base.out/<variant>/ and return {variant: {"metrics": ..., "history": ...}}."""
     from fashionlens.training import train_style
 
-    unknown = [name for name in variants if name not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    configs = {name: variant_config(base, name) for name in variants}  # every name checked before training
     results = {}
-    for name in variants:
-        options = {**base_options, **VARIANTS[name], "out": out / name}
-        print(f"\n=== {name} ===", flush=True)
-        run_dir = train_style(options)
-        results[name] = {"metrics": json.loads((run_dir / "metrics.json").read_text()),
-                         "history": json.loads((run_dir / "history.json").read_text())}
+    for name, config in configs.items():
+        if progress:
+            print(f"\n=== {name} ===", flush=True)
+        run = RunDir(train_style(config))
+        results[name] = {"metrics": run.metrics(), "history": run.history()}
     return results
 
 
@@ -85,18 +104,11 @@ def comparison_table(results: dict[str, dict], target: float | None = None) -> s
     return "\n".join(lines)
 
 
-def run_compare(args: dict) -> int:
-    out = Path(args["out"])
-    variants = list(args.get("variants") or DEFAULT_VARIANTS)
-    base = {"data": args["data"], "format": args["format"], "backbone": args.get("backbone", "tf_efficientnet_lite0"),
-            "pretrained": "shipped", "image_size": args.get("image_size", 224), "epochs": args.get("epochs", 10),
-            "batch_size": args.get("batch_size", 32), "seed": args.get("seed", 0),
-            "freeze_epochs": args.get("freeze_epochs", 1), "val_split": 0.2,
-            "optimizer": args.get("optimizer", "sgd"), "lr": args.get("lr"),
-            "cache_features": args.get("cache_features", False), "final_weights": "last",
-            "lrp": 0.1, "t": 0.4, "p": 0.2, "embeddings": "glove50", "graph": "cooccurrence", "loss": "bce"}
-    results = train_variants(base, variants, out)
+def run_compare(base: StyleConfig, variants: list[str] | None = None) -> int:
+    out = Path(base.out)
+    results = train_variants(base, list(variants or DEFAULT_VARIANTS))
     table = comparison_table(results)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     (out / "compare.md").write_text(table + "\n")
     print("\n" + table)

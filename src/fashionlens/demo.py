@@ -29,6 +29,7 @@ DEMO_VARIANTS = ("linear-max", "mlgcn-glove", "mlgcn-onehot")
 
 def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 224, quick: bool = False) -> int:
     from fashionlens.compare import comparison_table, train_variants
+    from fashionlens.config import DataSource, StyleConfig, override
 
     data = find_demo_data()
     out = Path(out)
@@ -39,12 +40,13 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
           f"features are computed once); {image_size} px; heads trained {epochs} epochs on 75% of the photos, "
           f"evaluated on the other 25%\n")
     started = time.perf_counter()
-    base = {"data": data, "format": "clothing-attributes", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped",
-            "image_size": image_size, "epochs": epochs, "batch_size": 32, "seed": 0, "freeze_epochs": 1,
-            "val_split": 0.25, "optimizer": "adamw", "lr": 1e-3, "lrp": 0.1, "t": 0.4, "p": 0.2,
-            "embeddings": "glove50", "graph": "cooccurrence", "loss": "bce", "limit": 96 if quick else None,
-            "cache_features": True, "final_weights": "last", "drop_empty_labels": quick, "quiet": True}
-    results = train_variants(base, list(DEMO_VARIANTS), out)
+    base = override(StyleConfig(), {
+        "out": out, "data.sources": [DataSource(data, "clothing-attributes")], "data.val_split": 0.25,
+        "data.limit": 96 if quick else None, "data.drop_empty_labels": quick,
+        "backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": "shipped", "backbone.image_size": image_size,
+        "recipe.optimizer": "adamw", "recipe.lr": 1e-3, "recipe.epochs": epochs, "recipe.cache_features": True,
+        "recipe.final_weights": "last"})
+    results = train_variants(base, list(DEMO_VARIANTS), progress=False)
     print("\nHeld-out results (percent; mAP is the mean over labels of average precision):\n")
     print(comparison_table(results))
     print("\nlinear-max: CNN + linear head (the baseline). mlgcn-glove: ML-GCN, label graph over GloVe vectors of "
@@ -83,8 +85,9 @@ def _print_predictions(run_dir: Path, count: int = 3) -> None:
     import numpy as np
 
     from fashionlens.inference import load
+    from fashionlens.rundir import RunDir
 
-    predictions = np.load(run_dir / "val_predictions.npz")
+    predictions = RunDir(run_dir).predictions()
     predictor = load(run_dir / "model")
     names = predictor.label_names if hasattr(predictor, "label_names") else None
     print("\nheld-out photos, top-4 predicted labels (true labels in brackets):")

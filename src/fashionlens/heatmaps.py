@@ -17,11 +17,10 @@ from typing import Literal
 
 import torch
 
-HeatmapKind = Literal["gaussian", "liu"]
+from fashionlens.vocabulary import CUT_OFF as ABSENT
+from fashionlens.vocabulary import OCCLUDED, VISIBLE  # noqa: F401
 
-VISIBLE = 0
-OCCLUDED = 1
-ABSENT = 2
+HeatmapKind = Literal["gaussian", "liu"]
 
 
 def image_to_heatmap_coords(xy: torch.Tensor, image_size: tuple[int, int],

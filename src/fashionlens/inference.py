@@ -22,7 +22,6 @@ import glob
 import io
 import json
 import math
-import struct
 import sys
 import threading
 import warnings
@@ -32,14 +31,12 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from fashionlens.data.base import pil_to_rgb as _pil_to_rgb
+from fashionlens import images
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
+from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-DEFAULT_LANDMARK_NAMES = ("left_collar", "right_collar", "left_sleeve", "right_sleeve",
-                          "left_waistline", "right_waistline", "left_hem", "right_hem")
 # A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
 # landmarks, so half of that is a neutral cut.
 LANDMARK_VISIBLE_THRESHOLD = 0.5
@@ -131,49 +128,20 @@ def _source_name(image: Any) -> str:
     return f"<{type(image).__name__}>"
 
 
-def _decode(stream: Any, source: str) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as opened:
-                opened.load()
-                upright = ImageOps.exif_transpose(opened)
-                return _pil_to_rgb(upright, source)
-    except DataError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise DataError(f"image too large to decode safely ({error})", path=source) from error
-    except Image.UnidentifiedImageError as error:
-        raise DataError("not an image (or an image format Pillow cannot read)", path=source) from error
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
-        raise DataError(f"corrupt or truncated image ({error})", path=source) from error
-
-
 def read_image_bytes(data: bytes, source: str = "<upload>") -> Image.Image:
-    """Decode an encoded image (JPEG, PNG, ...) to an upright RGB PIL image; DataError if it is not one."""
-    if not data:
-        raise DataError("empty file (0 bytes)", path=source)
-    return _decode(io.BytesIO(data), source)
+    """Decode an encoded image (JPEG, PNG, ...) to an upright RGB PIL image; DataError if it is not one.
+
+    Every check of :mod:`fashionlens.images` applies (accepted formats, pixel limit, truncation).
+    """
+    return images.decode(data, source).image
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Open an image file as an upright RGB PIL image; DataError naming the file if it cannot."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("no such file", path=path)
-    if not path.is_file():
-        raise DataError("not a file", path=path)
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise DataError(f"cannot read ({error.strerror})", path=path) from error
-    if size == 0:
-        raise DataError("empty file (0 bytes)", path=path)
-    try:
-        with open(path, "rb") as stream:
-            return _decode(stream, str(path))
-    except PermissionError as error:
-        raise DataError("permission denied", path=path) from error
+    """Open an image file as an upright RGB PIL image; DataError naming the file if it cannot.
+
+    Every pixel is decoded (no JPEG draft mode), so landmarks and sizes are in the photo's own pixels.
+    """
+    return images.decode(Path(path)).image
 
 
 def _array_to_uint8_chw(array: np.ndarray, source: str, channels_first: bool) -> torch.Tensor:
@@ -222,11 +190,8 @@ def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
         pil = read_image(image)
         return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
     if isinstance(image, Image.Image):
-        try:
-            upright = ImageOps.exif_transpose(image)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise DataError(f"cannot read the image ({error})", path=source) from error
-        pil = _pil_to_rgb(upright, source)
+        images.load_opened(image, source)
+        pil = images.pil_to_rgb(images.upright(image), source)
         return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
     if isinstance(image, np.ndarray):
         return _array_to_uint8_chw(image, source, channels_first=False), source
@@ -329,12 +294,16 @@ class Predictor:
         self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
         self.mean = torch.tensor(self.preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(self.preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(3, 1, 1)
+        from fashionlens.modeldir import eval_transform
+
+        self._transform = eval_transform({"image_size": self.image_size, "mean": self.mean.flatten().tolist(),
+                                          "std": self.std.flatten().tolist()})
         self.label_names: list[str] = [str(name) for name in self.labels["label_names"]]
         display = self.labels.get("display_names") or self.label_names
         self.display_names: list[str] = [str(name) for name in display]
         self.category_names: list[str] = [str(n) for n in self.labels.get("category_names") or []]
         self.attribute_types: list[str] = [str(t) for t in self.labels.get("attribute_types") or []]
-        self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or DEFAULT_LANDMARK_NAMES]
+        self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or LANDMARK_NAMES]
         self._lock = threading.Lock()
 
     @property
@@ -365,10 +334,7 @@ class Predictor:
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Upright uint8 ``(3, H, W)`` -> normalised float ``(3, S, S)``, the evaluation transform."""
-        from torchvision.transforms.v2 import functional as F
-
-        resized = F.resize(image, [self.image_size, self.image_size], antialias=True)
-        return (resized.to(torch.float32) / 255.0 - self.mean) / self.std
+        return self._transform(image).as_subclass(torch.Tensor)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,
                  threshold: float | None = None) -> Prediction | list[Prediction]:

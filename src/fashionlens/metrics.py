@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
+
 __all__ = [
     "ATTRIBUTE_TYPES",
     "LANDMARK_NAMES",
@@ -38,21 +40,6 @@ __all__ = [
     "multilabel_metrics",
     "normalized_error",
 ]
-
-#: DeepFashion attribute types, in the order of their ids 1..5 in ``list_attr_cloth.txt``.
-ATTRIBUTE_TYPES: tuple[str, ...] = ("texture", "fabric", "shape", "part", "style")
-
-#: The 8 DeepFashion landmarks, in the order of the annotation files and the sample dict.
-LANDMARK_NAMES: tuple[str, ...] = (
-    "left_collar",
-    "right_collar",
-    "left_sleeve",
-    "right_sleeve",
-    "left_waistline",
-    "right_waistline",
-    "left_hem",
-    "right_hem",
-)
 
 _TOP_K_MULTILABEL = 3
 # Columns of the (classes x samples) block sorted at once in average precision: bounds the

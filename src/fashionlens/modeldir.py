@@ -50,6 +50,19 @@ class ModelBundle:
     def label_names(self) -> list[str]:
         return list(self.labels["label_names"])
 
+    def eval_transform(self):
+        """The evaluation transform this model was trained with (the one training, `evaluate` and the
+        Predictor all apply): a square resize to ``image_size``, then the backbone's mean/std."""
+        return eval_transform(self.preprocessing)
+
+
+def eval_transform(preprocessing: dict[str, Any]):
+    """``build_transforms(train=False)`` for a model directory's ``preprocessing.json``."""
+    from fashionlens.data.transforms import build_transforms
+
+    return build_transforms(int(preprocessing["image_size"]), preprocessing["mean"], preprocessing["std"],
+                            train=False)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""

@@ -27,11 +27,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
+from fashionlens.vocabulary import CUT_OFF as ABSENT
+from fashionlens.vocabulary import LANDMARK_NAMES, VISIBLE
+
 DPI = 110
-LANDMARK_NAMES = ["left_collar", "right_collar", "left_sleeve", "right_sleeve",
-                  "left_waistline", "right_waistline", "left_hem", "right_hem"]
 STYLE_TABLE_KEYS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1_top3", "OF1_top3"]
-VISIBLE, OCCLUDED, ABSENT = 0, 1, 2
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -11,13 +11,14 @@ from typing import Any
 
 from fashionlens.data.base import LANDMARK_NAMES, FashionDataset, Record
 from fashionlens.data.clothing_attributes import read_clothing_attributes
+from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
 from fashionlens.data.deepfashion import DeepFashionRow, read_deepfashion, weak_label_rows, write_deepfashion_lists
 from fashionlens.data.folders import read_class_folders
 from fashionlens.data.kfashion import STYLE_NAMES, read_kfashion
 from fashionlens.data.manifest import read_manifest_csv, read_manifest_jsonl
 from fashionlens.data.transforms import build_transforms
+from fashionlens.vocabulary import FORMATS
 
-FORMATS = ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders")
 
 _READERS: dict[str, Callable[..., FashionDataset]] = {
     "deepfashion": read_deepfashion,
@@ -26,6 +27,7 @@ _READERS: dict[str, Callable[..., FashionDataset]] = {
     "kfashion": read_kfashion,
     "clothing-attributes": read_clothing_attributes,
     "folders": read_class_folders,
+    "clothing-co-parsing": read_clothing_co_parsing,
 }
 
 
@@ -65,6 +67,7 @@ __all__ = [
     "open_dataset",
     "read_class_folders",
     "read_clothing_attributes",
+    "read_clothing_co_parsing",
     "read_deepfashion",
     "read_kfashion",
     "read_manifest_csv",

@@ -8,7 +8,6 @@ docs/design-contract.md.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,24 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision import tv_tensors
 
+from fashionlens import images
 from fashionlens.errors import DataError
+from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
+from fashionlens.vocabulary import CUT_OFF, IMAGE_EXTENSIONS, LANDMARK_NAMES, NUM_LANDMARKS, OCCLUDED, VISIBLE
 
-NUM_LANDMARKS = 8
-LANDMARK_NAMES = (
-    "left_collar",
-    "right_collar",
-    "left_sleeve",
-    "right_sleeve",
-    "left_waistline",
-    "right_waistline",
-    "left_hem",
-    "right_hem",
-)
-VISIBLE, OCCLUDED, CUT_OFF = 0, 1, 2
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -66,104 +55,48 @@ def image_error(record: Record, reason: str) -> DataError:
 
 
 def open_image(record: Record, full_decode: bool = True) -> Image.Image:
-    """Open ``record.image`` as an RGB PIL image, or raise DataError naming the file and its row.
+    """Open ``record.image`` with the project's decoder (``fashionlens.images``): DataError naming the
+    file and its row if it is missing, empty, not an accepted format, over the pixel limit or, with
+    ``full_decode``, truncated or corrupt.
 
     ``full_decode=False`` only reads the header (enough to reject non-images and bombs); a truncated
-    JPEG is only found by decoding it.
+    file is only found by decoding it. The image is returned as stored (mode and orientation).
     """
-    path = record.image
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise image_error(record, "image file not found: expected an image file, found nothing") from None
-    except OSError as exc:
-        raise image_error(record, f"cannot stat image file: {exc}") from None
-    if size == 0:
-        raise image_error(record, "image file is empty (0 bytes): expected JPEG/PNG data")
-    try:
-        # The bomb limit is enforced ourselves so that it is an error at 1x MAX_IMAGE_PIXELS,
-        # not a warning there and an error only at 2x as PIL does.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and img.width * img.height > limit:
-            img.close()
-            raise image_error(
-                record,
-                f"image has {img.width}x{img.height} = {img.width * img.height} pixels, more than "
-                f"PIL.Image.MAX_IMAGE_PIXELS = {limit} (possible decompression bomb)",
-            )
+        img = images.open_header(record.image)
         if full_decode:
-            img.load()
-    except DataError:
-        raise
-    except UnidentifiedImageError:
-        raise image_error(record, "not an image: PIL cannot identify the file's format") from None
-    except Image.DecompressionBombError as exc:
-        raise image_error(record, f"decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise image_error(record, f"cannot decode image ({exc}); the file is truncated or corrupt") from None
+            try:
+                images.load_pixels(img, record.image, record.image)
+            except DataError:
+                img.close()
+                raise
+    except DataError as exc:
+        raise image_error(record, exc.reason) from None
     return img
 
 
-def pil_to_rgb(image: Image.Image, source: str | Path) -> Image.Image:
-    """Any PIL mode as 8-bit RGB. Transparent pixels are put on white (product photos' background).
-
-    Shared by the readers and the Predictor so that a photo gives the same pixels in training and
-    in serving: PIL's own ``convert("RGB")`` clips 16-bit images to white and drops alpha, keeping
-    whatever colour hides under transparent pixels.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image).astype(np.float64)
-        if image.mode == "F":
-            peak = 1.0 if array.size and float(np.nanmax(array)) <= 1.0 else 255.0
-        elif image.mode.startswith("I;16") or (array.size and float(array.max()) > 255):
-            peak = 65535.0
-        else:
-            peak = 255.0
-        grey = np.clip(np.nan_to_num(array) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise DataError(f"cannot convert image mode {image.mode!r} to RGB ({error})", path=source) from error
-
-
 def _load_rgb(record: Record) -> Image.Image:
-    img = open_image(record, full_decode=True)
+    # Every pixel, never JPEG draft mode: these are the pixels a model is trained and evaluated on.
     try:
-        img = ImageOps.exif_transpose(img)
-    except Exception as exc:  # a broken EXIF block must not hide which file it was
-        raise image_error(record, f"cannot apply EXIF orientation: {exc}") from None
-    try:
-        return pil_to_rgb(img, record.image)
+        return images.decode(record.image).image
     except DataError as exc:
         raise image_error(record, exc.reason) from None
 
 
 def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
     try:
-        img = open_image(record, full_decode=False)
-        if full_decode:
-            # draft() makes libjpeg decode at 1/8 scale: every byte of the entropy stream is still
-            # read (so truncation is caught) at a fraction of the cost of a full decode.
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-        img.close()
+        img = images.open_header(record.image)
+        try:
+            if full_decode:
+                # draft() makes libjpeg decode at 1/8 scale: every byte of the entropy stream is still
+                # read (so truncation is caught) at a fraction of the cost of a full decode.
+                if img.format in ("JPEG", "MPO"):
+                    img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+                images.load_pixels(img, record.image, record.image)
+        finally:
+            img.close()
     except DataError as err:
-        return err
-    except (OSError, SyntaxError, ValueError) as exc:
-        return image_error(record, f"cannot decode image ({exc}); the file is truncated or corrupt")
+        return image_error(record, err.reason)
     return None
 
 

@@ -28,8 +28,8 @@ from PIL import Image
 
 from fashionlens.data.base import CUT_OFF, NUM_LANDMARKS, FashionDataset, Record, force_vocabulary, resolve_inside
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS
 
-ATTRIBUTE_TYPE_NAMES = {1: "texture", 2: "fabric", 3: "shape", 4: "part", 5: "style"}
 CLOTHES_TYPE_NAMES = {1: "upper-body", 2: "lower-body", 3: "full-body"}
 SPLITS = ("train", "val", "test")
 
@@ -264,7 +264,7 @@ def read_deepfashion(
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     category_names, category_types = read_vocabulary(anno / "list_category_cloth.txt", CLOTHES_TYPE_NAMES)
-    attribute_names, attribute_type_ids = read_vocabulary(anno / "list_attr_cloth.txt", ATTRIBUTE_TYPE_NAMES)
+    attribute_names, attribute_type_ids = read_vocabulary(anno / "list_attr_cloth.txt", ATTRIBUTE_TYPE_IDS)
     num_attrs = len(attribute_names)
     notes: list[str] = []
 
@@ -349,7 +349,7 @@ def read_deepfashion(
 
     labels, mask, vocabulary = force_vocabulary(labels, mask, attribute_names, label_names, attr_path, absent_is_unknown=True)
     type_by_name = dict(zip(attribute_names, attribute_type_ids))
-    attribute_types = [ATTRIBUTE_TYPE_NAMES[type_by_name[name]] if name in type_by_name else "unknown" for name in vocabulary]
+    attribute_types = [ATTRIBUTE_TYPE_IDS[type_by_name[name]] if name in type_by_name else "unknown" for name in vocabulary]
 
     records: list[Record] = []
     for i in np.flatnonzero(keep):
@@ -422,7 +422,7 @@ def write_deepfashion_lists(
                 raise FileNotFoundError(f"{anno / name} is missing and no vocabulary_root was given to copy it from")
             shutil.copyfile(Path(vocabulary_root) / "Anno" / name, anno / name)
     category_names, _ = read_vocabulary(anno / "list_category_cloth.txt", CLOTHES_TYPE_NAMES)
-    attribute_names, _ = read_vocabulary(anno / "list_attr_cloth.txt", ATTRIBUTE_TYPE_NAMES)
+    attribute_names, _ = read_vocabulary(anno / "list_attr_cloth.txt", ATTRIBUTE_TYPE_IDS)
     category_index = {name: i + 1 for i, name in enumerate(category_names)}
     attribute_index = {name: i for i, name in enumerate(attribute_names)}
 

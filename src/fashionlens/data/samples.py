@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from fashionlens.data.deepfashion import (ATTRIBUTE_TYPE_NAMES, DeepFashionRow, read_vocabulary, weak_label_rows,
+from fashionlens.data.deepfashion import (DeepFashionRow, read_vocabulary, weak_label_rows,
                                           write_deepfashion_lists)
 
 # landmarks.json names -> DeepFashion upper-body order (collar, sleeve, hem; clothes type 1).
@@ -35,7 +35,7 @@ def build_deepfashion_sample(shared_data: str | Path, out: str | Path, landmarks
         if not link.exists():
             os.symlink(product, link, target_is_directory=True)
     # The landmark photos carry no attribute annotation: every attribute is unknown, not negative.
-    attribute_names, _ = read_vocabulary(deepfashion / "Anno" / "list_attr_cloth.txt", ATTRIBUTE_TYPE_NAMES)
+    attribute_names, _ = read_vocabulary(deepfashion / "Anno" / "list_attr_cloth.txt", ATTRIBUTE_TYPE_IDS)
 
     annotations = json.loads((shared_data / "landmarks" / "landmarks.json").read_text())
     landmark_lines = []

@@ -9,7 +9,7 @@ analysis with feature map upsampling and landmark-driven attention" (ECCV 2018 w
     concat(landmark features, conv4) -> category branch (convs, pool, linear)
                                       -> attribute branch (convs, pool, linear | ML-GCN head)
 
-Ablations (``config["landmarks"]``): ``"glem"`` (full), ``"plain"`` (the same branch with the
+Ablations (``config["landmarks"]``): ``"glem"`` (full), ``"convs"`` (the same branch with the
 non-local blocks removed, so only the 3x3 convs remain) and ``"none"`` (no landmark branch; the
 heads see conv4 only and the outputs have no ``"heatmaps"``).
 
@@ -29,10 +29,12 @@ from torch.nn import functional as F
 
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
 from fashionlens.models.backbones import create_backbone
+from fashionlens.vocabulary import LANDMARK_NAMES
 
-LANDMARK_NAMES = ("left_collar", "right_collar", "left_sleeve", "right_sleeve",
-                  "left_waistline", "right_waistline", "left_hem", "right_hem")
-LANDMARK_MODES = ("glem", "plain", "none")
+LANDMARK_MODES = ("glem", "convs", "none")
+# Keys and values of model directories written before they were renamed, and their names now.
+_RENAMED_KEYS = {"mlgcn_hidden": "hidden_dim", "mlgcn_bias": "bias", "mlgcn_negative_slope": "negative_slope"}
+_RENAMED_LANDMARK_MODES = {"plain": "convs"}
 ATTRIBUTE_HEADS = ("linear", "mlgcn")
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -52,9 +54,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "upsample": "deconv",  # "deconv" (transposed convs, x2 each) or "bilinear" (+ 3x3 conv)
     "head_width": 256,
     "dropout": 0.0,
-    "mlgcn_hidden": 1024,
-    "mlgcn_negative_slope": 0.2,
-    "mlgcn_bias": True,  # a per-label bias, as the linear head has: top-k ranks attributes against each other
+    "hidden_dim": 1024,  # the ML-GCN attribute head's hidden width (same name as the style model's)
+    "negative_slope": 0.2,
+    "bias": True,  # a per-label bias, as the linear head has: top-k ranks attributes against each other
     "attr_embedding_dim": None,  # set from the embeddings by build_clothing_model
 }
 
@@ -105,7 +107,7 @@ class GLEM(nn.Module):
     """Global-local embedding module (Lee et al. 2019, Sec. 3.2): a non-local block (global), then two
     3x3 conv + BN + ReLU layers (local) applied to the non-local output.
 
-    ``use_nonlocal=False`` drops the non-local block and keeps the two convs (the ``"plain"`` ablation).
+    ``use_nonlocal=False`` drops the non-local block and keeps the two convs (the ``"convs"`` ablation).
     """
 
     def __init__(self, channels: int, inner: int | None = None, use_nonlocal: bool = True, bn_init: float = 0.0):
@@ -175,7 +177,7 @@ class LandmarkClothingNet(nn.Module):
     def __init__(self, config: Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
                  attr_adjacency: torch.Tensor | None = None):
         super().__init__()
-        cfg = {**DEFAULT_CONFIG, **dict(config)}
+        cfg = {**DEFAULT_CONFIG, **upgrade_config(config)}
         if cfg["landmarks"] not in LANDMARK_MODES:
             raise ValueError(f"config['landmarks'] must be one of {LANDMARK_MODES}, got {cfg['landmarks']!r}")
         if cfg["attr_head"] not in ATTRIBUTE_HEADS:
@@ -207,9 +209,9 @@ class LandmarkClothingNet(nn.Module):
 
             embeddings, adjacency = _graph_inputs(cfg, attr_embeddings, attr_adjacency)
             cfg["attr_embedding_dim"] = int(embeddings.shape[1])
-            self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["mlgcn_hidden"]),
-                                          negative_slope=float(cfg["mlgcn_negative_slope"]),
-                                          bias=bool(cfg["mlgcn_bias"]))
+            self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["hidden_dim"]),
+                                          negative_slope=float(cfg["negative_slope"]),
+                                          bias=bool(cfg["bias"]))
         else:
             self.attribute_fc = nn.Linear(head_width, int(cfg["num_attributes"]))
         self.config: dict[str, Any] = cfg
@@ -248,6 +250,13 @@ class LandmarkClothingNet(nn.Module):
         if "heatmaps" in feats:
             out["heatmaps"] = feats["heatmaps"]
         return out
+
+
+def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A network config with the keys and values of older model directories renamed to today's."""
+    cfg = {_RENAMED_KEYS.get(key, key): value for key, value in dict(config).items()}
+    cfg["landmarks"] = _RENAMED_LANDMARK_MODES.get(cfg.get("landmarks"), cfg.get("landmarks", "glem"))
+    return cfg
 
 
 def _graph_inputs(cfg: Mapping[str, Any], embeddings: torch.Tensor | None,

@@ -1,0 +1,397 @@
+"""Typed training configuration: frozen dataclasses, each default written once, here.
+
+A run is described by a :class:`StyleConfig` or a :class:`ClothingConfig`, composed of the sections
+below. The CLI converts its flags into one of these at the edge (flags override a ``--config FILE``,
+which overrides the defaults); the library only ever sees these objects. Every run writes its full
+config to ``RUN_DIR/config.yaml``, and ``fashionlens train TASK --config RUN_DIR/config.yaml``
+reproduces it. Unknown keys are errors that name the key.
+
+Named recipes (:data:`RECIPES`) are whole :class:`RecipeConfig` values: ``default`` is the best
+recipe measured here (docs/results.md), ``reference`` is the ML-GCN reference's SGD recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fashionlens.errors import FashionlensError
+
+T = TypeVar("T")
+
+
+class ConfigError(FashionlensError):
+    """A configuration that cannot be used; the message names the key (and the file)."""
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset: where it is and how to read it."""
+
+    path: Path
+    format: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on and how to split it."""
+
+    sources: tuple[DataSource, ...] = ()
+    val: Path | None = None  # a separate validation set in the first source's format
+    val_split: float = 0.2  # fraction held out when there is no --val and no built-in partition
+    limit: int | None = None  # only the first N samples (smoke runs)
+    skip_bad: bool = False
+    batch_size: int = 32
+    workers: int | None = None  # None: min(8, cores) on a GPU, min(2, cores) on a CPU
+    aliases: Path | None = None  # label-name aliases when several sources are merged
+    drop_empty_labels: bool = False  # style: leave out labels without training positives
+
+    @property
+    def format(self) -> str:
+        return self.sources[0].format if self.sources else ""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The ImageNet-pretrained CNN and the input it sees."""
+
+    name: str = "tf_efficientnet_lite0"
+    pretrained: str = "auto"  # auto | shipped | hub | none | PATH (see models/backbones.py)
+    image_size: int = 224
+    compile: bool = False
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """The label graph of an ML-GCN head (Chen et al. 2019, Eq. 7-8) and the label vectors it convolves."""
+
+    embeddings: str = "glove50"  # glove50 | PATH to glove.*.txt | onehot | minilm, optionally +onehot
+    embedding_fallback: str | None = None  # a word without a vector: None (error) | zero | random
+    graph: str = "cooccurrence"  # cooccurrence | identity (the no-graph ablation)
+    t: float = 0.4  # binarisation threshold
+    p: float = 0.2  # neighbour reweighting
+    min_lift: float | None = None  # also require P(j|i) >= min_lift * P(j) (not in the paper)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A multi-label head: a linear classifier per label, or ML-GCN's graph-convolved classifiers."""
+
+    kind: str = "mlgcn"  # mlgcn | linear
+    pool: str = "max"  # max | avg (style model's global pooling)
+    hidden_dim: int = 1024  # the GCN's hidden width
+    bias: bool = True  # a learned per-label bias on the ML-GCN logits (the reference has none)
+    residual: bool = False  # learned classifiers added to the GCN's
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The optimisation recipe: frozen first, then fine-tuned."""
+
+    optimizer: str = "sgd"  # sgd | adamw | adam
+    lr: float | None = None  # the heads' learning rate; None: DEFAULT_LR[optimizer]
+    lrp: float = 0.1  # the backbone's lr = lr x lrp once unfrozen
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    epochs: int = 20
+    freeze_epochs: int = 1  # epochs with the pretrained backbone frozen
+    grad_clip: float | None = 10.0
+    loss: str = "bce"  # bce | asl (style)
+    cache_features: bool = False  # frozen for every epoch; the head trains on features computed once
+    final_weights: str = "best"  # best (on the validation set) | last
+    seed: int = 0
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3, "adam": 1e-4}
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Engineering: where it runs and how (Lightning's Trainer)."""
+
+    accelerator: str = "auto"
+    devices: str = "auto"  # auto | N (DDP when > 1)
+    num_nodes: int = 1
+    precision: str | None = None  # None: bf16-mixed on a GPU, 32-true on a CPU
+    resume: bool = False
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class ClothingModelConfig:
+    """The landmark-driven clothing network (Lee et al. 2020)."""
+
+    stage: str = "stride8"  # where the shared features come from: stride8 (VGG-19 conv4) | stride16
+    landmarks: str = "glem"  # glem | convs (the branch without the non-local block) | none
+    heatmap_size: int = 56
+    heatmap_sigma: float | None = None  # Gaussian sigma in heatmap pixels; None: the heatmaps module's
+    lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """`fashionlens train style`: multi-label recognition with an ML-GCN or linear head."""
+
+    out: Path | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: str = "style"
+
+
+@dataclass(frozen=True)
+class ClothingConfig:
+    """`fashionlens train clothing`: category + attributes + landmarks."""
+
+    out: Path | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="vgg19", image_size=224))
+    model: ClothingModelConfig = field(default_factory=ClothingModelConfig)
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(kind="linear"))  # the attribute head
+    graph: GraphConfig = field(default_factory=lambda: GraphConfig(embedding_fallback="zero"))
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: str = "clothing"
+
+
+#: Whole recipes by name. ``reference``: ML-GCN's own (SGD, lr 0.1, backbone x 0.1, clip 10).
+RECIPES: dict[str, RecipeConfig] = {
+    "default": RecipeConfig(),
+    "reference": RecipeConfig(optimizer="sgd", lr=0.1, lrp=0.1, weight_decay=1e-4, momentum=0.9, grad_clip=10.0),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "recipe.optimizer": ("sgd", "adamw", "adam"),
+    "recipe.loss": ("bce", "asl"),
+    "recipe.final_weights": ("best", "last"),
+    "head.kind": ("mlgcn", "linear"),
+    "head.pool": ("max", "avg"),
+    "graph.graph": ("cooccurrence", "identity"),
+    "graph.embedding_fallback": ("zero", "random"),
+    "model.stage": ("stride8", "stride16"),
+    "model.landmarks": ("glem", "convs", "none"),
+}
+
+TaskConfig = StyleConfig | ClothingConfig
+
+
+# ------------------------------------------------------------------------------ overrides and checks
+
+
+def override(config: T, changes: Mapping[str, Any], where: str = "") -> T:
+    """``config`` with ``changes`` applied through ``dataclasses.replace``.
+
+    ``changes`` maps field names to values, or section names to mappings of their fields
+    (``{"head": {"kind": "linear"}, "recipe": {"lr": 0.01}}``), or dotted paths
+    (``{"head.kind": "linear"}``). Values are converted to the field's type. An unknown key is a
+    :class:`ConfigError` that names it and lists the known ones.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = str(key).partition(".")
+        if rest:
+            nested.setdefault(head, {})
+            if not isinstance(nested[head], dict):
+                raise ConfigError(f"{where}{head}: given both as a value and as a section")
+            nested[head][rest] = value
+        else:
+            if isinstance(nested.get(head), dict) and not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{head}: given both as a value and as a section")
+            if isinstance(value, Mapping) and isinstance(nested.get(head), dict):
+                nested[head].update(value)
+            else:
+                nested[head] = value
+    known = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    updates: dict[str, Any] = {}
+    for key, value in nested.items():
+        if key not in known:
+            raise ConfigError(f"{where}{key}: unknown key; {_describe(config)} has {', '.join(known)}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            updates[key] = override(current, value, where=f"{where}{key}.")
+        else:
+            updates[key] = _convert(value, hints[key], f"{where}{key}")
+    result = dataclasses.replace(config, **updates)
+    return result
+
+
+def _describe(config: Any) -> str:
+    return type(config).__name__
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint`` (the types used above: scalars, Path, Optional, tuples, sections)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, found {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(item, args[0], f"{key}[{i}]") for i, item in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, found {len(value)}")
+        return tuple(_convert(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}, "
+                              f"found {value!r}")
+        missing = [f.name for f in dataclasses.fields(hint)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in value]
+        if missing:
+            raise ConfigError(f"{key}: missing {', '.join(missing)}")
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key; {hint.__name__} has {', '.join(sorted(names))}")
+        return hint(**{k: _convert(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+    if hint is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{key}: expected a path, found {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, found {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, found {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected a number, found {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, found {value!r}") from None
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, found {value!r}")
+    return value
+
+
+def validate(config: TaskConfig) -> TaskConfig:
+    """Check the values that have a fixed set of choices or a range; return ``config`` unchanged."""
+    for path, choices in CHOICES.items():
+        section, _, name = path.partition(".")
+        if not hasattr(config, section):
+            continue
+        value = getattr(getattr(config, section), name)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(choices)}")
+    if config.out is None:
+        raise ConfigError("out: a run directory is needed (--out RUN_DIR)")
+    if not config.data.sources:
+        raise ConfigError("data.sources: no dataset given (--data PATH --format FORMAT)")
+    from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS
+
+    formats = STYLE_FORMATS if config.task == "style" else CLOTHING_FORMATS
+    for index, source in enumerate(config.data.sources):
+        if source.format not in formats:
+            raise ConfigError(f"data.sources[{index}].format: {source.format!r} cannot train `{config.task}`; "
+                              f"expected one of {', '.join(formats)}")
+    if not 0.0 < config.data.val_split < 1.0:
+        raise ConfigError(f"data.val_split: must be between 0 and 1, got {config.data.val_split}")
+    recipe = config.recipe
+    if recipe.epochs < 1:
+        raise ConfigError(f"recipe.epochs: must be at least 1, got {recipe.epochs}")
+    if recipe.freeze_epochs < 0:
+        raise ConfigError(f"recipe.freeze_epochs: must be 0 or more, got {recipe.freeze_epochs}")
+    if recipe.learning_rate <= 0:
+        raise ConfigError(f"recipe.lr: must be positive, got {recipe.lr}")
+    if config.backbone.image_size < 16:
+        raise ConfigError(f"backbone.image_size: must be at least 16 px, got {config.backbone.image_size}")
+    return config
+
+
+# ------------------------------------------------------------------------------------------ YAML
+
+
+def to_dict(config: Any) -> Any:
+    """Plain YAML/JSON-ready data: sections become mappings, paths strings, tuples lists."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Path):
+        return str(config)
+    if isinstance(config, (tuple, list)):
+        return [to_dict(item) for item in config]
+    return config
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build ``cls`` from plain data (missing keys keep their defaults; unknown keys are errors)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}expected a mapping at the top level, found {type(data).__name__}")
+    task = data.get("task")
+    expected = cls().task if hasattr(cls, "task") else None  # type: ignore[call-arg]
+    if task is not None and expected is not None and task != expected:
+        raise ConfigError(f"{where}task: this config is for `train {task}`, not `train {expected}`")
+    return override(cls(), {k: v for k, v in data.items() if k != "task"}, where=where)  # type: ignore[call-arg]
+
+
+def dump_yaml(config: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a config file written by a run (or by hand); errors name the file and the key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    return from_dict(cls, data, where=f"{path}: ")
+
+
+def write_yaml(config: Any, path: Path) -> None:
+    from fashionlens.modeldir import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), dump_yaml(config).encode("utf-8"))

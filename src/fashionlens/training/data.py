@@ -1,0 +1,232 @@
+"""The data of a training run: opening the datasets, the split, label columns, transforms, loaders
+and the frozen-feature cache. Lightning adds the DistributedSampler under DDP.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fashionlens.config import ClothingConfig, ConfigError, DataConfig, StyleConfig
+from fashionlens.errors import FashionlensError
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random split: the same (count, fraction, seed) always gives the same indices."""
+    if not 0.0 < val_fraction < 1.0:
+        raise FashionlensError(f"--val-split must be between 0 and 1, got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(count)
+    val_count = max(1, int(round(count * val_fraction)))
+    if val_count >= count:
+        raise FashionlensError(f"dataset of {count} samples is too small to hold out {val_fraction:.0%}")
+    return sorted(order[val_count:].tolist()), sorted(order[:val_count].tolist())
+
+
+def label_matrix(dataset, indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask) arrays (N, C) read from a dataset's parsed records, without loading images."""
+    records = dataset.records if indices is None else [dataset.records[i] for i in indices]
+    labels = np.stack([np.asarray(record.labels, dtype=np.float32) for record in records])
+    mask = np.stack([np.asarray(record.label_mask, dtype=np.float32) for record in records])
+    return labels, mask
+
+
+def open_sources(data: DataConfig, transform, label_names=None, split: str | None = None):
+    """The dataset of ``data.sources``: one reader, or several merged by label name."""
+    from fashionlens.data import open_dataset
+
+    if len(data.sources) == 1:
+        source = data.sources[0]
+        return open_dataset(source.path, source.format, split=split, skip_bad=data.skip_bad, transform=transform,
+                            label_names=label_names)
+    from fashionlens.data.merge import load_aliases, merge_datasets
+
+    aliases = load_aliases(data.aliases) if data.aliases else None
+    parts = [open_dataset(s.path, s.format, split=split if s.format == "deepfashion" else None,
+                          skip_bad=data.skip_bad, transform=transform) for s in data.sources]
+    merged = merge_datasets(parts, aliases=aliases)
+    if label_names is not None:
+        missing = [name for name in label_names if name not in merged.label_names]
+        if missing:
+            raise ConfigError(f"data.sources: labels {missing[:5]} of the training vocabulary are in none of them")
+    return merged
+
+
+class ColumnSubset(torch.utils.data.Dataset):
+    """Some rows of a dataset, with its label columns reordered to a model's vocabulary.
+
+    ``columns[j]`` is the dataset column of the model's label ``j``, or -1 when the dataset lacks that
+    label: then the label is unknown (mask 0) for every sample, never a silent negative.
+    """
+
+    def __init__(self, dataset, indices: list[int] | None, columns: list[int]):
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.columns = torch.as_tensor(columns, dtype=torch.long)
+        self._identity = list(columns) == list(range(len(dataset.label_names)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        sample = self.dataset[self.indices[position]]
+        if not self._identity:
+            present = self.columns >= 0
+            safe = self.columns.clamp(min=0)
+            sample["labels"] = torch.where(present, sample["labels"][safe], torch.zeros(()))
+            sample["label_mask"] = torch.where(present, sample["label_mask"][safe], torch.zeros(()))
+        return sample
+
+
+class FeatureCache(torch.utils.data.Dataset):
+    """Pooled features of a frozen backbone, computed once, with the samples' labels.
+
+    With the backbone frozen for every epoch its output never changes, so computing it once and
+    training only the head gives the same optimisation at a fraction of the cost (the linear-probe
+    setting). Views are deterministic (eval transform).
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
+                 paths: list[str]):
+        self.features, self.labels, self.mask, self.index, self.paths = features, labels, mask, index, paths
+
+    @classmethod
+    @torch.no_grad()
+    def extract(cls, model: nn.Module, dataset, batch_size: int, workers: int, description: str) -> "FeatureCache":
+        from fashionlens.progress import progress_bar
+
+        model.eval()
+        device = next(model.parameters()).device
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        parts: dict[str, list] = {"features": [], "labels": [], "mask": [], "index": [], "paths": []}
+        for batch in progress_bar(loader, desc=description):
+            parts["features"].append(model.forward_features(batch["image"].to(device)).float().cpu())
+            parts["labels"].append(batch["labels"])
+            parts["mask"].append(batch["label_mask"])
+            parts["index"].append(batch["index"])
+            parts["paths"].extend(batch["path"])
+        return cls(torch.cat(parts["features"]), torch.cat(parts["labels"]), torch.cat(parts["mask"]),
+                   torch.cat(parts["index"]), parts["paths"])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"features": self.features[i], "labels": self.labels[i], "label_mask": self.mask[i],
+                "index": self.index[i], "path": self.paths[i]}
+
+
+# Variants of one `compare` share the frozen backbone's features: the last extraction, by its key.
+_FEATURE_CACHE: dict[tuple, tuple[FeatureCache, FeatureCache]] = {}
+
+
+class TrainingData(L.LightningDataModule):
+    """The datasets of a run, its split and label columns, and their loaders."""
+
+    def __init__(self, config: StyleConfig | ClothingConfig, mean, std):
+        super().__init__()
+        from fashionlens.data.transforms import build_transforms
+
+        self.config = config
+        data = config.data
+        size = config.backbone.image_size
+        self.train_transform = build_transforms(size, mean, std, train=True)
+        self.eval_transform = build_transforms(size, mean, std, train=False)
+        self.batch_size = data.batch_size
+        self.workers = default_workers() if data.workers is None else data.workers
+        seed = config.recipe.seed
+        fmt = data.format
+        if config.task == "clothing" and fmt == "deepfashion":  # the benchmark's own partition
+            self.train_full = open_sources(data, self.train_transform, split="train")
+            self.val_full = open_sources(data, self.eval_transform, split="val")
+            self.train_idx = list(range(len(self.train_full)))
+            self.val_idx = list(range(len(self.val_full)))
+            self.train_eval = None
+        else:
+            vocabulary = None
+            if config.task == "clothing":  # 7 categories + 30 typed attributes; categories are the category head
+                from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
+
+                vocabulary = list(CLOTHING_ATTRIBUTE_NAMES)
+            self.train_full = open_sources(data, self.train_transform, label_names=vocabulary)
+            if data.val is not None:
+                from fashionlens.config import DataSource
+
+                val_data = DataConfig(sources=(DataSource(data.val, fmt),), skip_bad=data.skip_bad)
+                self.val_full = open_sources(val_data, self.eval_transform, label_names=self.train_full.label_names)
+                self.train_idx = list(range(len(self.train_full)))
+                self.val_idx = list(range(len(self.val_full)))
+            else:
+                self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary)
+                count = len(self.train_full)
+                if config.task == "style" and data.limit:
+                    count = min(data.limit, count)
+                self.train_idx, self.val_idx = split_indices(count, data.val_split, seed)
+            # The training photos under the eval transform: what the feature cache reads.
+            self.train_eval = self.val_full if data.val is None else open_sources(
+                data, self.eval_transform, label_names=vocabulary)
+        if config.task == "clothing" and data.limit:
+            self.train_idx = self.train_idx[: data.limit]
+        self.columns = list(range(len(self.train_full.label_names)))
+        self.train_set: Any = ColumnSubset(self.train_full, self.train_idx, self.columns)
+        self.val_set: Any = ColumnSubset(self.val_full, self.val_idx, self.columns)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.train_full.label_names)
+
+    def display_name(self, column: int) -> str:
+        names = getattr(self.train_full, "display_names", None)
+        return names[column] if names else self.train_full.label_names[column]
+
+    def train_label_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        return label_matrix(self.train_full, self.train_idx)
+
+    def keep_columns(self, columns: list[int]) -> None:
+        """Train and validate on these label columns only (labels left out of the model)."""
+        self.columns = list(columns)
+        self.train_set = ColumnSubset(self.train_full, self.train_idx, self.columns)
+        self.val_set = ColumnSubset(self.val_full, self.val_idx, self.columns)
+
+    def cache_features(self, model: nn.Module) -> None:
+        """Replace both sets by pooled features of the frozen backbone (eval transform, computed once)."""
+        config = self.config
+        sources = tuple((str(s.path), s.format) for s in config.data.sources)
+        key = (sources, str(config.data.val), config.backbone.name, config.backbone.pretrained, config.head.pool,
+               config.backbone.image_size, tuple(self.train_idx), tuple(self.val_idx), tuple(self.columns))
+        if key not in _FEATURE_CACHE:
+            _FEATURE_CACHE.clear()
+            train_view = ColumnSubset(self.train_eval, self.train_idx, self.columns)
+            _FEATURE_CACHE[key] = (
+                FeatureCache.extract(model, train_view, self.batch_size, self.workers, "caching train features"),
+                FeatureCache.extract(model, self.val_set, self.batch_size, self.workers, "caching val features"))
+        self.train_set, self.val_set = _FEATURE_CACHE[key]
+        self.workers = 0
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.workers > 0,
+                          drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def sample_path(dataset, index: int) -> str:
+    """The image path of row ``index`` (a sample's own "index": a row of the underlying reader's dataset)."""
+    while hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return str(dataset.records[index].image)

@@ -1,0 +1,300 @@
+"""One run skeleton for both tasks: seed, run directory, trainer, resume, best weights, model
+directory and results. `train_style` and `train_clothing` are only what differs between the tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fashionlens.config import ClothingConfig, StyleConfig, TaskConfig, to_dict, validate, write_yaml
+from fashionlens.errors import FashionlensError
+from fashionlens.modeldir import atomic_write_bytes, atomic_write_json, save_model_dir
+from fashionlens.rundir import RunDir
+from fashionlens.training.data import FeatureCache, TrainingData, sample_path
+from fashionlens.training.task import Task, collect_outputs
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(FashionlensError):
+    """A checkpoint could not be written (the previous good ones are intact) or is not this run's."""
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final name and moved into place, and listed in a manifest.
+
+    The temporary file is in the checkpoint folder itself (never ``$TMPDIR``, which may be another
+    filesystem where the move becomes a copy), fsynced, then ``os.replace``d: a crash leaves either
+    the old file or the new one, never half of one. After each save the file's name, step and
+    SHA-256 go into ``checkpoints/manifest.json``; `--resume` only loads files listed there with a
+    matching hash, so a file dropped into the folder is never unpickled.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        try:
+            atomic_write_bytes(path, data)
+            manifest = read_manifest(path.parent)
+            manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                   "global_step": int(checkpoint.get("global_step", -1)),
+                                   "epoch": int(checkpoint.get("epoch", -1)), "bytes": len(data)}
+            atomic_write_json(path.parent / MANIFEST, manifest)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CheckpointError(
+                    f"{path.parent}: no space left on the device to write a {len(data) / 2**20:.0f} MiB checkpoint "
+                    f"({path.name}); the previous checkpoints are intact. Free space (or point --out elsewhere) "
+                    f"and rerun with --resume") from None
+            raise CheckpointError(f"{path}: could not write the checkpoint ({error}); the previous checkpoints "
+                                  f"are intact") from None
+
+    def remove_checkpoint(self, path) -> None:
+        path = Path(path)
+        manifest = read_manifest(path.parent)
+        if manifest.pop(path.name, None) is not None:
+            atomic_write_json(path.parent / MANIFEST, manifest)
+        if path.exists():
+            path.unlink()
+
+
+def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint this run wrote that is intact; anything else is refused, by name.
+
+    Newest = highest global step among the files in ``checkpoints/manifest.json`` (last, best and
+    the two most recent epochs): Lightning refreshes last.ckpt only with a new best, so last.ckpt
+    alone can be many epochs old. A listed file whose hash no longer matches (truncated, replaced)
+    is skipped with a warning; a ``.ckpt`` the manifest does not list is never opened.
+    """
+    directory = Path(run_dir) / "checkpoints"
+    manifest = read_manifest(directory)
+    for stray in sorted(directory.glob("*.ckpt")):
+        if stray.name not in manifest:
+            warnings.warn(f"{stray}: not written by this run (not in {MANIFEST}); it is not loaded", stacklevel=2)
+            print(f"fashionlens: {stray} was not written by this run; ignored", flush=True)
+    newest, newest_step = None, -1
+    for name, entry in manifest.items():
+        candidate = directory / name
+        if Path(name).name != name or not candidate.is_file():
+            continue
+        if _sha256(candidate) != entry.get("sha256"):
+            warnings.warn(f"{candidate}: truncated or changed since it was written (hash differs); trying the "
+                          f"previous one", stacklevel=2)
+            print(f"fashionlens: {candidate} is truncated or corrupt; falling back to an earlier checkpoint",
+                  flush=True)
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
+                raise ValueError("no state_dict/epoch in it")
+        except Exception as error:  # noqa: BLE001 - any unreadable file: skip it, loudly
+            warnings.warn(f"{candidate}: unreadable checkpoint ({type(error).__name__}: {str(error)[:200]}); "
+                          f"trying the previous one", stacklevel=2)
+            continue
+        step = int(state.get("global_step", -1))
+        if step > newest_step:
+            newest, newest_step = candidate, step
+    return newest
+
+
+# --------------------------------------------------------------------------------------------- trainer
+
+
+def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fashionlens.progress import EpochLines, interactive
+    from fashionlens.training.recipe import FreezeThenFinetune
+
+    trainer_config = config.trainer
+    on_gpu = torch.cuda.is_available() and trainer_config.accelerator in ("auto", "gpu", "cuda")
+    precision = trainer_config.precision or ("bf16-mixed" if on_gpu else "32-true")
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=f"val/{task.monitor}",
+                           mode=task.monitor_mode, save_last=True, save_top_k=1, every_n_epochs=1)
+    # The two most recent epochs, so a damaged last.ckpt still leaves a good checkpoint to resume from.
+    recent = ModelCheckpoint(dirpath=run.checkpoints, filename="recent-{epoch:03d}", monitor="global_step",
+                             mode="max", save_top_k=2, every_n_epochs=1)
+    progress = [TQDMProgressBar(refresh_rate=1)] if interactive() else [EpochLines(task.progress_keys)]
+    devices: Any = trainer_config.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return L.Trainer(
+        default_root_dir=run.path,
+        max_epochs=config.recipe.epochs,
+        accelerator=trainer_config.accelerator,
+        devices=devices,
+        num_nodes=trainer_config.num_nodes,
+        precision=precision,
+        gradient_clip_val=config.recipe.grad_clip or None,
+        callbacks=[best, recent, FreezeThenFinetune(config.recipe.freeze_epochs), *progress],
+        enable_progress_bar=interactive(),
+        plugins=[RunCheckpointIO()],
+        logger=CSVLogger(run.path, name="logs", version=""),
+        log_every_n_steps=1,
+        enable_model_summary=False,
+        deterministic=trainer_config.deterministic,
+        num_sanity_val_steps=0,
+    )
+
+
+def _fit(trainer: L.Trainer, task: Task, data: TrainingData, run: RunDir, resume: bool) -> None:
+    """trainer.fit, resuming from the newest good checkpoint when asked (--resume)."""
+    checkpoint = resolve_resume_checkpoint(run.path) if resume else None
+    if resume:
+        print(f"fashionlens: resuming from {checkpoint}" if checkpoint else
+              "fashionlens: --resume: no usable checkpoint in the run directory, starting from scratch", flush=True)
+    elif (run.checkpoints / "last.ckpt").exists():
+        print(f"fashionlens: {run.path} already holds checkpoints; starting over (pass --resume to continue)",
+              flush=True)
+        for old in run.checkpoints.glob("*.ckpt"):  # a fresh run's manifest must not list the old run's files
+            old.unlink()
+        (run.checkpoints / MANIFEST).unlink(missing_ok=True)
+    trainer.fit(task, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None,
+                weights_only=True if checkpoint else None)
+
+
+def _load_final_weights(trainer: L.Trainer, task: Task, final_weights: str) -> None:
+    """Put the best checkpoint's weights into ``task`` (default), or keep the last epoch's."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if final_weights == "best" and best and Path(best).exists():
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+
+
+def run_metadata(config: TaskConfig, data: TrainingData, labels: list[str]) -> dict[str, Any]:
+    import lightning
+    import torchvision
+
+    return {"config": to_dict(config), "seed": config.recipe.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "train_size": len(data.train_set), "val_size": len(data.val_set), "labels": labels}
+
+
+def prediction_arrays(outputs: dict[str, torch.Tensor], val_set) -> dict[str, np.ndarray]:
+    """val_predictions.npz's arrays: the final validation records and each row's image path."""
+    arrays = {key: value.numpy() for key, value in outputs.items()}
+    if isinstance(val_set, FeatureCache):
+        by_index = dict(zip(val_set.index.tolist(), val_set.paths))
+        arrays["paths"] = np.array([by_index[int(i)] for i in arrays["index"]])
+    else:
+        arrays["paths"] = np.array([sample_path(val_set, int(i)) for i in arrays["index"]])
+    return arrays
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def _builder(config: TaskConfig) -> Callable[[TaskConfig, TrainingData], dict[str, Any]]:
+    from fashionlens.training.tasks import clothing, style
+
+    return style.build if config.task == "style" else clothing.build
+
+
+def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
+    """The opened data and the built (untrained) task of ``config``: what a run starts from.
+
+    ``built`` holds ``task`` (the LightningModule), ``network`` (the model's config.json),
+    ``labels``, ``graph`` and ``preprocessing`` (with ``image_size``, ``mean`` and ``std``).
+    """
+    from fashionlens.models.backbones import backbone_normalisation
+
+    validate(config)
+    mean, std = backbone_normalisation(config.backbone.name)
+    data = TrainingData(config, mean, std)
+    built = _builder(config)(config, data)
+    built["preprocessing"] = {"image_size": config.backbone.image_size, "mean": list(mean), "std": list(std),
+                              **built["preprocessing"]}
+    return data, built
+
+
+def save_built_model(path: Path, built: dict[str, Any]) -> Path:
+    """The model directory of a built task (trained or not)."""
+    return save_model_dir(path, _unwrap(built["task"].model), built["network"], built["labels"],
+                          built["preprocessing"], graph=built["graph"])
+
+
+def run_training(config: TaskConfig) -> Path:
+    """Train ``config``; write the run directory (docs/design-contract.md); return its path."""
+    validate(config)
+    L.seed_everything(config.recipe.seed, workers=True)
+    run = RunDir(config.out).create()
+    write_yaml(config, run.config_yaml)
+    data, built = prepare(config)
+    task: Task = built["task"]
+    if config.recipe.cache_features:
+        if config.recipe.freeze_epochs < config.recipe.epochs:
+            # Frozen for every epoch is what makes the cache exact.
+            from dataclasses import replace
+
+            task.recipe = replace(config.recipe, freeze_epochs=config.recipe.epochs)
+            config = replace(config, recipe=task.recipe)
+        data.cache_features(task.model)
+        # Extraction draws from the global RNG (its loaders); re-seed so a cache hit trains identically.
+        L.seed_everything(config.recipe.seed, workers=True)
+    if config.backbone.compile:
+        task.model = torch.compile(task.model)
+    trainer = make_trainer(config, run, task)
+    atomic_write_json(run.run_json, run_metadata(config, data, built["labels"]["label_names"]))
+    _fit(trainer, task, data, run, config.trainer.resume)
+    _load_final_weights(trainer, task, config.recipe.final_weights)
+    if trainer.is_global_zero:
+        outputs = collect_outputs(task, data.val_dataloader(), device=task.device, progress=False)
+        metrics = task.metrics(outputs)
+        save_built_model(run.model_dir, built)
+        run.write_results(metrics, task.history, prediction_arrays(outputs, data.val_set))
+    return run.path
+
+
+def train_style(config: StyleConfig) -> Path:
+    """`fashionlens train style`: fit a multi-label model and write RUN_DIR/model/."""
+    if not isinstance(config, StyleConfig):
+        raise TypeError(f"train_style takes a StyleConfig (fashionlens.config), got {type(config).__name__}")
+    return run_training(config)
+
+
+def train_clothing(config: ClothingConfig) -> Path:
+    """`fashionlens train clothing`: category + attributes + landmarks."""
+    if not isinstance(config, ClothingConfig):
+        raise TypeError(f"train_clothing takes a ClothingConfig (fashionlens.config), got {type(config).__name__}")
+    return run_training(config)

@@ -1,0 +1,127 @@
+"""Landmark-driven clothing recognition (Lee et al. 2020): category + attributes + landmarks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from fashionlens.config import ClothingConfig
+from fashionlens.training.task import Task
+from fashionlens.vocabulary import LANDMARK_NAMES
+
+
+class ClothingTask(Task):
+    """The clothing network with ``clothing_loss``; best weights by the multi-task validation loss.
+
+    Category top-k saturates early (DeepFashion is 40 % dresses, and a sample set can be all one
+    category), which would freeze "best" at the first epoch; the loss keeps moving.
+    """
+
+    monitor = "loss"
+    monitor_mode = "min"
+    progress_keys = ("category_top3",)
+
+    def __init__(self, model: nn.Module, attribute_types: list[str], lambdas=(1.0, 20.0, 10.0),
+                 attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
+                 heatmap_sigma: float | None = None, recipe=None, channels_last: bool = False):
+        super().__init__(model, recipe, channels_last)
+        self.attribute_types = list(attribute_types)
+        self.lambdas = tuple(lambdas)
+        self.heatmap_sigma = heatmap_sigma
+        self.register_buffer("attr_pos_weight", attr_pos_weight if attr_pos_weight is not None else torch.ones(0))
+        self.register_buffer("attr_neg_weight", attr_neg_weight if attr_neg_weight is not None else torch.ones(0))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images)
+
+    def loss(self, outputs, batch):
+        from fashionlens.models.landmark_net import clothing_loss
+
+        kwargs: dict[str, Any] = {}
+        if self.heatmap_sigma is not None:
+            kwargs["heatmap_sigma"] = self.heatmap_sigma
+        if self.attr_pos_weight.numel():  # else clothing_loss's defaults (Liu & Lu's 1 and 0.1)
+            kwargs.update(attr_pos_weight=self.attr_pos_weight, attr_neg_weight=self.attr_neg_weight)
+        return clothing_loss(outputs, batch, lambdas=self.lambdas, **kwargs)
+
+    def training_loss(self, batch, batch_idx):
+        return self.loss(self(self.images(batch)), batch)
+
+    def outputs(self, batch):
+        from fashionlens.heatmaps import decode_heatmaps
+
+        outputs = self(self.images(batch))
+        loss, _ = self.loss(outputs, batch)
+        record = {"category_logits": outputs["category_logits"].float().detach(),
+                  "category": batch["category"].detach(),
+                  "attr_scores": outputs["attribute_logits"].float().detach(),
+                  "labels": batch["labels"].detach(), "mask": batch["label_mask"].detach(),
+                  "index": batch["index"].detach()}
+        if "heatmaps" in outputs and "landmarks" in batch:
+            size = batch["image"].shape[-2:]
+            xy, _ = decode_heatmaps(outputs["heatmaps"].float().detach(), tuple(size), subpixel=True)
+            if "crop_box" in batch:
+                record["boxes"] = batch["crop_box"].detach()
+            record.update(pred_xy=xy, true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
+                          visibility=batch["landmark_visibility"].detach(),
+                          sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
+        return record, loss
+
+    def metrics(self, outputs):
+        return clothing_metrics(outputs, self.attribute_types)
+
+
+def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
+    """DeepFashion top-k (pooled per type), attribute mAP and, with landmarks, the landmark error."""
+    from fashionlens.metrics import deepfashion_metrics, landmark_metrics, multilabel_metrics
+
+    metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
+                                  outputs["labels"], attribute_types, attr_mask=outputs["mask"])
+    # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
+    metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
+    if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
+        metrics.update(landmark_metrics(outputs["pred_xy"], outputs["true_xy"], outputs["visibility"],
+                                        outputs["sizes"]))
+    return metrics
+
+
+def build(config: ClothingConfig, data) -> dict[str, Any]:
+    """The clothing network and task for ``config`` on the opened ``data`` (a TrainingData)."""
+    from fashionlens.losses import attribute_loss_weights
+    from fashionlens.models.landmark_net import build_clothing_model
+    from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
+
+    base = data.train_full
+    attribute_names, attribute_types = list(base.label_names), list(base.attribute_types)
+    category_names = list(base.category_names)
+    train_labels, train_mask = data.train_label_matrix()
+    network = {"task": "clothing", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
+               "stage": config.model.stage, "landmarks": config.model.landmarks, "attr_head": config.head.kind,
+               "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
+               "num_categories": len(category_names), "num_attributes": len(attribute_names),
+               "num_landmarks": len(LANDMARK_NAMES), "heatmap_size": config.model.heatmap_size,
+               "image_size": config.backbone.image_size}
+    attr_embeddings = attr_adjacency = graph_json = None
+    if config.head.kind == "mlgcn":
+        # The attribute outputs are fixed (all attributes): an attribute without training positives
+        # keeps its classifier, as a graph node without edges.
+        attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
+            train_labels, train_mask, attribute_names, words_for_labels(base), config.graph, on_empty="isolate")
+        graph_json = json.loads(graph.to_json())
+        network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
+    model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
+    pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
+    task = ClothingTask(model, attribute_types, lambdas=config.model.lambdas,
+                        attr_pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32),
+                        attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
+                        heatmap_sigma=config.model.heatmap_sigma, recipe=config.recipe,
+                        channels_last=config.backbone.channels_last)
+    labels_json = {"label_names": attribute_names, "display_names": list(base.display_names),
+                   "attribute_types": attribute_types, "category_names": category_names,
+                   "landmark_names": list(LANDMARK_NAMES)}
+    # The network's own config: every key, defaults included, so a later default cannot change it.
+    return {"task": task, "network": {**model.config, **network}, "labels": labels_json, "graph": graph_json,
+            "preprocessing": {"resize": "square", "crop_to_bbox": True}}
