@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from fashionlens.labels import (LabelGraph, WordVectors, build_adjacency, cooccurrence_counts, identity_adjacency,
-                                label_embeddings, label_words, load_glove, normalize_adjacency, onehot_embeddings,
-                                reweight_adjacency)
+                                label_embeddings, label_vectors, label_words, load_glove, normalize_adjacency,
+                                onehot_embeddings, reweight_adjacency, sentence_embeddings)
 
 # Worked example: 4 labels a, b, c, d. N = images with each label; M = images with both.
 NAMES = ["a", "b", "c", "d"]
@@ -205,3 +208,85 @@ def test_min_lift_drops_edges_that_only_point_at_a_frequent_label():
     assert {(i, j) for i, j in zip(*np.nonzero(lifted.edges))} == {(2, 0), (2, 1), (1, 2)}
     with pytest.raises(ValueError, match="base_rates"):
         build_adjacency(M, N, min_lift=1.2)
+
+
+# --------------------------------------------------------------------------------------------
+# label_vectors: the one choice string for the GCN's node features
+# --------------------------------------------------------------------------------------------
+
+GARMENTS = ["skirt", "dress", "sunglasses"]
+
+
+def test_label_vectors_onehot_and_glove(tmp_path):
+    names, words = ["pattern_floral", "tank_top", "t-shirt"], ["floral pattern", "tank top", "t-shirt"]
+    np.testing.assert_array_equal(label_vectors("onehot", names, words), np.eye(3, dtype=np.float32))
+    np.testing.assert_array_equal(label_vectors("onehot+onehot", names, words), np.eye(3, dtype=np.float32))
+    glove = label_vectors("glove50", names, words)
+    np.testing.assert_array_equal(glove, label_embeddings(words, load_glove("glove50")))
+    plus = label_vectors("glove50+onehot", names, words)
+    assert plus.shape == (3, 53) and plus.dtype == np.float32
+    np.testing.assert_array_equal(plus[:, :50], glove)
+    np.testing.assert_array_equal(plus[:, 50:], np.eye(3))
+    path = tmp_path / "glove.tiny.3d.txt"
+    path.write_text("red 1 2 3\ndress 3 0 -1\n")
+    np.testing.assert_allclose(label_vectors(str(path), ["a", "b"], ["red dress", "red zork"], fallback="zero"),
+                               [[2, 1, 1], [0.5, 1, 1.5]])
+    assert label_vectors(f"{path}+onehot", ["a"], ["red"]).shape == (1, 4)
+    with pytest.raises(ValueError, match="word 'zork' is not in the vocabulary"):
+        label_vectors(str(path), ["a"], ["zork"])
+
+
+def test_label_vectors_unknown_choice_names_the_valid_ones(tmp_path):
+    for choice in ("glove300", str(tmp_path / "missing.txt"), "minilm+onehot+onehot", ""):
+        with pytest.raises(ValueError, match=r"unknown label embeddings .*: expected one of onehot, glove50, minilm, "
+                                             r"minilm-desc or the path of an existing GloVe \.txt file"):
+            label_vectors(choice, GARMENTS, GARMENTS)
+    with pytest.raises(ValueError, match="'glove300'"):
+        label_vectors("glove300", GARMENTS, GARMENTS)
+    with pytest.raises(ValueError, match="2 label words for 3 labels"):
+        label_vectors("onehot", GARMENTS, GARMENTS[:2])
+    with pytest.raises(ValueError, match="unknown sentence model 'bert'"):
+        sentence_embeddings(["skirt"], model="bert")
+
+
+def test_labels_module_imports_without_sentence_transformers():
+    code = "import sys, fashionlens.labels; print('sentence_transformers' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_minilm_sentence_vectors():
+    vectors = sentence_embeddings(GARMENTS + ["male", "female"])
+    assert vectors.shape == (5, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosine = vectors @ vectors.T
+    # Measured: skirt/dress 0.622, skirt/sunglasses 0.349 (GloVe-50d: 0.806, 0.619).
+    assert cosine[0, 1] > cosine[0, 2] + 0.15
+    assert 0.55 < cosine[0, 1] < 0.7 and 0.28 < cosine[0, 2] < 0.42
+    start = time.perf_counter()
+    again = sentence_embeddings(["dress"])  # cached: no model call
+    assert time.perf_counter() - start < 0.05
+    np.testing.assert_array_equal(again[0], vectors[1])
+    labels = label_vectors("minilm", ["pattern_floral", "skirt"], ["floral_pattern", "skirt"])
+    np.testing.assert_allclose(labels, sentence_embeddings(["floral pattern", "skirt"]), atol=1e-6)
+    plus = label_vectors("minilm+onehot", GARMENTS, GARMENTS)
+    assert plus.shape == (3, 387)
+    np.testing.assert_array_equal(plus[:, 384:], np.eye(3))
+    np.testing.assert_allclose(plus[:, :384], vectors[:3], atol=1e-6)
+    described = label_vectors("minilm-desc", GARMENTS, GARMENTS)
+    np.testing.assert_allclose(described, sentence_embeddings([f"a photo of a person wearing {g}" for g in GARMENTS]))
+    assert described[0] @ described[1] > described[0] @ described[2]
+
+
+@pytest.mark.slow
+def test_minilm_loads_offline_without_the_callers_environment(tmp_path):
+    # No HF_HUB_OFFLINE from the caller, an empty Hugging Face cache and a proxy that refuses every
+    # connection: the packaged model must still load, from its own folder.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    code = ("import huggingface_hub, fashionlens.labels as L; v = L.sentence_embeddings(['skirt', 'dress']); "
+            "print(v.shape[1], round(float(v[0] @ v[1]), 2))")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["384", "0.62"]
