@@ -17,6 +17,7 @@ from fashionlens.data.check import check_dataset
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing, read_label_list
 from fashionlens.data.transforms import build_transforms
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import STYLE_FORMATS
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -102,15 +103,10 @@ def test_samples_through_the_transform_carry_masks(ccp_root: Path) -> None:
 
 
 def test_format_is_registered(small_ccp: Path) -> None:
-    assert FORMATS[-1] == "clothing-co-parsing"
+    assert FORMATS[-1] == "clothing-co-parsing" and STYLE_FORMATS[-1] == "clothing-co-parsing"
     assert FORMATS[:6] == ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders")
     dataset = open_dataset(small_ccp, "clothing-co-parsing")
     assert [r.image.name for r in dataset.records] == ["0002.jpg", "0003.jpg", "1005.jpg", "1006.jpg"]
-
-
-def test_style_models_train_on_it() -> None:
-    vocabulary = pytest.importorskip("fashionlens.vocabulary")
-    assert vocabulary.STYLE_FORMATS[-1] == "clothing-co-parsing"
 
 
 def test_exclude_and_forced_vocabulary(small_ccp: Path) -> None:

@@ -29,8 +29,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
-from fashionlens.data.base import IMAGE_EXTENSIONS, FashionDataset, Record, force_vocabulary
+from fashionlens.data.base import FashionDataset, Record, force_vocabulary
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("null", "skin", "hair")
 TAGS_VARIABLE = "tags"

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from fashionlens.data.base import CUT_OFF, NUM_LANDMARKS, FashionDataset, Record
+from fashionlens.data.base import FashionDataset, Record
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
