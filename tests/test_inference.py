@@ -306,3 +306,56 @@ def test_load_errors_name_the_directory(tmp_path):
         load(tmp_path / "nope")
     with pytest.raises(ValueError, match="runtime"):
         load(tmp_path, runtime="tensorrt")
+
+
+def test_predict_on_a_folder_reports_every_skipped_input(style_dir, tmp_path, capsys):
+    import os
+
+    from fashionlens.cli import main
+    from fashionlens.inference import collect_image_paths
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], folder / "a.jpg")
+    shutil.copy(PHOTOS[1], folder / "b.jpg")
+    for index in range(3):
+        (folder / f"copy{index}.jpg").symlink_to(folder / "a.jpg")
+    os.link(folder / "b.jpg", folder / "sub" / "hard.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "loop1.jpg").symlink_to(folder / "loop2.jpg")
+    (folder / "loop2.jpg").symlink_to(folder / "loop1.jpg")
+    os.mkfifo(folder / "pipe.jpg")  # opening it would wait for a writer forever
+    (folder / "sub" / "up").symlink_to(folder)  # a folder link back to an ancestor
+    (folder / "notes.txt").write_text("not an image extension")
+
+    paths, skipped = collect_image_paths([folder, folder])
+    assert paths == [folder / "a.jpg", folder / "b.jpg"]
+    assert [(str(item), item.failed) for item in skipped] == [
+        ((f"{folder / 'gone.jpg'}: skipped: a dangling symbolic link (to {tmp_path / 'deleted.jpg'}, which does not "
+         f"exist)"), True),
+        (f"{folder / 'loop1.jpg'}: skipped: a symbolic link loop", True),
+        (f"{folder / 'loop2.jpg'}: skipped: a symbolic link loop", True),
+        (f"{folder / 'pipe.jpg'}: skipped: a FIFO (named pipe), not an image file", True),
+        (f"{folder / 'sub' / 'up'}: skipped: a symbolic link loop (it leads back to {folder}, which contains it)",
+         False),
+        (f"{folder}: ignored 1 file without an image extension (notes.txt)", False),
+        (f"{folder}: skipped: the same folder as {folder}, searched already", False),
+        ((f"{folder / 'a.jpg'}: predicted once; 3 other paths lead to the same file, skipped as duplicates: "
+         f"{folder / 'copy0.jpg'}, {folder / 'copy1.jpg'}, {folder / 'copy2.jpg'}"), False),
+        ((f"{folder / 'b.jpg'}: predicted once; 1 other path leads to the same file, skipped as a duplicate: "
+         f"{folder / 'sub' / 'hard.jpg'}"), False),
+    ]
+
+    code = main(["predict", str(style_dir), str(folder), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1  # the dangling link, the two loops and the FIFO were inputs that could not be read
+    assert len([line for line in out.splitlines() if line.startswith("{")]) == 2
+    for item in skipped[:6] + skipped[7:]:
+        assert f"fashionlens: {item}" in err
+    assert "fashionlens: 4 of 6 inputs failed, 2 predicted" in err
+
+    # Duplicates alone lose nothing: reported, and the exit code stays 0.
+    for name in ("gone.jpg", "loop1.jpg", "loop2.jpg", "pipe.jpg"):
+        (folder / name).unlink()
+    assert main(["predict", str(style_dir), str(folder), "--json"]) == 0
+    assert "3 other paths lead to the same file, skipped as duplicates" in capsys.readouterr().err

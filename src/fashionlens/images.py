@@ -196,7 +196,7 @@ def open_header(source: Source, name: str | Path | None = None) -> Image.Image:
         if _stat_regular_file(path) == 0:
             raise DataError("empty file (0 bytes): expected image data", path=name)
         try:
-            stream = open(path, "rb")  # noqa: SIM115 - handed to Pillow, closed by decode() or Image.close()
+            stream = open(path, "rb")  # noqa: SIM115 - handed to Pillow, closed by decode_image() or Image.close()
         except PermissionError:
             raise DataError("permission denied", path=name) from None
         except OSError as error:
@@ -389,9 +389,19 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """``image`` turned by its EXIF orientation (a valid one only; junk EXIF leaves it as stored)."""
-    for method in _UPRIGHT.get(exif_orientation(image), ()):
+    """``image`` turned by its EXIF orientation (a valid one only; junk EXIF leaves it as stored).
+
+    A turned image is a new one without the EXIF and XMP metadata (which still hold the
+    orientation), so turning it again is a no-op: a photo read by one door and handed to another
+    (``read_image`` then the Predictor) is never turned twice.
+    """
+    methods = _UPRIGHT.get(exif_orientation(image), ())
+    if not methods:
+        return image
+    for method in methods:
         image = image.transpose(method)
+    for key in ("exif", "xmp", "XML:com.adobe.xmp"):
+        image.info.pop(key, None)
     return image
 
 
@@ -433,7 +443,7 @@ def _close_file(image: Image.Image) -> None:
         image.fp = None
 
 
-def decode(source: Source, name: str | Path | None = None, draft_side: int | None = None) -> DecodedImage:
+def decode_image(source: Source, name: str | Path | None = None, draft_side: int | None = None) -> DecodedImage:
     """Decode a path or encoded bytes to an upright RGB photo (every step of the module docstring).
 
     ``draft_side``: decode a large JPEG at reduced scale, keeping at least this many pixels on its

@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import glob
 import io
 import json
 import math
+import os
+import stat
 import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Self, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fashionlens import images
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
+from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
 from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 
 # A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
@@ -133,7 +136,7 @@ def read_image_bytes(data: bytes, source: str = "<upload>") -> Image.Image:
 
     Every check of :mod:`fashionlens.images` applies (accepted formats, pixel limit, truncation).
     """
-    return images.decode(data, source).image
+    return decode_image(data, source).image
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -141,7 +144,7 @@ def read_image(path: str | Path) -> Image.Image:
 
     Every pixel is decoded (no JPEG draft mode), so landmarks and sizes are in the photo's own pixels.
     """
-    return images.decode(Path(path)).image
+    return decode_image(Path(path)).image
 
 
 def _array_to_uint8_chw(array: np.ndarray, source: str, channels_first: bool) -> torch.Tensor:
@@ -190,8 +193,8 @@ def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
         pil = read_image(image)
         return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
     if isinstance(image, Image.Image):
-        images.load_opened(image, source)
-        pil = images.pil_to_rgb(images.upright(image), source)
+        load_opened(image, source)
+        pil = pil_to_rgb(upright(image), source)
         return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
     if isinstance(image, np.ndarray):
         return _array_to_uint8_chw(image, source, channels_first=False), source
@@ -363,7 +366,9 @@ class Predictor:
                    top_k: int | None, threshold: float | None) -> Prediction:
         if self.task == "style":
             logits = outputs["logits"]
-            return StylePrediction(source, _ranked(self.label_names, self.display_names, _sigmoid(logits), logits,
+            # A single-label model (trained with a softmax) reports probabilities that sum to 1.
+            probabilities = _softmax(logits) if self.config.get("activation") == "softmax" else _sigmoid(logits)
+            return StylePrediction(source, _ranked(self.label_names, self.display_names, probabilities, logits,
                                                    range(len(logits)), top_k, threshold), width, height)
         k = 5 if top_k is None else top_k
         category_logits = outputs["category_logits"]
@@ -513,36 +518,144 @@ def _check_onnx(data: bytes, example: torch.Tensor, reference: dict[str, np.ndar
 # The `predict` command
 
 
-def collect_image_paths(patterns: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (recursive, image extensions) and globs; returns (paths, problems)."""
+class SkippedInput(str):
+    """One input that `predict` did not predict, and why: the line it prints (a ``str``).
+
+    ``failed`` is True for an input that was lost (a dangling link, a link loop, a FIFO, an
+    unreadable folder, a pattern matching nothing): ``predict`` then exits 1. It is False for what
+    is reported but lost nothing: copies of a file that is predicted once, and files without an
+    image extension in a folder.
+    """
+
+    failed: bool
+
+    def __new__(cls, text: str, failed: bool = True) -> Self:
+        skipped = super().__new__(cls, text)
+        skipped.failed = failed
+        return skipped
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def collect_image_paths(patterns: Sequence[str | Path]) -> tuple[list[Path], list[SkippedInput]]:
+    """Expand files, folders (recursive, image extensions) and globs; returns (paths, skipped).
+
+    Every input not returned is listed in ``skipped`` with its reason (see :class:`SkippedInput`):
+    paths that lead to a file already listed (symbolic or hard links, a folder given twice) are
+    predicted once and reported as duplicates of that file; dangling links, link loops, FIFOs,
+    sockets and devices are never opened. Symbolic links to folders are followed, once each.
+    """
     found: list[Path] = []
-    problems: list[str] = []
-    seen: set[Path] = set()
+    skipped: list[SkippedInput] = []
+    first_path: dict[tuple[int, int], Path] = {}
+    copies: dict[tuple[int, int], list[Path]] = {}
+    searched: dict[tuple[int, int], Path] = {}
 
     def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
+        """A path that should be an image file: listed once, or reported."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            if path.is_symlink():
+                skipped.append(SkippedInput(f"{path}: skipped: a dangling symbolic link (to {os.readlink(path)}, "
+                                            f"which does not exist)"))
+            else:
+                skipped.append(SkippedInput(f"{path}: no such file or folder"))
+            return
+        except OSError as error:
+            reason = "a symbolic link loop" if error.errno == errno.ELOOP else f"cannot read it ({error.strerror})"
+            skipped.append(SkippedInput(f"{path}: skipped: {reason}"))
+            return
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+            skipped.append(SkippedInput(f"{path}: skipped: {kind}, not an image file"))
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in first_path:
+            copies.setdefault(key, []).append(path)
+        else:
+            first_path[key] = path
             found.append(path)
+
+    def search(folder: Path, ancestors: tuple[tuple[int, int], ...]) -> list[Path]:
+        """Add the images under ``folder``; returns the files ignored for their extension."""
+        ignored: list[Path] = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            skipped.append(SkippedInput(f"{folder}: cannot list the folder ({error.strerror})"))
+            return ignored
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir()  # follows symbolic links
+            except OSError:
+                is_folder = False
+            if not is_folder:
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(path)
+                else:
+                    ignored.append(path)
+                continue
+            try:
+                info = path.stat()
+            except OSError as error:
+                skipped.append(SkippedInput(f"{path}: cannot read the folder ({error.strerror})"))
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in ancestors:
+                skipped.append(SkippedInput(f"{path}: skipped: a symbolic link loop (it leads back to "
+                                            f"{searched[key]}, which contains it)", failed=False))
+            elif key in searched:
+                skipped.append(SkippedInput(f"{path}: skipped: the same folder as {searched[key]}, searched "
+                                            f"already", failed=False))
+            else:
+                searched[key] = path
+                ignored += search(path, (*ancestors, key))
+        return ignored
+
+    def report_ignored(where: str, ignored: list[Path], what: str) -> None:
+        if ignored:
+            names = ", ".join(path.name for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+            skipped.append(SkippedInput(f"{where}: ignored {_plural(len(ignored), what)} ({names})", failed=False))
 
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(child)
-        elif path.is_file():
+            info = path.stat()
+            key = (info.st_dev, info.st_ino)
+            if key in searched:
+                skipped.append(SkippedInput(f"{path}: skipped: the same folder as {searched[key]}, searched "
+                                            f"already", failed=False))
+                continue
+            searched[key] = path
+            report_ignored(str(path), search(path, (key,)), "file without an image extension")
+        elif os.path.lexists(path):
             add(path)
         elif glob.has_magic(str(pattern)):
-            matches = sorted(glob.glob(str(pattern), recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS]
-            if not files:
-                problems.append(f"{pattern}: no image files match")
-            for file in files:
-                add(file)
+            matches = [Path(match) for match in sorted(glob.glob(str(pattern), recursive=True))]
+            images_matched = [m for m in matches if not m.is_dir() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            if not images_matched:
+                skipped.append(SkippedInput(f"{pattern}: no image files match"))
+            for match in images_matched:
+                add(match)
+            report_ignored(str(pattern), [m for m in matches if m not in images_matched],
+                           "match that is a folder or has no image extension")
         else:
-            problems.append(f"{pattern}: no such file or folder")
-    return found, problems
+            skipped.append(SkippedInput(f"{pattern}: no such file or folder"))
+    for key, paths in copies.items():
+        shown = ", ".join(str(path) for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        leads = "path leads to the same file, skipped as a duplicate" if len(paths) == 1 else \
+            "paths lead to the same file, skipped as duplicates"
+        skipped.append(SkippedInput(f"{first_path[key]}: predicted once; {len(paths)} other {leads}: {shown}",
+                                    failed=False))
+    return found, skipped
 
 
 def _text_block(result: Prediction) -> str:
@@ -623,7 +736,8 @@ def predict_command(args: argparse.Namespace) -> int:
         writer = csv.writer(csv_stream)
         header = _csv_header(predictor, top_k)
         writer.writerow(header)
-    failed = len(problems)
+    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
+    failed = lost
     done = 0
     progress = tqdm(total=len(paths), unit="image", disable=len(paths) <= 4, file=sys.stderr, leave=False)
     try:
@@ -656,7 +770,7 @@ def predict_command(args: argparse.Namespace) -> int:
     if writer is not None:
         print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
     if failed:
-        print(f"fashionlens: {failed} of {len(paths) + len(problems)} inputs failed, {done} predicted",
+        print(f"fashionlens: {failed} of {len(paths) + lost} inputs failed, {done} predicted",
               file=sys.stderr)
         return 1
     return 0

@@ -78,7 +78,7 @@ def open_image(record: Record, full_decode: bool = True) -> Image.Image:
 def _load_rgb(record: Record) -> Image.Image:
     # Every pixel, never JPEG draft mode: these are the pixels a model is trained and evaluated on.
     try:
-        return images.decode(record.image).image
+        return images.decode_image(record.image).image
     except DataError as exc:
         raise image_error(record, exc.reason) from None
 
