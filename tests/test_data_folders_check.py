@@ -54,7 +54,7 @@ def test_check_reports_labels_and_bad_images(folders: Path) -> None:
     assert (report.num_images, report.num_skipped) == (3, 1)
     assert report.positives == [1, 2] and report.negatives == [2, 1] and report.unknown == [0, 0]
     assert report.category_counts == {"street": 2, "retro": 1}
-    assert len(report.problems) == 1 and "broken.jpg: image file is empty (0 bytes)" in report.problems[0]
+    assert len(report.problems) == 1 and "broken.jpg: empty file (0 bytes): expected image data" in report.problems[0]
     text = report.to_text()
     assert "images: 3 readable, 1 unreadable" in text
     assert [line.split() for line in text.splitlines() if line.strip().startswith(("retro ", "street "))][:2] == [

@@ -45,7 +45,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "val_split": "data.val_split", "val": "data.val", "aliases": "data.aliases",
     "drop_empty_labels": "data.drop_empty_labels",
     "devices": "trainer.devices", "num_nodes": "trainer.num_nodes", "accelerator": "trainer.accelerator",
-    "precision": "trainer.precision", "resume": "trainer.resume",
+    "precision": "trainer.precision", "resume": "trainer.resume", "progress": "trainer.progress",
     "head": "head.kind", "attr_head": "head.kind", "pool": "head.pool", "hidden_dim": "head.hidden_dim",
     "bias": "head.bias", "residual": "head.residual",
     "embeddings": "graph.embeddings", "embedding_fallback": "graph.embedding_fallback", "graph": "graph.graph",
@@ -107,6 +107,8 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
                              f"(default {d.data.val_split})")
+    parser.add_argument("--progress", choices=CHOICES["trainer.progress"], default=S,
+                        help="auto (default: a bar on a terminal, one line per epoch in a log) | epochs | none")
     parser.add_argument("--resume", action="store_true", default=S,
                         help="resume from the newest intact checkpoint this run wrote")
     parser.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
@@ -151,8 +153,7 @@ def training_config(args: argparse.Namespace) -> StyleConfig | ClothingConfig:
     cls = StyleConfig if args.task == "style" else ClothingConfig
     config = load_yaml(cls, args.config) if args.config else cls()
     if args.recipe:
-        config = replace(config, recipe=replace(RECIPES[args.recipe], seed=config.recipe.seed,
-                                                epochs=config.recipe.epochs))
+        config = replace(config, recipe=replace(RECIPES[args.recipe], seed=config.recipe.seed))
     given = vars(args)
     changes: dict[str, object] = {}
     for flag, path in TRAINING_FLAGS.items():

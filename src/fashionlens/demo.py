@@ -45,8 +45,8 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
         "data.limit": 96 if quick else None, "data.drop_empty_labels": quick,
         "backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": "shipped", "backbone.image_size": image_size,
         "recipe.optimizer": "adamw", "recipe.lr": 1e-3, "recipe.epochs": epochs, "recipe.cache_features": True,
-        "recipe.final_weights": "last"})
-    results = train_variants(base, list(DEMO_VARIANTS), progress=False)
+        "recipe.final_weights": "last", "trainer.progress": "none"})
+    results = train_variants(base, list(DEMO_VARIANTS))
     print("\nHeld-out results (percent; mAP is the mean over labels of average precision):\n")
     print(comparison_table(results))
     print("\nlinear-max: CNN + linear head (the baseline). mlgcn-glove: ML-GCN, label graph over GloVe vectors of "

@@ -102,3 +102,15 @@ def attribute_loss_weights(labels: torch.Tensor, mask: torch.Tensor | None = Non
     fraction = torch.where(known > 0, positives / known.clamp(min=1.0), torch.full_like(known, 0.5))
     fraction = fraction.clamp(min_fraction, 1.0 - min_fraction)
     return (1.0 / (2.0 * fraction)).float(), (1.0 / (2.0 * (1.0 - fraction))).float()
+
+
+def single_label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy for single-label data (class folders): the target is each row's one
+    positive label; a row without exactly one known positive is left out (0 when none is left)."""
+    mask = _mask_like(logits, mask)
+    positives = (targets > 0.5) & (mask > 0)
+    usable = positives.sum(dim=1) == 1
+    if not bool(usable.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[usable], positives[usable].float().argmax(dim=1))

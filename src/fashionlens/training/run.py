@@ -153,7 +153,9 @@ def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     # The two most recent epochs, so a damaged last.ckpt still leaves a good checkpoint to resume from.
     recent = ModelCheckpoint(dirpath=run.checkpoints, filename="recent-{epoch:03d}", monitor="global_step",
                              mode="max", save_top_k=2, every_n_epochs=1)
-    progress = [TQDMProgressBar(refresh_rate=1)] if interactive() else [EpochLines(task.progress_keys)]
+    mode = trainer_config.progress
+    bar = mode == "auto" and interactive()
+    progress = [TQDMProgressBar(refresh_rate=1)] if bar else [EpochLines(task.progress_keys)] if mode != "none" else []
     devices: Any = trainer_config.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -166,7 +168,7 @@ def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
         precision=precision,
         gradient_clip_val=config.recipe.grad_clip or None,
         callbacks=[best, recent, FreezeThenFinetune(config.recipe.freeze_epochs), *progress],
-        enable_progress_bar=interactive(),
+        enable_progress_bar=bar,
         plugins=[RunCheckpointIO()],
         logger=CSVLogger(run.path, name="logs", version=""),
         log_every_n_steps=1,

@@ -26,10 +26,16 @@ class StyleTask(Task):
                  channels_last: bool = False):
         super().__init__(model, recipe, channels_last)
         self.label_names = list(label_names)
+        self.single_label = loss == "softmax"
         if loss == "asl":
             from fashionlens.losses import AsymmetricLoss
 
             self.criterion = AsymmetricLoss()
+        elif loss == "softmax":  # one label per photo (class folders): a softmax over the labels
+            from fashionlens.losses import single_label_cross_entropy
+
+            self.criterion = single_label_cross_entropy
+            self.monitor, self.progress_keys = "top1", ("top1",)
         else:
             from fashionlens.losses import masked_bce_with_logits
 
@@ -55,7 +61,21 @@ class StyleTask(Task):
     def metrics(self, outputs):
         from fashionlens.metrics import multilabel_metrics
 
-        return multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"], label_names=self.label_names)
+        metrics = multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"],
+                                     label_names=self.label_names)
+        metrics.update(top1_accuracy(outputs["scores"], outputs["labels"], outputs["mask"]))
+        return metrics
+
+
+def top1_accuracy(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Percent of single-label rows (exactly one known positive) whose top-scored label is that one;
+    empty when no row is single-label (multi-label data)."""
+    positives = (labels > 0.5) & (mask > 0)
+    single = positives.sum(dim=1) == 1
+    if not bool(single.any()):
+        return {}
+    hits = positives[single].float().argmax(dim=1) == scores[single].argmax(dim=1)
+    return {"top1": 100.0 * float(hits.float().mean()), "top1_count": int(single.sum())}
 
 
 def words_for_labels(dataset) -> list[str]:
@@ -104,7 +124,8 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     train_labels, train_mask = data.train_label_matrix()
     network = {"task": "style", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
                "pool": config.head.pool, "head": config.head.kind, "image_size": config.backbone.image_size,
-               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias}
+               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
+               "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
     embeddings = adjacency = graph_json = None
     kept = list(range(len(label_names)))
     if config.head.kind == "mlgcn":
