@@ -103,7 +103,7 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--workers", type=int, default=S, help="DataLoader workers (default: min(8, cores))")
     parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
     parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
-    parser.add_argument("--limit", type=int, default=S, help="use only the first N samples (smoke runs)")
+    parser.add_argument("--limit", type=int, default=S, help="use only N samples (smoke runs; style: a seeded random N)")
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
                              f"(default {d.data.val_split})")

@@ -49,7 +49,7 @@ class DataConfig:
     sources: tuple[DataSource, ...] = ()
     val: Path | None = None  # a separate validation set in the first source's format
     val_split: float = 0.2  # fraction held out when there is no --val and no built-in partition
-    limit: int | None = None  # only the first N samples (smoke runs)
+    limit: int | None = None  # style: a seeded random N of the samples; clothing: the first N training rows
     skip_bad: bool = False
     batch_size: int = 32
     workers: int | None = None  # None: min(8, cores) on a GPU, min(2, cores) on a CPU

@@ -198,7 +198,8 @@ def label_embeddings(words: Sequence[str], vectors: WordVectors, fallback: str |
             elif fallback is None:
                 raise ValueError(
                     f"label {label!r}: word {word!r} is not in the vocabulary of {vectors.name or 'the word vectors'}; "
-                    f"rename the label, or pass fallback='zero', 'random' or 'skip-word'"
+                    f"rename the label, or give it a vector: --embedding-fallback zero|random on the command line "
+                    f"(fallback='zero', 'random' or 'skip-word' in Python), or use --embeddings onehot or minilm"
                 )
             elif fallback == "zero":
                 found.append(np.zeros(vectors.dim, dtype=np.float32))
@@ -480,7 +481,8 @@ def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2
     if empty and on_empty == "error":
         listed = ", ".join(repr(names[k]) for k in empty)
         raise ValueError(f"no positive training examples for label(s) {listed}: the graph needs P(.|label); "
-                         f"drop them from the vocabulary or pass on_empty='drop'")
+                         f"leave them out with --drop-empty-labels (on_empty='drop' in Python), or train on more "
+                         f"photos")
     if empty:
         action = "kept without edges" if on_empty == "isolate" else "dropped"
         warnings.warn(f"label graph: {action} label(s) with no training positives: {[names[k] for k in empty]}",

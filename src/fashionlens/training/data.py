@@ -169,9 +169,14 @@ class TrainingData(L.LightningDataModule):
             else:
                 self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary)
                 count = len(self.train_full)
-                if config.task == "style" and data.limit:
-                    count = min(data.limit, count)
-                self.train_idx, self.val_idx = split_indices(count, data.val_split, seed)
+                if config.task == "style" and data.limit and data.limit < count:
+                    # A seeded random subset: the first N rows of a class-folder dataset are one class.
+                    chosen = np.sort(np.random.default_rng(seed).permutation(count)[: data.limit])
+                    train_pos, val_pos = split_indices(len(chosen), data.val_split, seed)
+                    self.train_idx = chosen[train_pos].tolist()
+                    self.val_idx = chosen[val_pos].tolist()
+                else:
+                    self.train_idx, self.val_idx = split_indices(count, data.val_split, seed)
             # The training photos under the eval transform: what the feature cache reads.
             self.train_eval = self.val_full if data.val is None else open_sources(
                 data, self.eval_transform, label_names=vocabulary)
