@@ -27,17 +27,19 @@ COLUMNS = ("attr_mAP", "attr_top3", "attr_top5", "texture_top3", "part_top3", "p
 
 
 def run_metrics(run_dir: Path) -> tuple[str, int, dict]:
+    from fashionlens.rundir import RunDir
     from fashionlens.training import clothing_metrics
 
-    config = json.loads((run_dir / "model" / "config.json").read_text())
-    labels = json.loads((run_dir / "model" / "labels.json").read_text())
-    run = json.loads((run_dir / "run.json").read_text())
-    saved = np.load(run_dir / "val_predictions.npz")
+    files = RunDir(run_dir)
+    config = json.loads((files.model_dir / "config.json").read_text())
+    labels = json.loads((files.model_dir / "labels.json").read_text())
+    run = files.run_info()
+    saved = files.predictions()
     outputs = {key: torch.as_tensor(saved[key]) for key in ("category_logits", "category", "attr_scores", "labels",
                                                             "mask")}
     head = config.get("attr_head", "linear")
     graph = "" if config.get("graph", "cooccurrence") == "cooccurrence" else f", {config['graph']} graph"
-    variant = "plain" if head == "linear" else f"mlgcn ({config.get('embeddings', 'glove50')}{graph})"
+    variant = "linear" if head == "linear" else f"mlgcn ({config.get('embeddings', 'glove50')}{graph})"
     return variant, int(run.get("seed", 0)), clothing_metrics(outputs, labels["attribute_types"])
 
 

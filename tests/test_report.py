@@ -14,6 +14,7 @@ from fashionlens import report
 from fashionlens.labels import build_adjacency, cooccurrence_counts
 from fashionlens.metrics import multilabel_metrics
 from fashionlens.modeldir import atomic_write_json
+from fashionlens.vocabulary import CUT_OFF, LANDMARK_NAMES
 
 LABELS = ["black", "blue", "white", "red", "floral", "plaid", "stripe", "solid", "long_sleeve", "collar"]
 
@@ -182,10 +183,10 @@ def test_precision_recall_curve_by_hand():
 def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):
     paths, true_xy, visibility = report.read_landmark_annotations(shared_data / "landmarks")
     assert len(paths) == 20 and true_xy.shape == (20, 8, 2)
-    assert (visibility[:, 4:6] == report.ABSENT).all()  # this set has no waistline points
+    assert (visibility[:, 4:6] == CUT_OFF).all()  # this set has no waistline points
     rng = np.random.default_rng(0)
     pred_xy = true_xy + rng.normal(scale=6.0, size=true_xy.shape)
-    path = report.plot_landmark_overlays(paths, pred_xy, true_xy, visibility, report.LANDMARK_NAMES,
+    path = report.plot_landmark_overlays(paths, pred_xy, true_xy, visibility, LANDMARK_NAMES,
                                          tmp_path / "overlay.png", titles=[p.stem for p in paths])
     width, height = _check_png(path, min_side=800)
     assert width > height  # 5 columns by 4 rows

@@ -61,12 +61,14 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
 
 
 def _print_what_it_learned(run_dir: Path, metrics: dict) -> None:
+    from fashionlens.rundir import RunDir
+
     per_class = {name: ap for name, ap in (metrics.get("per_class_AP") or {}).items() if ap is not None}
     if per_class:
         ranked = sorted(per_class.items(), key=lambda item: item[1], reverse=True)
         print("\nML-GCN: best recognised labels (AP): " + ", ".join(f"{n} {ap:.0f}" for n, ap in ranked[:5]))
         print("ML-GCN: hardest labels (AP):          " + ", ".join(f"{n} {ap:.0f}" for n, ap in ranked[-5:]))
-    graph_file = run_dir / "model" / "graph.json"
+    graph_file = RunDir(run_dir).model_dir / "graph.json"
     if graph_file.is_file():
         graph = json.loads(graph_file.read_text())
         edges = graph.get("edges", [])
