@@ -15,6 +15,17 @@ from fashionlens.training import ColumnSubset, StyleTask
 MINI = Path(__file__).resolve().parents[1] / "examples" / "clothing-attributes-mini"
 
 
+class _Data(L.LightningDataModule):
+    """One validation set (module level, so that ddp_spawn can pickle it)."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(self.dataset, batch_size=4, num_workers=0)
+
+
 def _validate(devices: int, tmp_path: Path) -> dict[str, float]:
     torch.manual_seed(0)
     dataset = open_dataset(MINI, "clothing-attributes",
@@ -26,7 +37,7 @@ def _validate(devices: int, tmp_path: Path) -> dict[str, float]:
               "head": "linear", "num_labels": len(columns), "image_size": 64}
     model = build_style_model(config)
     task = StyleTask(model, list(dataset.label_names))
-    data = L.LightningDataModule.from_datasets(train_dataset=val, val_dataset=val, batch_size=4, num_workers=0)
+    data = _Data(val)
     strategy = "ddp_spawn" if devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)

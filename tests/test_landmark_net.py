@@ -14,11 +14,11 @@ from torch.nn import functional as F
 from fashionlens.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_loss
 from fashionlens.models.landmark_net import (
     GLEM,
-    LANDMARK_NAMES,
     NonLocalBlock,
     build_clothing_model,
     clothing_loss,
 )
+from fashionlens.vocabulary import LANDMARK_NAMES
 
 SMALL = {"image_size": 64, "heatmap_size": 16, "head_width": 32, "num_glem": 1}
 

@@ -8,10 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionlens.config import ClothingConfig, ConfigError, DataSource, StyleConfig, override
+from fashionlens.config import (
+    ClothingConfig,
+    ConfigError,
+    DataSource,
+    StyleConfig,
+    override,
+)
 from fashionlens.errors import FashionlensError, ModelDirError
 from fashionlens.modeldir import load_model_dir
-from fashionlens.training import evaluate_model_dir, split_indices, train_clothing, train_style
+from fashionlens.training import (
+    evaluate_model_dir,
+    split_indices,
+    train_clothing,
+    train_style,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "examples" / "clothing-attributes-mini"

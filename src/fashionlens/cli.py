@@ -6,9 +6,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from fashionlens.config import (
     CHOICES,
@@ -25,8 +24,6 @@ from fashionlens.config import (
 from fashionlens.errors import FashionlensError
 from fashionlens.rundir import RunDir
 from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
-
-
 
 S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
 

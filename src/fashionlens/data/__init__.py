@@ -9,16 +9,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fashionlens.data.base import LANDMARK_NAMES, FashionDataset, Record
+from fashionlens.data.base import FashionDataset, Record
 from fashionlens.data.clothing_attributes import read_clothing_attributes
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
-from fashionlens.data.deepfashion import DeepFashionRow, read_deepfashion, weak_label_rows, write_deepfashion_lists
+from fashionlens.data.deepfashion import (
+    DeepFashionRow,
+    read_deepfashion,
+    weak_label_rows,
+    write_deepfashion_lists,
+)
 from fashionlens.data.folders import read_class_folders
 from fashionlens.data.kfashion import STYLE_NAMES, read_kfashion
 from fashionlens.data.manifest import read_manifest_csv, read_manifest_jsonl
 from fashionlens.data.transforms import build_transforms
-from fashionlens.vocabulary import FORMATS
-
+from fashionlens.vocabulary import FORMATS, LANDMARK_NAMES
 
 _READERS: dict[str, Callable[..., FashionDataset]] = {
     "deepfashion": read_deepfashion,

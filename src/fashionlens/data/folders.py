@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from fashionlens.data.base import IMAGE_EXTENSIONS, FashionDataset, Record
+from fashionlens.data.base import FashionDataset, Record
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
 
 def read_class_folders(

@@ -13,8 +13,13 @@ import json
 import os
 from pathlib import Path
 
-from fashionlens.data.deepfashion import (DeepFashionRow, read_vocabulary, weak_label_rows,
-                                          write_deepfashion_lists)
+from fashionlens.data.deepfashion import (
+    DeepFashionRow,
+    read_vocabulary,
+    weak_label_rows,
+    write_deepfashion_lists,
+)
+from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS
 
 # landmarks.json names -> DeepFashion upper-body order (collar, sleeve, hem; clothes type 1).
 UPPER_BODY_ORDER = ("left_collar", "right_collar", "left_sleeve", "right_sleeve", "left_hem", "right_hem")

@@ -29,7 +29,6 @@ from torch.nn import functional as F
 
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
 from fashionlens.models.backbones import create_backbone
-from fashionlens.vocabulary import LANDMARK_NAMES
 
 LANDMARK_MODES = ("glem", "convs", "none")
 # Keys and values of model directories written before they were renamed, and their names now.

@@ -8,7 +8,13 @@
 - ``evaluate``: a saved model directory on a dataset.
 """
 
-from fashionlens.training.data import ColumnSubset, FeatureCache, TrainingData, label_matrix, split_indices
+from fashionlens.training.data import (
+    ColumnSubset,
+    FeatureCache,
+    TrainingData,
+    label_matrix,
+    split_indices,
+)
 from fashionlens.training.evaluate import evaluate_model_dir
 from fashionlens.training.run import (
     prepare,

@@ -155,7 +155,9 @@ class TrainingData(L.LightningDataModule):
         else:
             vocabulary = None
             if config.task == "clothing":  # 7 categories + 30 typed attributes; categories are the category head
-                from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
+                from fashionlens.data.clothing_attributes import (
+                    CLOTHING_ATTRIBUTE_NAMES,
+                )
 
                 vocabulary = list(CLOTHING_ATTRIBUTE_NAMES)
             self.train_full = open_sources(data, self.train_transform, label_names=vocabulary)

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fashionlens.config import ClothingConfig, StyleConfig, TaskConfig, to_dict, validate, write_yaml
+from fashionlens.config import (
+    ClothingConfig,
+    StyleConfig,
+    TaskConfig,
+    to_dict,
+    validate,
+    write_yaml,
+)
 from fashionlens.errors import FashionlensError
 from fashionlens.modeldir import atomic_write_bytes, atomic_write_json, save_model_dir
 from fashionlens.rundir import RunDir

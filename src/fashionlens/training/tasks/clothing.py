@@ -76,7 +76,11 @@ class ClothingTask(Task):
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
     """DeepFashion top-k (pooled per type), attribute mAP and, with landmarks, the landmark error."""
-    from fashionlens.metrics import deepfashion_metrics, landmark_metrics, multilabel_metrics
+    from fashionlens.metrics import (
+        deepfashion_metrics,
+        landmark_metrics,
+        multilabel_metrics,
+    )
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
                                   outputs["labels"], attribute_types, attr_mask=outputs["mask"])
@@ -92,7 +96,11 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
     """The clothing network and task for ``config`` on the opened ``data`` (a TrainingData)."""
     from fashionlens.losses import attribute_loss_weights
     from fashionlens.models.landmark_net import build_clothing_model
-    from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
+    from fashionlens.training.tasks.style import (
+        build_label_graph_inputs,
+        graph_record,
+        words_for_labels,
+    )
 
     base = data.train_full
     attribute_names, attribute_types = list(base.label_names), list(base.attribute_types)
