@@ -26,8 +26,8 @@ MAX_UPLOAD_MB = 0.5
 pytestmark = pytest.mark.slow
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("fashionlens_load_test", REPO / "benchmarks" / "load_test.py")
+def _load_benchmark(name: str = "load_test"):
+    spec = importlib.util.spec_from_file_location(f"fashionlens_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -137,3 +137,87 @@ def test_server_binds_localhost_by_default() -> None:
     args = build_parser().parse_args(["serve", "some/model"])
     assert args.host == "127.0.0.1"
 
+
+
+# ---------------------------------------------------------------- hostile uploads, a server in its own process
+
+server_memory = _load_benchmark("server_memory")
+STALL_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def child_server(tmp_path_factory):
+    """The server in a child process (its memory measured alone), its log lines kept in a file."""
+    folder = tmp_path_factory.mktemp("child")
+    model_dir = load_test.small_model_dir(folder / "model")
+    log = folder / "server.log"
+    with server_memory.server_process(model_dir, upload_timeout_s=STALL_TIMEOUT_S, log=log) as (url, pid):
+        yield url, pid, log
+
+
+PART_HEAD = (b"--stall\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+             b"Content-Type: image/jpeg\r\n\r\n")
+
+
+def _raw_post(url: str, body: bytes, declared: int, close_after: bool = False) -> bytes:
+    """Send the headers announcing ``declared`` bytes and only ``body``; what came back until the close."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    head = (f"POST /predict HTTP/1.1\r\nHost: {where.hostname}\r\nContent-Length: {declared}\r\n"
+            f"Content-Type: multipart/form-data; boundary=stall\r\n\r\n").encode()
+    with socket.create_connection((where.hostname, where.port), timeout=STALL_TIMEOUT_S + 20) as connection:
+        connection.sendall(head + body)
+        if close_after:
+            return b""
+        received = b""
+        while chunk := connection.recv(65536):  # b"" once the server closes the connection
+            received += chunk
+        return received
+
+
+def test_peak_rss_under_16_concurrent_declared_9000x9000_uploads(child_server) -> None:
+    url, pid, _ = child_server
+    bomb = server_memory.declare_size(PHOTO.read_bytes(), 9000, 9000)
+    server_memory.burst(url, PHOTO.read_bytes(), 2, 2)  # warm-up
+    result = server_memory.measure(url, pid, bomb, concurrency=16, rounds=3)
+    assert result["statuses"] == {"400": 48}
+    growth = result["peak_rss_mib"] - result["rss_before_mib"]
+    print(f"\nserver RSS {result['rss_before_mib']:.0f} MiB, peak {result['peak_rss_mib']:.0f} MiB "
+          f"(+{growth:.0f}), after {result['rss_after_mib']:.0f} MiB under 48 uploads 16 at a time")
+    assert growth < 64  # a full decode of one of them alone would take 243 MB
+
+
+def test_stalled_uploads_are_answered_408_and_closed(child_server) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, _ = child_server
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _raw_post(url, PART_HEAD + b"x" * 1000, declared=100_000), range(8)))
+    elapsed = time.monotonic() - started
+    for answer in answers:  # each answered, then closed by the server (recv saw the end)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert f"upload timed out: {len(PART_HEAD) + 1000} bytes of the 100000".encode() in answer
+    assert STALL_TIMEOUT_S <= elapsed < STALL_TIMEOUT_S + 15
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_a_client_disconnecting_mid_upload_is_one_log_line_without_traceback(child_server) -> None:
+    import time
+
+    url, _, log = child_server
+    before = log.read_text().count("client disconnected during the upload")
+    for _ in range(3):
+        _raw_post(url, PART_HEAD + b"x" * 5000, declared=100_000, close_after=True)
+    deadline = time.monotonic() + 20
+    while log.read_text().count("client disconnected during the upload") < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "client disconnected" in line]
+    assert len(lines) == before + 3, text
+    assert lines[-1].endswith(f"({len(PART_HEAD) + 5000} bytes of the 100000 that Content-Length announced received)")
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200

@@ -7,6 +7,7 @@ lists every case and the test that proves it. Also: the same seed gives the same
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -174,6 +175,151 @@ def test_skip_bad_keeps_every_readable_mode_and_lists_each_bad_file(photos: Path
                                         r"614400 pixels") as caught:
         strict[names.index("bomb.png")]
     assert f"{manifest.name}:{len(names) + 1})" in str(caught.value)
+
+
+# ---------------------------------------------------------------- one decoder behind every door
+# The readers, the Predictor (the Python API and `predict`) and the server all decode with
+# fashionlens.images: the same file is read the same way, or refused the same way, by each.
+
+
+@pytest.fixture(scope="module")
+def server(predictor: Predictor):
+    pytest.importorskip("fastapi", reason="the server needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from fashionlens.server.app import create_app
+
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _size(prediction) -> tuple[int, int]:
+    return prediction.width, prediction.height
+
+
+def _through_every_door(path: Path, predictor: Predictor, server, capsys) -> dict[str, str]:
+    """What each door makes of ``path``: "ok <width>x<height>" or the refusal's message."""
+    from fashionlens.cli import main
+    from fashionlens.inference import read_image_bytes
+
+    outcomes: dict[str, str] = {}
+    doors = {
+        "reader": lambda: read_manifest_csv(_manifest(path.parent, [path.name]))[0]["image"].shape[:0:-1],
+        "Predictor (path)": lambda: _size(predictor(path)),
+        "Predictor (PIL image)": lambda: _size(predictor(Image.open(path))),
+        "read_image_bytes": lambda: read_image_bytes(path.read_bytes(), str(path)).size,
+    }
+    for door, attempt in doors.items():
+        try:
+            width, height = attempt()
+            outcomes[door] = f"ok {width}x{height}"
+        except DataError as error:
+            outcomes[door] = error.reason.split(" (listed at")[0]
+    response = server.post("/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    outcomes["server"] = (f"ok {response.json()['image']['width']}x{response.json()['image']['height']}"
+                          if response.status_code == 200 else response.json()["detail"].removeprefix(f"{path.name}: "))
+    capsys.readouterr()
+    code = main(["predict", str(predictor.model_dir), str(path), "--json"])
+    out, err = capsys.readouterr()
+    if code == 0:
+        image = json.loads(out.splitlines()[0])["image"]
+        outcomes["predict"] = f"ok {image['width']}x{image['height']}"
+    else:
+        outcomes["predict"] = err.splitlines()[0].removeprefix(f"fashionlens: skipped {path}: ")
+    return outcomes
+
+
+def test_a_jpeg_with_junk_exif_is_read_the_same_by_every_door(photos: Path, predictor: Predictor, server,
+                                                               capsys) -> None:
+    from test_images import JUNK_SUBIFDS, SHORT, exif_block
+
+    # Stored sideways with orientation 6, plus a tag Pillow reads but cannot write back.
+    path = photos / "junk_exif.jpg"
+    upright = Image.open(photos / "upright.png")
+    exif = b"Exif\x00\x00" + exif_block((SHORT, b"\x00\x06\x00\x00"), JUNK_SUBIFDS)
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, quality=95)
+    outcomes = _through_every_door(path, predictor, server, capsys)
+    assert outcomes == dict.fromkeys(outcomes, "ok 213x320"), outcomes  # accepted, turned upright, by all
+    # And the same pixels: the reader's sample is what the Predictor scores.
+    sample = read_manifest_csv(_manifest(photos, [path.name]))[0]["image"].as_subclass(torch.Tensor)
+    assert torch.equal(to_uint8_chw(path)[0], sample)
+    served = server.post("/predict", files={"file": ("a.jpg", path.read_bytes(), "image/jpeg")}).json()
+    assert {item["name"]: item["score"] for item in served["labels"]} == pytest.approx(_scores(predictor(sample)),
+                                                                                        abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["declared 9000x9000", "scan cut short", "EPS"])
+def test_a_refused_file_is_refused_the_same_by_every_door(photos: Path, predictor: Predictor, server, capsys,
+                                                          case: str) -> None:
+    from test_images import cut_scan, declare_size
+
+    buffer = io.BytesIO()
+    Image.open(photos / "upright.png").save(buffer, format="EPS" if case == "EPS" else "JPEG", quality=90)
+    real = buffer.getvalue()
+    data = {"declared 9000x9000": lambda: declare_size(real, 9000, 9000), "scan cut short": lambda: cut_scan(real),
+            "EPS": lambda: real}[case]()
+    path = photos / f"{case.replace(' ', '_')}.jpg"
+    path.write_bytes(data)
+    expected = {
+        "declared 9000x9000": "image too large to decode safely: the header says 9000x9000 = 81000000 pixels, "
+                              "more than the limit of 40000000 (possible decompression bomb)",
+        "scan cut short": "corrupt or truncated image (the JPEG scan data ends early: libjpeg would fill the rest "
+                          "of the picture with grey)",
+        "EPS": "not an image: expected JPEG, PNG, WebP, GIF, BMP or TIFF data, found a PostScript/EPS file",
+    }[case]
+    outcomes = _through_every_door(path, predictor, server, capsys)
+    assert outcomes == dict.fromkeys(outcomes, expected), outcomes
+
+
+def test_declared_9000x9000_jpegs_from_100_threads_never_get_through(photos: Path, predictor: Predictor, server,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal is a plain check of the header's size: nothing a concurrent request does (the old
+    check toggled process-wide warning filters) can let one through."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import ImageFile
+    from test_images import declare_size
+
+    from fashionlens.inference import read_image_bytes
+
+    buffer = io.BytesIO()
+    Image.open(photos / "upright.png").save(buffer, format="JPEG", quality=90)
+    bomb = declare_size(buffer.getvalue(), 9000, 9000)
+    path = photos / "bomb9000.jpg"
+    path.write_bytes(bomb)
+    dataset = read_manifest_csv(_manifest(photos, [path.name]))
+    decoded, lock = [], threading.Lock()
+    load = ImageFile.ImageFile.load
+
+    def counting_load(self, *args, **kwargs):
+        with lock:
+            decoded.append(self.size)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+
+    def attempt(index: int) -> str:
+        door = index % 4
+        try:
+            if door == 0:
+                dataset[0]
+            elif door == 1:
+                predictor(path)
+            elif door == 2:
+                read_image_bytes(bomb, "bomb9000.jpg")
+            else:
+                response = server.post("/predict", files={"file": ("bomb9000.jpg", bomb, "image/jpeg")})
+                return "refused" if response.status_code == 400 and "too large" in response.json()["detail"] \
+                    else f"server: {response.status_code}"
+        except DataError as error:
+            return "refused" if "too large to decode safely" in str(error) else str(error)
+        return f"door {door}: got through"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(attempt, range(100)))
+    assert outcomes == ["refused"] * 100
+    assert decoded == []  # not one of them had its pixels decoded
 
 
 # ---------------------------------------------------------------- model directories

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra (fastapi, python-multipart)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from fashionlens.modeldir import save_model_dir  # noqa: E402
+from fashionlens.modeldir import save_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -45,10 +46,14 @@ def client(model_dir) -> TestClient:
         yield test_client
 
 
-def test_health_and_labels(client):
-    health = client.get("/health").json()
+def test_health_and_labels(client, model_dir):
+    response = client.get("/health")
+    health = response.json()
     assert health["status"] == "ok"
     assert health["model"]["task"] == "style" and health["model"]["num_labels"] == len(NAMES)
+    # The model's name, never where it lives on the server's disk.
+    assert health["model"]["name"] == model_dir.name == "model"
+    assert str(model_dir.parent) not in response.text and "model_dir" not in health["model"]
     labels = client.get("/labels").json()
     assert [item["name"] for item in labels["labels"]] == NAMES
     assert labels["labels"][3]["display_name"] == "Solid Color"
@@ -60,7 +65,13 @@ def test_page_and_openapi(client):
     assert 'type="file"' in page.text and "http://" not in page.text and "https://" not in page.text  # no CDN
     schema = client.get("/openapi.json").json()
     assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
-    assert client.get("/docs").status_code == 200
+    # The API page works offline: built from openapi.json by the page itself, nothing from a CDN.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+    assert "openapi.json" in docs.text
+    assert "http://" not in docs.text.replace("http://HOST", "") and "https://" not in docs.text
+    assert "<script src" not in docs.text and "<link" not in docs.text
+    assert client.get("/redoc").status_code == 404
 
 
 def test_predict_a_real_photo(client):
@@ -156,3 +167,226 @@ def test_path_traversal_filename_is_only_echoed(client, tmp_path):
         source = response.json()["source"]
         assert "/" not in source and "\\" not in source and ".." not in source.strip(".")
         assert "\x00" not in source
+
+
+# ---------------------------------------------------------------- hostile uploads
+
+
+def _multipart(boundary: str, data: bytes, filename: str = "photo.jpg", closed: bool = True) -> bytes:
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + data + (f"\r\n--{boundary}--\r\n".encode() if closed else b"")
+
+
+def test_truncated_multipart_body_is_a_400_saying_it_was_cut_short(client):
+    body = _multipart("cutboundary", PHOTOS[0].read_bytes()[:5000], closed=False)
+    response = client.post("/predict", content=body,
+                           headers={"Content-Type": "multipart/form-data; boundary=cutboundary"})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("the upload was cut short: the multipart body ended before its closing boundary "
+                             f"after {len(body)} bytes of the {len(body)} that Content-Length announced")
+    # The same body, closed: a prediction.
+    whole = _multipart("cutboundary", PHOTOS[0].read_bytes())
+    assert client.post("/predict", content=whole,
+                       headers={"Content-Type": "multipart/form-data; boundary=cutboundary"}).status_code == 200
+
+
+def test_eps_upload_never_reaches_ghostscript(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    buffer = io.BytesIO()
+    Image.open(PHOTOS[0]).convert("RGB").save(buffer, format="EPS")
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: calls.append(self))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
+    response = client.post("/predict", files={"file": ("photo.jpg", buffer.getvalue(), "image/jpeg")})
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("photo.jpg: not an image: expected JPEG, PNG, WebP, GIF, BMP or TIFF "
+                                         "data, found a PostScript/EPS file")
+    assert calls == []
+
+
+def test_a_jpeg_declaring_9000x9000_is_refused_before_decoding(client):
+    from test_images import declare_size
+
+    bomb = declare_size(PHOTOS[0].read_bytes(), 9000, 9000)
+    response = client.post("/predict", files={"file": ("bomb.jpg", bomb, "image/jpeg")})
+    assert response.status_code == 400
+    assert "bomb.jpg: image too large to decode safely: the header says 9000x9000" in response.json()["detail"]
+
+
+def test_decodes_at_once_are_bounded(model_dir, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fashionlens import images
+    from fashionlens.server.app import create_app
+
+    active, peak, lock = [0], [0], threading.Lock()
+    decode = images.decode_image
+
+    def slow_decode(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.1)
+            return decode(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(images, "decode_image", slow_decode)
+    photo = PHOTOS[0].read_bytes()
+    with TestClient(create_app(model_dir, max_concurrent_decodes=2)) as bounded, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: bounded.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")})
+                              .status_code, range(8)))
+    assert codes == [200] * 8
+    assert peak[0] == 2
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reported_at_full_size(model_dir, monkeypatch):
+    from fashionlens import images
+    from fashionlens.inference import load
+    from fashionlens.server.app import create_app
+
+    large = io.BytesIO()
+    Image.open(PHOTOS[0]).convert("RGB").resize((2130, 3200)).save(large, format="JPEG", quality=80)
+    sizes = []
+    decode = images.decode_image
+
+    def recording(*args, **kwargs):
+        decoded = decode(*args, **kwargs)
+        sizes.append(decoded.image.size)
+        return decoded
+
+    monkeypatch.setattr(images, "decode_image", recording)
+    expected = load(model_dir)(Image.open(large))  # every pixel
+    for draft_side, decoded_size, tolerance in ((1024, (1065, 1600), 0.02), (None, (2130, 3200), 1e-6)):
+        with TestClient(create_app(model_dir, draft_side=draft_side)) as served:
+            response = served.post("/predict", files={"file": ("large.jpg", large.getvalue(), "image/jpeg")})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert sizes[-1] == decoded_size
+        assert body["image"] == {"width": 2130, "height": 3200}
+        scores = {item["name"]: item["score"] for item in body["labels"]}
+        assert scores == pytest.approx({label.name: label.score for label in expected.labels}, abs=tolerance)
+
+
+def test_landmarks_of_a_reduced_decode_are_mapped_to_the_photos_pixels():
+    from fashionlens.server.app import _to_full_size
+
+    result = {"image": {"width": 1065, "height": 1600}, "landmarks": [{"x": 10.0, "y": 0.0}, {"x": -0.5, "y": 1599.5}]}
+    _to_full_size(result, (2130, 3200), 2)
+    # Decoded pixel 10 covers the photo's pixels 20 and 21; the borders stay the borders.
+    assert result["image"] == {"width": 2130, "height": 3200}
+    assert [(point["x"], point["y"]) for point in result["landmarks"]] == [(20.5, 0.5), (-0.5, 3199.5)]
+
+
+def test_non_finite_scores_are_a_500_with_a_message_not_invalid_json(model_dir):
+    import numpy as np
+
+    from fashionlens.inference import Predictor, load
+    from fashionlens.server.app import create_app
+
+    real = load(model_dir)
+    broken = Predictor(lambda batch: {"logits": np.full((batch.shape[0], len(NAMES)), np.nan, np.float32)},
+                       real.config, real.labels, real.preprocessing, model_dir)
+    with TestClient(create_app(broken), raise_server_exceptions=False) as served:
+        response = served.post("/predict", files={"file": ("a.jpg", PHOTOS[0].read_bytes(), "image/jpeg")})
+    assert response.status_code == 500
+    assert response.json()["detail"] == ("a.jpg: the model gave non-finite scores (NaN or infinity) for this "
+                                         "photo; its weights are broken")
+
+
+# The raw ASGI interface, to send what an HTTP client library will not: a body that stops, a client
+# that goes away. tests/test_load.py does the same over a real socket.
+
+
+def _scope(headers: dict[str, str]) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+            "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+
+
+async def _post(app, chunks: list[bytes], declared: int, then: str) -> tuple[int, dict, dict]:
+    """POST ``chunks`` announcing ``declared`` bytes; afterwards ``then``: 'stall' (send nothing more) or
+    'disconnect' (the client goes away)."""
+    import asyncio
+
+    pending = list(chunks)
+
+    async def receive() -> dict:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(0), "more_body": True}
+        if then == "disconnect":
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = {"content-type": "multipart/form-data; boundary=stall", "content-length": str(declared)}
+    await app(_scope(headers), receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
+@pytest.fixture()
+def strict_app(model_dir):
+    from fashionlens.server.app import create_app
+
+    return create_app(model_dir, max_upload_mb=0.5, upload_timeout_s=0.5, max_concurrent_uploads=2)
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_408_and_closed(strict_app):
+    import asyncio
+    import time
+
+    part = _multipart("stall", PHOTOS[0].read_bytes())
+    started = time.monotonic()
+    status, headers, body = asyncio.run(_post(strict_app, [part[:3000]], declared=len(part), then="stall"))
+    assert status == 408 and headers["connection"] == "close"
+    assert body["detail"] == (f"upload timed out: 3000 bytes of the {len(part)} that Content-Length announced "
+                              f"arrived in 0.5 s; the whole upload must arrive within 0.5 s")
+    assert time.monotonic() - started < 5
+
+
+def test_uploads_over_the_cap_are_503_at_once(strict_app):
+    import asyncio
+
+    part = _multipart("stall", PHOTOS[0].read_bytes())
+
+    async def three_at_once():
+        stalled = [asyncio.create_task(_post(strict_app, [part[:100]], len(part), "stall")) for _ in range(2)]
+        await asyncio.sleep(0.1)  # both are reading their bodies now
+        third = await _post(strict_app, [part], len(part), "stall")
+        return third, await asyncio.gather(*stalled)
+
+    (status, headers, body), stalled = asyncio.run(three_at_once())
+    assert status == 503 and headers["retry-after"] == "1"
+    assert body["detail"] == "server busy: 2 uploads in progress, the limit is 2; retry in a moment"
+    assert [result[0] for result in stalled] == [408, 408]
+
+
+def test_a_client_disconnecting_mid_upload_is_one_log_line(strict_app, caplog, capsys):
+    import asyncio
+    import logging
+
+    part = _multipart("stall", PHOTOS[0].read_bytes())
+    caplog.set_level(logging.DEBUG)
+    status, _, _ = asyncio.run(_post(strict_app, [part[:2000]], declared=len(part), then="disconnect"))
+    assert status == 400  # sent to nobody; what matters is what the server said about it
+    records = [record for record in caplog.records if record.name.startswith(("fashionlens", "uvicorn", "starlette"))]
+    assert [record.getMessage() for record in records] == [
+        (f"client disconnected during the upload to /predict (2000 bytes of the {len(part)} that Content-Length "
+        f"announced received)")]
+    assert records[0].exc_info is None
+    assert "Traceback" not in capsys.readouterr().err

@@ -87,6 +87,9 @@ _REFUSED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"<?xml", 0, "XML/SVG"),
 )
 _SNIFF_BYTES = 16
+# Pillow's names of the refused formats above, for images a caller opened with Pillow itself.
+_PILLOW_NAMES = {"EPS": "PostScript/EPS", "JPEG2000": "JPEG 2000", "PSD": "Photoshop (PSD)",
+                 "ICO": "Windows icon (ICO)"}
 
 # EXIF orientation -> the transpose that shows the photo upright (EXIF 2.3, tag 0x0112).
 _ORIENTATION_TAG = 0x0112
@@ -220,16 +223,22 @@ def open_header(source: Source, name: str | Path | None = None) -> Image.Image:
     except BaseException:
         stream.close()
         raise
+    try:
+        _check_size(image, name)
+    except DataError:
+        image.close()
+        raise
+    return image
+
+
+def _check_size(image: Image.Image, name: str | Path) -> None:
     width, height = image.size
     limit = pixel_limit()
     if width * height > limit:
-        image.close()
         raise DataError(f"image too large to decode safely: the header says {width}x{height} = {width * height} "
                         f"pixels, more than the limit of {limit} (possible decompression bomb)", path=name)
     if width <= 0 or height <= 0:
-        image.close()
         raise DataError(f"corrupt image: the header says {width}x{height} pixels", path=name)
-    return image
 
 
 def _draft(image: Image.Image, draft_side: int | None) -> int:
@@ -281,11 +290,9 @@ def load_opened(image: Image.Image, name: str | Path) -> None:
     if not isinstance(image, ImageFile.ImageFile) or not image.tile:
         return
     if image.format not in ACCEPTED_FORMATS + _JPEG_FORMATS:
-        raise DataError(f"not an image: expected {ACCEPTED_TEXT} data, found a {image.format} image", path=name)
-    width, height = image.size
-    if width * height > pixel_limit():
-        raise DataError(f"image too large to decode safely: {width}x{height} = {width * height} pixels, more "
-                        f"than the limit of {pixel_limit()} (possible decompression bomb)", path=name)
+        found = _PILLOW_NAMES.get(image.format, image.format)
+        raise DataError(f"not an image: expected {ACCEPTED_TEXT} data, found a {found} file", path=name)
+    _check_size(image, name)
     filename = getattr(image, "filename", None)
     load_pixels(image, name, filename if isinstance(filename, str) and filename else None)
 

@@ -1,43 +1,122 @@
 """Serve a model over HTTP: a JSON API and a web page that shows what the model sees in a photo.
 
     GET  /          the web page (drop a photo, see scores, category, attributes, landmarks)
-    GET  /health    {"status": "ok", "model": {...}}
+    GET  /health    {"status": "ok", "model": {...}} (the model directory's name, never its path)
     GET  /labels    the label vocabulary (and categories / landmark names for clothing models)
     POST /predict   multipart/form-data with the photo in the field ``file``; optional ?top_k=
-    GET  /docs      OpenAPI documentation (FastAPI's)
+    GET  /docs      the API described from /openapi.json by a page of our own (no CDN: works offline)
 
-Uploads are read as a stream and cut off as soon as they pass ``max_upload_mb`` (413), whatever
-Content-Length claims. The uploaded file name is only echoed back, never used as a path.
-Inference runs in a worker thread, so one slow image never blocks the event loop.
+What an upload can cost is bounded before any of it is spent:
+
+- at most ``max_concurrent_uploads`` uploads are read at once; one more is answered 503 at once;
+- the body is read as a stream and cut off as soon as it passes ``max_upload_mb`` (413), whatever
+  Content-Length claims, and it must arrive within ``upload_timeout_s`` (408, connection closed),
+  so a client that announces more than it sends cannot hold a connection open;
+- a body that ends before the multipart closing boundary is a 400 saying the upload was cut short;
+  a client that disconnects mid-upload is one log line;
+- photos are decoded by :mod:`fashionlens.images` (accepted formats sniffed from the header, the
+  pixel limit checked before decoding, truncation refused), at most ``max_concurrent_decodes`` at
+  once, and large JPEGs at reduced scale (``draft_side``, never below 1024 px on the long side);
+  sizes and landmarks are still reported in the photo's own pixels.
+
+The uploaded file name is only echoed back, never used as a path. Decoding and inference run in a
+pool of ``max_concurrent_decodes`` threads of their own, so one slow image never blocks the event
+loop, and the large buffers of decoding are allocated by those few threads only: spread over the
+dozens of a general thread pool, each thread's malloc arena kept its share of them after the
+request (docs/benchmarks.md, "Server memory").
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 import logging
 import re
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncGenerator
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
+from fashionlens import images
 from fashionlens.errors import DataError
-from fashionlens.inference import Predictor, load, read_image_bytes, to_uint8_chw
+from fashionlens.inference import Predictor, load, to_uint8_chw
 
 logger = logging.getLogger("fashionlens.server")
 
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
+UPLOAD_TIMEOUT_S = 30.0
+MAX_CONCURRENT_UPLOADS = 32
+# Decoding is where an upload's memory goes (3 bytes a pixel, and copies); the forward passes are
+# serialised by the Predictor anyway, so a few decodes at once keep the CPU busy.
+MAX_CONCURRENT_DECODES = 2
 
 
 class _UploadTooLarge(Exception):
     pass
+
+
+class _UploadTimedOut(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _NonFiniteScores(Exception):
+    pass
+
+
+class _BodyReader:
+    """The request body as a stream with a size limit and a deadline, noting the closing boundary."""
+
+    def __init__(self, request: Request, limit: int, timeout_s: float, boundary: bytes):
+        self.request = request
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.closing = b"--" + boundary + b"--"
+        self.received = 0
+        self.closed = False  # the multipart close delimiter has been seen
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        stream = self.request.stream()
+        tail = b""
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise _UploadTimedOut()
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), remaining)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _UploadTimedOut() from None
+                except ClientDisconnect:
+                    raise _ClientGone() from None
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    raise _UploadTooLarge()
+                if not self.closed:
+                    window = tail + chunk
+                    self.closed = self.closing in window
+                    tail = window[-len(self.closing):]
+                yield chunk
+        finally:
+            await stream.aclose()
 
 
 def _safe_filename(name: str | None) -> str:
@@ -53,20 +132,40 @@ def _static_text(name: str) -> str:
     return resources.files("fashionlens.server").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runtime: str = "torch") -> FastAPI:
-    """The FastAPI application for a model directory (loaded with ``runtime``) or a ready Predictor."""
+def _boundary(content_type: str) -> bytes | None:
+    from python_multipart.multipart import parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    return boundary or None
+
+
+def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runtime: str = "torch", *,
+               upload_timeout_s: float = UPLOAD_TIMEOUT_S, max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
+               max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
+               draft_side: int | None = images.SERVER_DRAFT_SIDE) -> FastAPI:
+    """The FastAPI application for a model directory (loaded with ``runtime``) or a ready Predictor.
+
+    ``draft_side=None`` decodes every pixel of every upload (the same pixels as ``predict``).
+    """
     predictor = model if isinstance(model, Predictor) else load(model, runtime=runtime)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     limit_text = f"{max_upload_mb:g} MB"
+    model_name = Path(predictor.model_dir).resolve().name if predictor.model_dir else None
+    decoding = ThreadPoolExecutor(max_workers=max(1, int(max_concurrent_decodes)),
+                                  thread_name_prefix="fashionlens-decode")
+    in_flight = {"uploads": 0}
 
-    app = FastAPI(title="fashionlens", version=_version(),
+    app = FastAPI(title="fashionlens", version=_version(), docs_url=None, redoc_url=None,
                   description="Fashion image recognition: styles, or category, attributes and landmarks. "
                               "POST a photo to /predict as multipart/form-data (field `file`).")
     app.state.predictor = predictor
     app.state.max_upload_bytes = max_bytes
+    app.state.decoding = decoding
+    app.state.in_flight = in_flight
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -82,16 +181,24 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        # One line here; the ASGI server prints the traceback itself (Starlette re-raises it).
+        logger.error("unexpected %s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse(_static_text("index.html"))
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_static_text("docs.html"))
+
     @app.get("/health", summary="Liveness and model information")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": predictor.info(), "max_upload_mb": max_upload_mb}
+        info = predictor.info()
+        info.pop("model_dir", None)  # an absolute path tells a client about the server's disk
+        info["name"] = model_name
+        return {"status": "ok", "model": info, "max_upload_mb": max_upload_mb}
 
     @app.get("/labels", summary="The model's label vocabulary")
     def labels() -> dict[str, Any]:
@@ -100,16 +207,29 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
     upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary",
-                                "description": f"a photo (JPEG, PNG, WebP, ...), at most {limit_text}"}}}}}}}
+                                "description": f"a photo ({images.ACCEPTED_TEXT}), at most {limit_text}"}}}}}}}
 
     @app.post("/predict", summary="Predict one photo", openapi_extra=upload_schema,
-              responses={400: {"description": "corrupt image or malformed upload"},
+              responses={400: {"description": "corrupt, truncated or refused image, or a malformed upload"},
+                         408: {"description": f"upload not received within {upload_timeout_s:g} s"},
                          413: {"description": f"upload larger than {limit_text}"},
-                         415: {"description": "not an image"}, 422: {"description": "no `file` field"}})
+                         415: {"description": "not multipart/form-data, or a part that is not an image"},
+                         422: {"description": "no `file` field"},
+                         503: {"description": f"more than {max_concurrent_uploads} uploads at once"}})
     async def predict(request: Request,
                       top_k: int | None = Query(None, ge=1, le=1000, description="labels to return (per type)"),
                       threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum probability"),
                       ) -> JSONResponse:
+        if in_flight["uploads"] >= max_concurrent_uploads:
+            return error(503, f"server busy: {in_flight['uploads']} uploads in progress, the limit is "
+                              f"{max_concurrent_uploads}; retry in a moment", headers={"Retry-After": "1"})
+        in_flight["uploads"] += 1
+        try:
+            return await _predict_upload(request, top_k, threshold)
+        finally:
+            in_flight["uploads"] -= 1
+
+    async def _predict_upload(request: Request, top_k: int | None, threshold: float | None) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             return error(415, "send the photo as multipart/form-data in a field named 'file' "
@@ -120,26 +240,33 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
                 return error(400, f"invalid Content-Length header {declared!r}")
             if int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
                 return error(413, f"upload too large ({int(declared) / 1024 / 1024:.1f} MB); the limit is {limit_text}")
+        boundary = _boundary(content_type)
+        if boundary is None:
+            return error(400, "malformed multipart upload (no boundary in the Content-Type header)")
 
-        async def limited_stream() -> AsyncGenerator[bytes, None]:
-            received = 0
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_bytes + MULTIPART_OVERHEAD_BYTES:
-                    raise _UploadTooLarge()
-                yield chunk
-
-        parser = MultiPartParser(request.headers, limited_stream(), max_files=1, max_fields=8,
+        body = _BodyReader(request, max_bytes + MULTIPART_OVERHEAD_BYTES, upload_timeout_s, boundary)
+        of_declared = f" of the {int(declared)} that Content-Length announced" if declared is not None else ""
+        parser = MultiPartParser(request.headers, body.chunks(), max_files=1, max_fields=8,
                                  max_part_size=64 * 1024)
         try:
             form = await parser.parse()
         except _UploadTooLarge:
             return error(413, f"upload too large; the limit is {limit_text}")
-        except MultiPartException as exc:
-            return error(400, f"malformed multipart upload ({exc.message})")
-        except ValueError as exc:
-            return error(400, f"malformed multipart upload ({exc})")
+        except _UploadTimedOut:
+            logger.warning("upload to /predict timed out after %g s (%d bytes%s received)", upload_timeout_s,
+                           body.received, of_declared)
+            return error(408, f"upload timed out: {body.received} bytes{of_declared} arrived in "
+                              f"{upload_timeout_s:g} s; the whole upload must arrive within {upload_timeout_s:g} s",
+                         headers={"Connection": "close"})
+        except _ClientGone:
+            logger.warning("client disconnected during the upload to /predict (%d bytes%s received)",
+                           body.received, of_declared)
+            return error(400, "client disconnected")  # nobody is left to read it
+        except (MultiPartException, ValueError) as exc:
+            return error(400, f"malformed multipart upload ({getattr(exc, 'message', exc)})")
         try:
+            if not body.closed:
+                return error(400, _cut_short(body.received, of_declared))
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return error(422, "missing the file: send the photo in a multipart field named 'file'")
@@ -150,13 +277,18 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
             part_type = (upload.content_type or "").lower()
             if part_type and not part_type.startswith(ACCEPTED_TYPES):
                 return error(415, f"{filename}: not an image (Content-Type {part_type}); "
-                                  "send a JPEG, PNG or WebP photo")
+                                  f"send a {images.ACCEPTED_TEXT} photo")
             if not data:
                 return error(400, f"{filename}: empty file (0 bytes)")
             try:
-                result = await run_in_threadpool(_predict_bytes, predictor, data, filename, top_k, threshold)
+                result = await asyncio.get_running_loop().run_in_executor(decoding, functools.partial(
+                    _predict_bytes, predictor, data, filename, top_k, threshold, draft_side))
             except DataError as exc:
-                return error(400, f"{filename}: {exc.reason}; send a JPEG, PNG or WebP photo")
+                return error(400, f"{filename}: {exc.reason}")
+            except _NonFiniteScores:
+                logger.error("the model gave non-finite scores for %s", filename)
+                return error(500, f"{filename}: the model gave non-finite scores (NaN or infinity) for this photo; "
+                                  "its weights are broken")
             return JSONResponse(result)
         finally:
             await form.close()
@@ -164,11 +296,35 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
     return app
 
 
-def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int | None,
-                   threshold: float | None) -> dict[str, Any]:
-    image, _ = to_uint8_chw(read_image_bytes(data, filename))
-    result = predictor.predict_loaded([image], [filename], top_k=top_k, threshold=threshold)[0]
-    return result.to_dict()
+def _cut_short(received: int, of_declared: str) -> str:
+    return (f"the upload was cut short: the multipart body ended before its closing boundary after "
+            f"{received} bytes{of_declared}; send the whole file again")
+
+
+def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int | None, threshold: float | None,
+                   draft_side: int | None) -> dict[str, Any]:
+    decoded = images.decode_image(data, filename, draft_side=draft_side)
+    full_size, scale = decoded.full_size, decoded.scale
+    image, _ = to_uint8_chw(decoded.image)
+    del decoded  # the tensor holds the pixels now: free the PIL copy before the forward pass
+    result = predictor.predict_loaded([image], [filename], top_k=top_k, threshold=threshold)[0].to_dict()
+    if scale != 1:
+        _to_full_size(result, full_size, scale)
+    try:
+        json.dumps(result, allow_nan=False)
+    except ValueError:
+        raise _NonFiniteScores() from None
+    return result
+
+
+def _to_full_size(result: dict[str, Any], full_size: tuple[int, int], scale: int) -> None:
+    """Sizes and landmarks of a photo decoded at 1/``scale``, in the photo's own pixels."""
+    result["image"] = {"width": full_size[0], "height": full_size[1]}
+    for landmark in result.get("landmarks", ()):
+        # Decoded pixel i covers the photo's pixels [i * scale, (i + 1) * scale): its centre is
+        # (i + 0.5) * scale - 0.5 in the pixel-centre convention the Predictor uses.
+        landmark["x"] = (landmark["x"] + 0.5) * scale - 0.5
+        landmark["y"] = (landmark["y"] + 0.5) * scale - 0.5
 
 
 def _version() -> str:
