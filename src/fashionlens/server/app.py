@@ -146,9 +146,12 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
                draft_side: int | None = images.SERVER_DRAFT_SIDE) -> FastAPI:
     """The FastAPI application for a model directory (loaded with ``runtime``) or a ready Predictor.
 
-    ``draft_side=None`` decodes every pixel of every upload (the same pixels as ``predict``).
+    ``draft_side=None`` decodes every pixel of every upload (the same pixels as ``predict``); otherwise
+    a large JPEG keeps at least ``draft_side`` pixels, and twice the model's input, on its long side.
     """
     predictor = model if isinstance(model, Predictor) else load(model, runtime=runtime)
+    if draft_side is not None:
+        draft_side = max(int(draft_side), 2 * predictor.image_size)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     limit_text = f"{max_upload_mb:g} MB"
     model_name = Path(predictor.model_dir).resolve().name if predictor.model_dir else None
