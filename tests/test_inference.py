@@ -250,7 +250,7 @@ def test_predict_command_skips_a_bad_file_and_exits_1(style_dir, tmp_path, capsy
     capsys.readouterr()
     assert code == 1
     rows = (tmp_path / "out.csv").read_text().splitlines()
-    assert rows[0] == "path,label_1,score_1,label_2,score_2"
+    assert rows[0] == "path,label_1,score_1,label_2,score_2,predicted"
     assert len(rows) == 3  # the two good top-level photos; the glob is not recursive
 
     code = main(["predict", str(style_dir), str(PHOTOS[0])])

@@ -67,8 +67,13 @@ def style_run(tmp_path_factory) -> Path:
 def test_training_writes_a_complete_run_directory(style_run: Path):
     for name in ("run.json", "metrics.json", "history.json", "val_predictions.npz", "checkpoints/last.ckpt"):
         assert (style_run / name).is_file(), name
-    for name in ("config.json", "model.safetensors", "labels.json", "graph.json", "preprocessing.json"):
+    for name in ("config.json", "model.safetensors", "labels.json", "graph.json", "preprocessing.json",
+                 "thresholds.json"):
         assert (style_run / "model" / name).is_file(), name
+    thresholds = json.loads((style_run / "model" / "thresholds.json").read_text())
+    assert thresholds["method"] == "f1" and len(thresholds["thresholds"]) == load_model_dir(
+        style_run / "model").config["num_labels"]
+    assert set(thresholds["fallback"]) <= set(thresholds["thresholds"])
     run = json.loads((style_run / "run.json").read_text())
     assert run["seed"] == 0 and run["val_size"] == 20 and run["train_size"] == 60
     metrics = json.loads((style_run / "metrics.json").read_text())

@@ -9,6 +9,19 @@ import torch
 from fashionlens.modeldir import save_model_dir
 
 PREPROCESSING = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+STYLE_NAMES = ["floral", "striped", "plaid", "solid", "necktie", "scarf", "collar"]
+
+
+def style_model_dir(path: Path) -> Path:
+    """An untrained linear-head style model over the shipped EfficientNet-Lite0 (7 labels, 128 px)."""
+    from fashionlens.models.mlgcn import build_style_model
+
+    torch.manual_seed(0)
+    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
+              "head": "linear", "num_labels": len(STYLE_NAMES), "image_size": 128}
+    model = build_style_model(config)
+    return save_model_dir(path, model, config, {"label_names": STYLE_NAMES, "display_names": STYLE_NAMES},
+                          PREPROCESSING)
 
 
 def clothing_model_dir(path: Path) -> Path:

@@ -47,6 +47,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "bias": "head.bias", "residual": "head.residual",
     "embeddings": "graph.embeddings", "embedding_fallback": "graph.embedding_fallback", "graph": "graph.graph",
     "t": "graph.t", "p": "graph.p", "min_lift": "graph.min_lift",
+    "calibrate": "calibration.method",
     "stage": "model.stage", "landmarks": "model.landmarks", "heatmap_size": "model.heatmap_size",
     "heatmap_sigma": "model.heatmap_sigma", "lambdas": "model.lambdas",
 }
@@ -124,6 +125,11 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--min-lift", type=float, default=S,
                         help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
                              "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
+    parser.add_argument("--calibrate", default=S,
+                        help=f"per-label thresholds chosen on the validation split (default {d.calibration.method}: "
+                             "F1-optimal; precision@0.9: the most recall at 90 %% precision; none: one global "
+                             f"{d.calibration.global_threshold}); labels with fewer than "
+                             f"{d.calibration.min_positives} validation positives keep the global one")
     parser.add_argument("--hidden-dim", type=int, default=S,
                         help=f"the GCN's hidden width (default {d.head.hidden_dim})")
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=S,
@@ -275,10 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     predict.add_argument("--json", action="store_true", help="print JSON lines")
     predict.add_argument("--csv", type=Path, default=None, help="write a CSV")
+    predict.add_argument("--out", type=Path, default=None,
+                         help="write sharded Parquet (a folder, e.g. preds.parquet): one row per photo; a rerun "
+                              "skips the photos already written")
     predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--threshold", type=float, default=None, help="score threshold (probability)")
+    predict.add_argument("--threshold", default="auto",
+                         help="auto (default: each label against its threshold calibrated at training time) or "
+                              "one probability for all labels (labels below it are left out)")
     predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--workers", type=int, default=None, help="decoding workers (default: min(2, cores) on CPU)")
+    predict.add_argument("--devices", default="1", help="Lightning devices; > 1 predicts with one rank per device")
+    predict.add_argument("--num-nodes", type=int, default=1)
+    predict.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
 
     export = commands.add_parser("export", help="export a model directory to ONNX")
     export.add_argument("model_dir", type=Path)
@@ -290,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     serve.add_argument("--max-upload-mb", type=float, default=10.0)
+
+    models = commands.add_parser(
+        "models", help="list the released models: their names work wherever a model directory goes",
+        description="List the models that answer to a name (fashionlens.load(NAME), predict, evaluate, export, "
+                    "serve): those in the installed package, then the user cache ($FASHIONLENS_CACHE, default "
+                    "~/.cache/fashionlens/models), with their task, outputs, size and held-out figures; "
+                    "hf://ORG/NAME downloads one from the Hugging Face Hub into the cache.")
+    models.add_argument("--json", action="store_true", help="print JSON (every held-out figure, paths)")
 
     report = commands.add_parser("report", help="render an HTML report (curves, tables, plots) for a run directory")
     report.add_argument("run_dir", type=Path)
@@ -376,7 +399,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(report.to_text())
         return 1 if report.problems else 0
     if args.command == "predict":
-        from fashionlens.inference import predict_command
+        from fashionlens.cli_predict import predict_command
 
         return predict_command(args)
     if args.command == "export":
@@ -390,6 +413,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return serve(args.model_dir, host=args.host, port=args.port, runtime=args.runtime,
                      max_upload_mb=args.max_upload_mb)
+    if args.command == "models":
+        from fashionlens import hub
+
+        entries = hub.released_models()
+        print(json.dumps([hub.describe(entry) for entry in entries], indent=2) if args.json
+              else hub.format_models(entries))
+        return 0
     if args.command == "report":
         from fashionlens.report import write_report
 

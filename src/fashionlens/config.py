@@ -136,6 +136,15 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """Per-label decision thresholds chosen on the validation split at the end of training."""
+
+    method: str = "f1"  # f1 | precision@P (e.g. precision@0.9) | none (one global threshold)
+    min_positives: int = 5  # fewer validation positives: the label keeps the global threshold
+    global_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class ClothingModelConfig:
     """The landmark-driven clothing network (Lee et al. 2020)."""
 
@@ -157,6 +166,7 @@ class StyleConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     task: str = "style"
 
 
@@ -174,6 +184,7 @@ class ClothingConfig:
     graph: GraphConfig = field(default_factory=lambda: GraphConfig(embedding_fallback="zero"))
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     task: str = "clothing"
 
 
@@ -344,6 +355,13 @@ def validate(config: TaskConfig) -> TaskConfig:
         raise ConfigError(f"recipe.freeze_epochs: must be 0 or more, got {recipe.freeze_epochs}")
     if recipe.learning_rate <= 0:
         raise ConfigError(f"recipe.lr: must be positive, got {recipe.lr}")
+    if config.calibration.method != "none":
+        from fashionlens.calibration import parse_method
+
+        try:
+            parse_method(config.calibration.method)
+        except ValueError as error:
+            raise ConfigError(f"calibration.method: {error}") from None
     if config.backbone.image_size < 16:
         raise ConfigError(f"backbone.image_size: must be at least 16 px, got {config.backbone.image_size}")
     return config

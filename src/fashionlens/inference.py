@@ -16,16 +16,12 @@ coordinates of the upright original photo.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import errno
 import glob
 import io
-import json
 import math
 import os
 import stat
-import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -61,9 +57,17 @@ class LabelScore:
     display_name: str
     score: float
     logit: float
+    #: The cut-off the label was decided with (its calibrated threshold, or the number asked for)
+    #: and the decision; None where no threshold applies (the category, or no threshold at all).
+    threshold: float | None = None
+    predicted: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "display_name": self.display_name, "score": self.score, "logit": self.logit}
+        out: dict[str, Any] = {"name": self.name, "display_name": self.display_name, "score": self.score,
+                               "logit": self.logit}
+        if self.threshold is not None:
+            out.update(threshold=self.threshold, predicted=bool(self.predicted))
+        return out
 
 
 @dataclass
@@ -90,9 +94,15 @@ class StylePrediction:
     height: int
     task: str = field(default="style", init=False)
 
+    @property
+    def predicted(self) -> list[LabelScore]:
+        """The labels above their thresholds (calibrated per label, or the number asked for)."""
+        return [label for label in self.labels if label.predicted]
+
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
-                "labels": [label.to_dict() for label in self.labels]}
+                "labels": [label.to_dict() for label in self.labels],
+                "predicted": [label.name for label in self.predicted]}
 
 
 @dataclass
@@ -264,28 +274,46 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _ranked(names: Sequence[str], display: Sequence[str], scores: np.ndarray, logits: np.ndarray,
-            indices: Iterable[int], top_k: int | None, threshold: float | None) -> list[LabelScore]:
+            indices: Iterable[int], top_k: int | None, threshold: float | str | None,
+            per_label: Sequence[float] | None = None) -> list[LabelScore]:
+    """Labels by score. A number ``threshold`` keeps those at or above it; ``"auto"`` keeps all and marks
+    each with its calibrated threshold (``per_label``; nothing marked without one); ``top_k`` trims."""
     indices = sorted(indices, key=lambda i: (-float(scores[i]), i))
-    if threshold is not None:
-        indices = [i for i in indices if float(scores[i]) >= threshold]
+    if threshold is not None and threshold != "auto":
+        indices = [i for i in indices if float(scores[i]) >= float(threshold)]
     if top_k is not None:
         indices = indices[:max(0, int(top_k))]
-    return [LabelScore(names[i], display[i], float(scores[i]), float(logits[i])) for i in indices]
+    out = []
+    for i in indices:
+        if threshold is None:
+            cut = None
+        elif threshold == "auto":
+            cut = float(per_label[i]) if per_label is not None else None
+        else:
+            cut = float(threshold)
+        out.append(LabelScore(names[i], display[i], float(scores[i]), float(logits[i]), cut,
+                              None if cut is None else float(scores[i]) >= cut))
+    return out
 
 
 class Predictor:
     """A loaded model that turns images into typed predictions. Build it with :func:`load`.
 
     Calling it with one image returns one prediction; with a list (or a 4-D tensor batch), a list.
-    ``top_k`` and ``threshold`` (a probability) trim the label lists; by default a style prediction
-    lists every label and a clothing prediction the top 5 categories and top 5 attributes per type.
-    Thread-safe: calls are serialised by a lock.
+    ``top_k`` trims the label lists; by default a style prediction lists every label and a clothing
+    prediction the top 5 categories and top 5 attributes per type. ``threshold="auto"`` (the
+    default) marks each label ``predicted`` against its own threshold, chosen on validation photos
+    at the end of training (``thresholds.json``; none in older directories); a number (a
+    probability) is one cut-off for all and drops the labels below it. Thread-safe: calls are
+    serialised by a lock.
     """
 
     def __init__(self, runtime: Callable[[torch.Tensor], dict[str, np.ndarray]], config: dict[str, Any],
                  labels: dict[str, Any], preprocessing: dict[str, Any], model_dir: Path | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, thresholds: Any = None):
         self.runtime = runtime
+        self.thresholds = thresholds  # fashionlens.calibration.Thresholds or None
+        self.per_label_thresholds = list(thresholds.values) if thresholds is not None else None
         self.config = dict(config)
         self.labels = dict(labels)
         self.preprocessing = dict(preprocessing)
@@ -340,7 +368,7 @@ class Predictor:
         return self._transform(image).as_subclass(torch.Tensor)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,
-                 threshold: float | None = None) -> Prediction | list[Prediction]:
+                 threshold: float | str | None = "auto") -> Prediction | list[Prediction]:
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
         items = [images] if single else list(images)
         loaded = [to_uint8_chw(item) for item in items]
@@ -348,32 +376,39 @@ class Predictor:
         return results[0] if single else results
 
     def predict_loaded(self, images: Sequence[torch.Tensor], sources: Sequence[str], top_k: int | None = None,
-                       threshold: float | None = None) -> list[Prediction]:
+                       threshold: float | str | None = "auto") -> list[Prediction]:
         """Predict upright uint8 ``(3, H, W)`` tensors (see :func:`to_uint8_chw`), in batches."""
         results: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             batch = torch.stack([self.preprocess(image) for image in chunk])
-            with self._lock:
-                outputs = self.runtime(batch)
-            for row, image in enumerate(chunk):
-                height, width = int(image.shape[-2]), int(image.shape[-1])
-                row_outputs = {key: value[row] for key, value in outputs.items()}
-                results.append(self._interpret(row_outputs, sources[start + row], width, height, top_k, threshold))
+            sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
+            results += self.predict_preprocessed(batch, sizes, sources[start:start + len(chunk)], top_k, threshold)
         return results
 
+    def predict_preprocessed(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
+                             top_k: int | None = None, threshold: float | str | None = "auto") -> list[Prediction]:
+        """Predict a batch already through :meth:`preprocess` (e.g. by DataLoader workers); ``sizes``
+        are the original (width, height), for the landmarks."""
+        with self._lock:
+            outputs = self.runtime(batch)
+        return [self._interpret({key: value[row] for key, value in outputs.items()}, sources[row], width, height,
+                                top_k, threshold) for row, (width, height) in enumerate(sizes)]
+
     def _interpret(self, outputs: dict[str, np.ndarray], source: str, width: int, height: int,
-                   top_k: int | None, threshold: float | None) -> Prediction:
+                   top_k: int | None, threshold: float | str | None) -> Prediction:
         if self.task == "style":
             logits = outputs["logits"]
             # A single-label model (trained with a softmax) reports probabilities that sum to 1.
             probabilities = _softmax(logits) if self.config.get("activation") == "softmax" else _sigmoid(logits)
             return StylePrediction(source, _ranked(self.label_names, self.display_names, probabilities, logits,
-                                                   range(len(logits)), top_k, threshold), width, height)
+                                                   range(len(logits)), top_k, threshold, self.per_label_thresholds),
+                                   width, height)
         k = 5 if top_k is None else top_k
         category_logits = outputs["category_logits"]
         names = self.category_names or [f"category_{i}" for i in range(len(category_logits))]
-        categories = _ranked(names, names, _softmax(category_logits), category_logits, range(len(names)), k, threshold)
+        numeric = None if threshold in (None, "auto") else threshold  # categories: a softmax, no calibration
+        categories = _ranked(names, names, _softmax(category_logits), category_logits, range(len(names)), k, numeric)
         attribute_logits = outputs["attribute_logits"]
         attribute_scores = _sigmoid(attribute_logits)
         types = self.attribute_types or ["attribute"] * len(self.label_names)
@@ -381,7 +416,8 @@ class Predictor:
         for index, kind in enumerate(types):
             by_type.setdefault(kind, []).append(index)
         attributes = {kind: _ranked(self.label_names, self.display_names, attribute_scores, attribute_logits,
-                                    indices, k, threshold) for kind, indices in by_type.items()}
+                                    indices, k, threshold, self.per_label_thresholds)
+                      for kind, indices in by_type.items()}
         landmarks: list[Landmark] = []
         if "heatmaps" in outputs:
             from fashionlens.heatmaps import decode_heatmaps
@@ -406,16 +442,18 @@ class Predictor:
 def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", batch_size: int = 16) -> Predictor:
     """Load a model directory as a :class:`Predictor` (``runtime`` ``"torch"`` or ``"onnx"``).
 
-    The ONNX runtime uses ``MODEL_DIR/model.onnx`` and exports it first when it is missing or
-    older than ``model.safetensors``.
+    ``model_dir`` may also be a released model's name (``fashionlens models`` lists them) or
+    ``hf://ORG/NAME``; see :func:`fashionlens.hub.resolve_model_dir`. The ONNX runtime uses
+    ``MODEL_DIR/model.onnx`` and exports it first when it is missing or older than ``model.safetensors``.
     """
-    from fashionlens.modeldir import _read_json, load_model_dir
+    from fashionlens.hub import resolve_model_dir
+    from fashionlens.modeldir import _read_json, load_model_dir, read_thresholds
 
-    model_dir = Path(model_dir)
+    model_dir = resolve_model_dir(model_dir)
     if runtime == "torch":
         bundle = load_model_dir(model_dir, map_location="cpu")
         return Predictor(_TorchRuntime(bundle.model, device), bundle.config, bundle.labels, bundle.preprocessing,
-                         model_dir, batch_size)
+                         model_dir, batch_size, thresholds=bundle.thresholds)
     if runtime == "onnx":
         if device != "cpu":
             raise FashionlensError(f"runtime='onnx' runs on the CPU only (device={device!r} was asked for)")
@@ -428,9 +466,10 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
         for name in ("config.json", "labels.json", "preprocessing.json"):
             if not (model_dir / name).is_file():
                 raise ModelDirError(f"{model_dir}: missing {name}")
-        return Predictor(_OnnxRuntime(onnx_path), _read_json(model_dir / "config.json"),
-                         _read_json(model_dir / "labels.json"), _read_json(model_dir / "preprocessing.json"),
-                         model_dir, batch_size)
+        labels = _read_json(model_dir / "labels.json")
+        return Predictor(_OnnxRuntime(onnx_path), _read_json(model_dir / "config.json"), labels,
+                         _read_json(model_dir / "preprocessing.json"), model_dir, batch_size,
+                         thresholds=read_thresholds(model_dir, list(labels["label_names"])))
     raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 
 
@@ -656,121 +695,3 @@ def collect_image_paths(patterns: Sequence[str | Path]) -> tuple[list[Path], lis
         skipped.append(SkippedInput(f"{first_path[key]}: predicted once; {len(paths)} other {leads}: {shown}",
                                     failed=False))
     return found, skipped
-
-
-def _text_block(result: Prediction) -> str:
-    lines = [result.source]
-    if isinstance(result, StylePrediction):
-        width = max((len(label.display_name) for label in result.labels), default=0)
-        lines += [f"  {label.display_name:<{width}}  {label.score:6.3f}" for label in result.labels]
-        if not result.labels:
-            lines.append("  (no label above the threshold)")
-        return "\n".join(lines)
-    lines.append("  category:")
-    lines += [f"    {label.display_name:<24} {label.score:6.3f}" for label in result.category_top_k]
-    for kind, labels in result.attributes_by_type.items():
-        lines.append(f"  {kind}: " + (", ".join(f"{label.display_name} {label.score:.2f}" for label in labels) or "-"))
-    if result.landmarks:
-        lines.append("  landmarks: " + ", ".join(
-            f"{lm.name} ({lm.x:.0f}, {lm.y:.0f}){'' if lm.visible else ' ?'}" for lm in result.landmarks))
-    return "\n".join(lines)
-
-
-def _csv_header(predictor: Predictor, top_k: int) -> list[str]:
-    if predictor.task == "style":
-        header = ["path"]
-        for rank in range(1, top_k + 1):
-            header += [f"label_{rank}", f"score_{rank}"]
-        return header
-    header = ["path"]
-    for rank in range(1, top_k + 1):
-        header += [f"category_{rank}", f"category_score_{rank}"]
-    types = list(dict.fromkeys(predictor.attribute_types or ["attribute"]))
-    header += [f"attributes_{kind}" for kind in types]
-    header += [f"{name}_{axis}" for name in predictor.landmark_names for axis in ("x", "y", "visible")]
-    return header
-
-
-def _csv_row(result: Prediction, header: list[str]) -> list[Any]:
-    row: dict[str, Any] = {"path": result.source}
-    if isinstance(result, StylePrediction):
-        for rank, label in enumerate(result.labels, start=1):
-            row[f"label_{rank}"], row[f"score_{rank}"] = label.name, f"{label.score:.6f}"
-    else:
-        for rank, label in enumerate(result.category_top_k, start=1):
-            row[f"category_{rank}"], row[f"category_score_{rank}"] = label.name, f"{label.score:.6f}"
-        for kind, labels in result.attributes_by_type.items():
-            row[f"attributes_{kind}"] = "; ".join(f"{label.name}:{label.score:.4f}" for label in labels)
-        for landmark in result.landmarks:
-            row[f"{landmark.name}_x"], row[f"{landmark.name}_y"] = f"{landmark.x:.1f}", f"{landmark.y:.1f}"
-            row[f"{landmark.name}_visible"] = int(landmark.visible)
-    return [row.get(column, "") for column in header]
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    """``fashionlens predict``: 0 when every image was predicted, 1 when some failed, 2 when none found."""
-    from tqdm import tqdm
-
-    paths, problems = collect_image_paths(args.paths)
-    for problem in problems:
-        print(f"fashionlens: {problem}", file=sys.stderr)
-    if not paths:
-        print("fashionlens: error: no images found (give image files, folders or globs; extensions: "
-              + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
-        return 2
-    top_k = getattr(args, "top_k", 5)
-    threshold = getattr(args, "threshold", None)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        print(f"fashionlens: error: --threshold is a probability in [0, 1], got {threshold}", file=sys.stderr)
-        return 2
-    batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
-    predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
-
-    csv_stream = None
-    writer = None
-    header: list[str] = []
-    if getattr(args, "csv", None):
-        csv_path = Path(args.csv)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        csv_stream = open(csv_path, "w", newline="", encoding="utf-8")
-        writer = csv.writer(csv_stream)
-        header = _csv_header(predictor, top_k)
-        writer.writerow(header)
-    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
-    failed = lost
-    done = 0
-    progress = tqdm(total=len(paths), unit="image", disable=len(paths) <= 4, file=sys.stderr, leave=False)
-    try:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            images, sources = [], []
-            for path in chunk:
-                try:
-                    image, _ = to_uint8_chw(path)
-                except FashionlensError as error:
-                    progress.write(f"fashionlens: skipped {error}", file=sys.stderr)
-                    failed += 1
-                    continue
-                images.append(image)
-                sources.append(str(path))
-            results = predictor.predict_loaded(images, sources, top_k=top_k, threshold=threshold) if images else []
-            for result in results:
-                done += 1
-                if writer is not None:
-                    writer.writerow(_csv_row(result, header))
-                if args.json:
-                    progress.write(json.dumps(result.to_dict(), ensure_ascii=False), file=sys.stdout)
-                elif writer is None:
-                    progress.write(_text_block(result), file=sys.stdout)
-            progress.update(len(chunk))
-    finally:
-        progress.close()
-        if csv_stream is not None:
-            csv_stream.close()
-    if writer is not None:
-        print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
-    if failed:
-        print(f"fashionlens: {failed} of {len(paths) + lost} inputs failed, {done} predicted",
-              file=sys.stderr)
-        return 1
-    return 0

@@ -42,6 +42,7 @@ class ModelBundle:
     graph: dict[str, Any] | None = None
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    thresholds: Any = None  # fashionlens.calibration.Thresholds, when the directory has thresholds.json
 
     @property
     def task(self) -> str:
@@ -90,7 +91,7 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def save_model_dir(path: Path, model: nn.Module, config: dict, labels: dict, preprocessing: dict,
-                   graph: dict | None = None) -> Path:
+                   graph: dict | None = None, thresholds: dict | None = None) -> Path:
     """Write a model directory that `load_model_dir` (and nothing else) can turn back into the model."""
     from safetensors.torch import save
 
@@ -104,7 +105,19 @@ def save_model_dir(path: Path, model: nn.Module, config: dict, labels: dict, pre
     atomic_write_json(path / "preprocessing.json", preprocessing)
     if graph is not None:
         atomic_write_json(path / "graph.json", graph)
+    if thresholds is not None:
+        atomic_write_json(path / "thresholds.json", thresholds)
     return path
+
+
+def read_thresholds(path: Path, label_names: list[str]):
+    """The per-label thresholds of a model directory (fashionlens.calibration.Thresholds), or None."""
+    from fashionlens.calibration import Thresholds
+
+    file = Path(path) / "thresholds.json"
+    if not file.is_file():
+        return None
+    return Thresholds.from_json(_read_json(file), list(label_names), where=str(file))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,11 +414,18 @@ def _check_finite(weights: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_model_dir(path: Path, map_location: str | torch.device = "cpu") -> ModelBundle:
-    """Load a model directory, checking every file; any problem is a ModelDirError naming the file."""
+    """Load a model directory, checking every file; any problem is a ModelDirError naming the file.
+
+    ``path`` may also be a released model's name or ``hf://ORG/NAME`` (fashionlens.hub resolves it);
+    a directory with a ``manifest.json`` (a release) is checked against it first.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from fashionlens.hub import resolve_model_dir, verify_manifest
+
+    path = resolve_model_dir(path)
+    verify_manifest(path)
     config, labels, preprocessing, graph = check_model_dir(path)
     weights = path / "model.safetensors"
     _check_inside(path, weights)
@@ -422,4 +442,5 @@ def load_model_dir(path: Path, map_location: str | torch.device = "cpu") -> Mode
         raise ModelDirError(f"{weights}: weights do not match config.json "
                             f"({str(error).splitlines()[0]}; {str(error)[:400]})") from error
     model.eval()
-    return ModelBundle(model=model, config=config, labels=labels, preprocessing=preprocessing, graph=graph, path=path)
+    return ModelBundle(model=model, config=config, labels=labels, preprocessing=preprocessing, graph=graph, path=path,
+                       thresholds=read_thresholds(path, list(labels["label_names"])))

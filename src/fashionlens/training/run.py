@@ -260,7 +260,20 @@ def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
 def save_built_model(path: Path, built: dict[str, Any]) -> Path:
     """The model directory of a built task (trained or not)."""
     return save_model_dir(path, _unwrap(built["task"].model), built["network"], built["labels"],
-                          built["preprocessing"], graph=built["graph"])
+                          built["preprocessing"], graph=built["graph"], thresholds=built.get("thresholds"))
+
+
+def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names: list[str]):
+    """Per-label thresholds on the final validation outputs (None with ``calibration.method: none``)."""
+    from fashionlens.calibration import choose_thresholds, sigmoid
+    from fashionlens.rundir import SCORES_KEY
+
+    settings = config.calibration
+    if settings.method == "none" or (config.task == "style" and config.recipe.loss == "softmax"):
+        return None
+    scores = outputs[SCORES_KEY[config.task]].numpy()
+    return choose_thresholds(sigmoid(scores), outputs["labels"].numpy(), outputs["mask"].numpy(), label_names,
+                             settings.method, settings.min_positives, settings.global_threshold)
 
 
 def run_training(config: TaskConfig) -> Path:
@@ -290,6 +303,9 @@ def run_training(config: TaskConfig) -> Path:
     if trainer.is_global_zero:
         outputs = collect_outputs(task, data.val_dataloader(), device=task.device, progress=False)
         metrics = task.metrics(outputs)
+        thresholds = calibrate(config, outputs, built["labels"]["label_names"])
+        if thresholds is not None:
+            built["thresholds"] = thresholds.to_json()
         save_built_model(run.model_dir, built)
         run.write_results(metrics, task.history, prediction_arrays(outputs, data.val_set))
     return run.path

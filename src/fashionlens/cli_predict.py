@@ -1,0 +1,385 @@
+"""`fashionlens predict`: catalogue-sized prediction (part of the CLI).
+
+Photos are decoded and preprocessed in DataLoader workers and predicted in batches. Output: text,
+JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out preds.parquet``: a folder of
+``part-RRR-NNNNN.parquet`` files, one row per photo). Parquet output is resumable: a rerun skips the
+photos already written, and each shard is written beside its final name and renamed, so a crash
+loses at most the shard being written. ``--devices N --num-nodes M`` runs it through Lightning,
+each rank predicting its own share of the photos and writing its own shards: no photo twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fashionlens.errors import FashionlensError
+from fashionlens.inference import (
+    ClothingPrediction,
+    Prediction,
+    Predictor,
+    StylePrediction,
+    collect_image_paths,
+    load,
+)
+from fashionlens.vocabulary import IMAGE_EXTENSIONS
+
+ROWS_PER_SHARD = 10_000
+
+
+# ------------------------------------------------------------------------------------------ the photos
+
+
+class _Preprocess:
+    """The model's eval transform, picklable for DataLoader workers."""
+
+    def __init__(self, preprocessing: dict[str, Any]):
+        self.preprocessing = dict(preprocessing)
+        self._transform = None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self._transform is None:
+            from fashionlens.modeldir import eval_transform
+
+            self._transform = eval_transform(self.preprocessing)
+        return self._transform(image).as_subclass(torch.Tensor)
+
+
+class PhotoDataset(Dataset):
+    """Photos decoded (the project's one decoder) and preprocessed; a bad file becomes an error row."""
+
+    def __init__(self, paths: Sequence[Path], preprocessing: dict[str, Any]):
+        self.paths = [str(path) for path in paths]
+        self.preprocess = _Preprocess(preprocessing)
+        self.size = int(preprocessing["image_size"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from fashionlens.inference import to_uint8_chw
+
+        path = self.paths[index]
+        try:
+            image, _ = to_uint8_chw(path)
+        except FashionlensError as error:
+            return {"image": torch.zeros(3, self.size, self.size), "width": 0, "height": 0, "path": path,
+                    "error": str(error)}
+        return {"image": self.preprocess(image), "width": int(image.shape[-1]), "height": int(image.shape[-2]),
+                "path": path, "error": ""}
+
+
+def loader(paths: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(PhotoDataset(paths, {"image_size": predictor.image_size,
+                                           "mean": predictor.mean.flatten().tolist(),
+                                           "std": predictor.std.flatten().tolist()}),
+                      batch_size=batch_size, num_workers=workers, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+def predict_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold) -> tuple[list, list[str]]:
+    """(predictions, errors) of one collated batch."""
+    good = [i for i, error in enumerate(batch["error"]) if not error]
+    errors = [error for error in batch["error"] if error]
+    if not good:
+        return [], errors
+    sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in good]
+    results = predictor.predict_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
+                                             top_k=top_k, threshold=threshold)
+    return results, errors
+
+
+# --------------------------------------------------------------------------------------- output rows
+
+
+def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
+    """One photo's Parquet row: flat columns for the common questions, JSON for the nested rest."""
+    row: dict[str, Any] = {"path": result.source, "model": model, "task": result.task,
+                           "width": result.width, "height": result.height}
+    if isinstance(result, StylePrediction):
+        row.update(labels=[label.name for label in result.labels], scores=[label.score for label in result.labels],
+                   predicted=[label.name for label in result.predicted], category=None, category_score=None,
+                   attributes=None, landmarks=None)
+    else:
+        top = result.category_top_k[0] if result.category_top_k else None
+        row.update(labels=[label.name for labels in result.attributes_by_type.values() for label in labels],
+                   scores=[label.score for labels in result.attributes_by_type.values() for label in labels],
+                   predicted=[label.name for labels in result.attributes_by_type.values() for label in labels
+                              if label.predicted],
+                   category=top.name if top else None, category_score=top.score if top else None,
+                   attributes=json.dumps({kind: [label.to_dict() for label in labels]
+                                          for kind, labels in result.attributes_by_type.items()}),
+                   landmarks=json.dumps([landmark.to_dict() for landmark in result.landmarks]))
+    return row
+
+
+class ShardWriter:
+    """Parquet shards of one rank, written whole: ``part-RRR-NNNNN.parquet`` via a temporary file."""
+
+    def __init__(self, folder: Path, rank: int = 0, rows_per_shard: int = ROWS_PER_SHARD):
+        self.folder = Path(folder)
+        self.rank = rank
+        self.rows_per_shard = rows_per_shard
+        self.rows: list[dict[str, Any]] = []
+        self.folder.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.stem.split("-")[2]) for p in self.folder.glob(f"part-{rank:03d}-*.parquet")]
+        self.next_index = max(taken, default=-1) + 1
+        self.written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from fashionlens.modeldir import atomic_write_bytes
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(self.rows), sink)
+        name = f"part-{self.rank:03d}-{self.next_index:05d}.parquet"
+        atomic_write_bytes(self.folder / name, sink.getvalue().to_pybytes())
+        self.next_index += 1
+        self.written += len(self.rows)
+        self.rows = []
+
+
+def already_written(folder: Path) -> set[str]:
+    """Paths of the photos in a Parquet output folder's complete shards (temporary files are ignored)."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for shard in sorted(Path(folder).glob("part-*.parquet")):
+        try:
+            done.update(pq.read_table(shard, columns=["path"]).column("path").to_pylist())
+        except Exception as error:  # noqa: BLE001 - an unreadable shard is redone, loudly
+            print(f"fashionlens: {shard} is unreadable ({type(error).__name__}); its photos are predicted again",
+                  file=sys.stderr)
+            shard.rename(shard.with_suffix(".parquet.bad"))
+    return done
+
+
+def text_block(result: Prediction) -> str:
+    lines = [result.source]
+    if isinstance(result, StylePrediction):
+        width = max((len(label.display_name) for label in result.labels), default=0)
+        for label in result.labels:
+            mark = "" if label.predicted is None else ("  *" if label.predicted else "")
+            lines.append(f"  {label.display_name:<{width}}  {label.score:6.3f}{mark}")
+        if not result.labels:
+            lines.append("  (no label above the threshold)")
+        if any(label.predicted is not None for label in result.labels):
+            lines.append("  (* above its calibrated threshold)")
+        return "\n".join(lines)
+    lines.append("  category:")
+    lines += [f"    {label.display_name:<24} {label.score:6.3f}" for label in result.category_top_k]
+    for kind, labels in result.attributes_by_type.items():
+        lines.append(f"  {kind}: " + (", ".join(f"{label.display_name} {label.score:.2f}"
+                                                 + ("*" if label.predicted else "") for label in labels) or "-"))
+    if result.landmarks:
+        lines.append("  landmarks: " + ", ".join(
+            f"{lm.name} ({lm.x:.0f}, {lm.y:.0f}){'' if lm.visible else ' ?'}" for lm in result.landmarks))
+    return "\n".join(lines)
+
+
+def csv_header(predictor: Predictor, top_k: int) -> list[str]:
+    if predictor.task == "style":
+        header = ["path"]
+        for rank in range(1, top_k + 1):
+            header += [f"label_{rank}", f"score_{rank}"]
+        return header + ["predicted"]
+    header = ["path"]
+    for rank in range(1, top_k + 1):
+        header += [f"category_{rank}", f"category_score_{rank}"]
+    types = list(dict.fromkeys(predictor.attribute_types or ["attribute"]))
+    header += [f"attributes_{kind}" for kind in types]
+    header += [f"{name}_{axis}" for name in predictor.landmark_names for axis in ("x", "y", "visible")]
+    return header
+
+
+def csv_row(result: Prediction, header: list[str]) -> list[Any]:
+    row: dict[str, Any] = {"path": result.source}
+    if isinstance(result, StylePrediction):
+        for rank, label in enumerate(result.labels, start=1):
+            row[f"label_{rank}"], row[f"score_{rank}"] = label.name, f"{label.score:.6f}"
+        row["predicted"] = "; ".join(label.name for label in result.predicted)
+    else:
+        assert isinstance(result, ClothingPrediction)
+        for rank, label in enumerate(result.category_top_k, start=1):
+            row[f"category_{rank}"], row[f"category_score_{rank}"] = label.name, f"{label.score:.6f}"
+        for kind, labels in result.attributes_by_type.items():
+            row[f"attributes_{kind}"] = "; ".join(f"{label.name}:{label.score:.4f}" for label in labels)
+        for landmark in result.landmarks:
+            row[f"{landmark.name}_x"], row[f"{landmark.name}_y"] = f"{landmark.x:.1f}", f"{landmark.y:.1f}"
+            row[f"{landmark.name}_visible"] = int(landmark.visible)
+    return [row.get(column, "") for column in header]
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _threshold(value: str | None):
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        raise FashionlensError(f"--threshold: expected auto or a probability in [0, 1], got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise FashionlensError(f"--threshold is a probability in [0, 1], got {value}")
+    return number
+
+
+def _distributed(args: argparse.Namespace) -> bool:
+    devices = str(getattr(args, "devices", "1"))
+    return (devices.isdigit() and int(devices) > 1) or int(getattr(args, "num_nodes", 1)) > 1
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``fashionlens predict``: 0 when every image was predicted, 1 when some failed, 2 when none found."""
+    from fashionlens.progress import progress_bar
+
+    paths, problems = collect_image_paths(args.paths)
+    for problem in problems:
+        print(f"fashionlens: {problem}", file=sys.stderr)
+    if not paths:
+        print("fashionlens: error: no images found (give image files, folders or globs; extensions: "
+              + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
+        return 2
+    try:
+        threshold = _threshold(getattr(args, "threshold", None))
+    except FashionlensError as error:
+        print(f"fashionlens: error: {error}", file=sys.stderr)
+        return 2
+    top_k = getattr(args, "top_k", 5)
+    batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        from fashionlens.training.data import default_workers
+
+        workers = default_workers()
+    out = getattr(args, "out", None)
+    if _distributed(args):
+        if out is None:
+            print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
+                  file=sys.stderr)
+            return 2
+        return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
+
+    predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
+    failed, done = lost, 0
+    todo = list(paths)
+    writer = None
+    if out is not None:
+        written = already_written(Path(out))
+        todo = [path for path in paths if str(path) not in written]
+        if len(todo) < len(paths):
+            print(f"fashionlens: {out}: {len(paths) - len(todo)} photos already predicted; {len(todo)} to go",
+                  file=sys.stderr)
+        writer = ShardWriter(Path(out))
+    csv_stream = csv_writer = None
+    header: list[str] = []
+    if getattr(args, "csv", None):
+        csv_path = Path(args.csv)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_stream = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        csv_writer = csv.writer(csv_stream)
+        header = csv_header(predictor, top_k)
+        csv_writer.writerow(header)
+    model_name = Path(args.model_dir).name
+    progress = progress_bar(total=len(todo), desc="predicting", unit="photo", disable=len(todo) <= 4)
+    try:
+        for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
+            results, errors = predict_batch(predictor, batch, top_k, threshold)
+            for error in errors:
+                print(f"fashionlens: skipped {error}", file=sys.stderr)
+            failed += len(errors)
+            for result in results:
+                done += 1
+                if writer is not None:
+                    writer.add(parquet_row(result, model_name))
+                if csv_writer is not None:
+                    csv_writer.writerow(csv_row(result, header))
+                if args.json:
+                    print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+                elif csv_writer is None and writer is None:
+                    print(text_block(result), flush=True)
+            progress.update(len(batch["path"]))
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.flush()
+        if csv_stream is not None:
+            csv_stream.close()
+    if csv_writer is not None:
+        print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
+    if writer is not None:
+        print(f"wrote {writer.written} rows to {out}", file=sys.stderr)
+    if failed:
+        print(f"fashionlens: {failed} of {len(paths) + lost} inputs failed, {done} predicted", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int, threshold, batch_size: int,
+                         workers: int) -> int:
+    """Each Lightning rank predicts paths[rank::world] and writes its own shards."""
+    import lightning as L
+
+    out = Path(args.out)
+    written = already_written(out) if out.is_dir() else set()
+    todo = [path for path in paths if str(path) not in written]
+
+    class _Photos(L.LightningDataModule):
+        def predict_dataloader(self):
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            predictor = load(args.model_dir, batch_size=batch_size)
+            return loader(todo[rank::world], predictor, batch_size, workers)
+
+    class _Writer(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # Lightning wants a module with parameters
+            self.predictor = None
+            self.writer = None
+            self.failed = 0
+
+        def on_predict_start(self) -> None:
+            self.predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+            self.writer = ShardWriter(out, rank=self.global_rank)
+
+        def predict_step(self, batch, batch_idx):
+            results, errors = predict_batch(self.predictor, batch, top_k, threshold)
+            for error in errors:
+                print(f"fashionlens: skipped {error}", file=sys.stderr)
+            self.failed += len(errors)
+            for result in results:
+                self.writer.add(parquet_row(result, Path(args.model_dir).name))
+
+        def on_predict_end(self) -> None:
+            self.writer.flush()
+            print(f"fashionlens: rank {self.global_rank}: wrote {self.writer.written} rows, {self.failed} failed",
+                  file=sys.stderr)
+
+    devices = str(getattr(args, "devices", "1"))
+    trainer = L.Trainer(accelerator=getattr(args, "accelerator", "auto"),
+                        devices=int(devices) if devices.isdigit() else devices,
+                        num_nodes=int(getattr(args, "num_nodes", 1)), strategy="ddp", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer.predict(_Writer(), datamodule=_Photos(), return_predictions=False)
+    if trainer.is_global_zero:
+        print(f"fashionlens: {out}: {len(already_written(out))} photos in all", file=sys.stderr)
+    return 0
