@@ -230,6 +230,16 @@ def csv_row(result: Prediction, header: list[str]) -> list[Any]:
 # ------------------------------------------------------------------------------------------ the command
 
 
+def _finite(result: Prediction) -> bool:
+    import math
+
+    if isinstance(result, StylePrediction):
+        labels = result.labels
+    else:
+        labels = result.category_top_k + [label for group in result.attributes_by_type.values() for label in group]
+    return all(math.isfinite(label.score) for label in labels)
+
+
 def _threshold(value: str | None):
     if value is None or value == "auto":
         return "auto"
@@ -308,6 +318,11 @@ def predict_command(args: argparse.Namespace) -> int:
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             failed += len(errors)
             for result in results:
+                if not _finite(result):
+                    print(f"fashionlens: skipped {result.source}: the model gave non-finite scores (NaN or inf); "
+                          f"its weights are broken", file=sys.stderr)
+                    failed += 1
+                    continue
                 done += 1
                 if writer is not None:
                     writer.add(parquet_row(result, model_name))

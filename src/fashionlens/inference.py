@@ -447,7 +447,7 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     ``MODEL_DIR/model.onnx`` and exports it first when it is missing or older than ``model.safetensors``.
     """
     from fashionlens.hub import resolve_model_dir
-    from fashionlens.modeldir import _read_json, load_model_dir, read_thresholds
+    from fashionlens.modeldir import check_model_dir, load_model_dir, read_thresholds
 
     model_dir = resolve_model_dir(model_dir)
     if runtime == "torch":
@@ -463,12 +463,9 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
                  and onnx_path.stat().st_mtime < weights.stat().st_mtime)
         if not onnx_path.is_file() or stale:
             export_onnx(model_dir, onnx_path)
-        for name in ("config.json", "labels.json", "preprocessing.json"):
-            if not (model_dir / name).is_file():
-                raise ModelDirError(f"{model_dir}: missing {name}")
-        labels = _read_json(model_dir / "labels.json")
-        return Predictor(_OnnxRuntime(onnx_path), _read_json(model_dir / "config.json"), labels,
-                         _read_json(model_dir / "preprocessing.json"), model_dir, batch_size,
+        # The same checks as the torch runtime's load (every file, and the files against each other).
+        config, labels, preprocessing, _ = check_model_dir(model_dir)
+        return Predictor(_OnnxRuntime(onnx_path), config, labels, preprocessing, model_dir, batch_size,
                          thresholds=read_thresholds(model_dir, list(labels["label_names"])))
     raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 

@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from fashionlens import images
 from fashionlens.errors import DataError
 from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
-from fashionlens.vocabulary import CUT_OFF, IMAGE_EXTENSIONS, LANDMARK_NAMES, NUM_LANDMARKS, OCCLUDED, VISIBLE
+from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
 
 
