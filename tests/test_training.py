@@ -226,3 +226,30 @@ def test_the_default_train_style_command_learns_on_real_photos(tmp_path: Path):
     chance = np.mean([multilabel_metrics(rng.normal(size=labels.shape), labels, mask)["mAP"] for _ in range(20)])
     learned = json.loads((out / "metrics.json").read_text())["mAP"]
     assert learned > chance + 10.0, (learned, chance)
+
+
+@pytest.mark.slow
+def test_training_on_street_and_catalogue_photos_at_once(tmp_path: Path, shared_data: Path):
+    """CCP street photos and Grigorev catalogue photos in one run: labels merged through the alias
+    file, what a dataset does not annotate masked for its photos, metrics per source."""
+    from fashionlens import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "style", "--data", str(shared_data / "clothing-co-parsing"),
+                     "--format", "clothing-co-parsing", "--data", str(shared_data / "clothing-dataset-small" / "train"),
+                     "--format", "folders", "--aliases", str(REPO / "configs" / "garment-aliases.yaml"),
+                     "--out", str(out), "--image-size", "64", "--epochs", "2", "--limit", "300",
+                     "--cache-features", "--drop-empty-labels", "--workers", "0"]) == 0
+    names = json.loads((out / "model" / "labels.json").read_text())["label_names"]
+    assert "outerwear" in names and not {"outwear", "coat", "jacket"} & set(names)
+    assert {"bag", "longsleeve", "skirt"} <= set(names)
+    predictions = np.load(out / "val_predictions.npz")
+    mask, paths = predictions["mask"], predictions["paths"]
+    catalogue = np.array(["clothing-dataset-small" in str(p) for p in paths])
+    assert catalogue.any() and (~catalogue).any()
+    assert (mask[catalogue, names.index("bag")] == 0).all()  # catalogue photos say nothing about bags
+    assert (mask[~catalogue, names.index("longsleeve")] == 0).all()  # CCP has no longsleeve tag
+    assert (mask[catalogue, names.index("skirt")] == 1).all()  # a catalogue class: known everywhere there
+    per_source = json.loads((out / "metrics.json").read_text())["per_source"]
+    assert len(per_source) == 2 and all(0.0 < m["mAP"] <= 100.0 for m in per_source.values())
+    assert sum(m["num_images"] for m in per_source.values()) == len(paths)

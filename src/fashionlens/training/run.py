@@ -263,6 +263,22 @@ def save_built_model(path: Path, built: dict[str, Any]) -> Path:
                           built["preprocessing"], graph=built["graph"], thresholds=built.get("thresholds"))
 
 
+def metrics_per_source(task: Task, outputs: dict[str, torch.Tensor], dataset) -> dict[str, dict[str, Any]]:
+    """With several datasets merged: the task's scalar metrics on each source's validation photos."""
+    source_of = getattr(dataset, "source_of", None)
+    if source_of is None or len(getattr(dataset, "sources", ())) < 2:
+        return {}
+    names = [source_of(int(i)) for i in outputs["index"]]
+    result = {}
+    for name in dict.fromkeys(names):
+        rows = torch.as_tensor([n == name for n in names])
+        part = task.metrics({key: value[rows] for key, value in outputs.items()})
+        result[name] = {key: value for key, value in part.items()
+                        if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        result[name]["num_images"] = int(rows.sum())
+    return result
+
+
 def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names: list[str]):
     """Per-label thresholds on the final validation outputs (None with ``calibration.method: none``)."""
     from fashionlens.calibration import choose_thresholds, sigmoid
@@ -303,6 +319,9 @@ def run_training(config: TaskConfig) -> Path:
     if trainer.is_global_zero:
         outputs = collect_outputs(task, data.val_dataloader(), device=task.device, progress=False)
         metrics = task.metrics(outputs)
+        per_source = metrics_per_source(task, outputs, data.val_full)
+        if per_source:
+            metrics["per_source"] = per_source
         thresholds = calibrate(config, outputs, built["labels"]["label_names"])
         if thresholds is not None:
             built["thresholds"] = thresholds.to_json()
