@@ -180,9 +180,11 @@ def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path
 
 
 def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):
-    with pytest.raises(ConfigError, match=r"data.sources\[0\].format: 'folders' cannot train `clothing`; "
-                                          r"expected one of deepfashion, clothing-attributes"):
+    with pytest.raises(ConfigError, match=r"data.sources: the clothing network needs a dataset with typed "
+                                          r"attributes \(deepfashion or clothing-attributes\)"):
         train_clothing(_clothing_config(tmp_path / "run", MINI, "folders", {}))
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].format: 'manifest' cannot train `clothing`"):
+        train_clothing(_clothing_config(tmp_path / "run", MINI, "manifest", {}))
 
 
 def test_glove_plus_onehot_label_inputs_keep_exclusive_labels_apart():
@@ -253,3 +255,27 @@ def test_training_on_street_and_catalogue_photos_at_once(tmp_path: Path, shared_
     per_source = json.loads((out / "metrics.json").read_text())["per_source"]
     assert len(per_source) == 2 and all(0.0 < m["mAP"] <= 100.0 for m in per_source.values())
     assert sum(m["num_images"] for m in per_source.values()) == len(paths)
+
+
+@pytest.mark.slow
+def test_the_clothing_network_learns_catalogue_categories_beside_attribute_photos(tmp_path: Path, shared_data: Path):
+    """Clothing Attribute photos (7 categories + 30 typed attributes) and Grigorev catalogue photos
+    (10 classes) in one clothing run: 13 categories after the aliases, 30 attributes, masks per source."""
+    from fashionlens import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "clothing", "--data", str(MINI), "--format", "clothing-attributes",
+                     "--data", str(shared_data / "clothing-dataset-small" / "train"), "--format", "folders",
+                     "--aliases", str(REPO / "configs" / "garment-aliases.yaml"), "--out", str(out),
+                     "--image-size", "64", "--epochs", "1", "--limit", "64", "--landmarks", "none",
+                     "--workers", "0"]) == 0
+    bundle = load_model_dir(out / "model")
+    categories = bundle.labels["category_names"]
+    assert len(categories) == 13 and {"outerwear", "pants", "shoes", "skirt", "hat"} <= set(categories)
+    assert len(bundle.label_names) == 30 and len(bundle.labels["attribute_types"]) == 30
+    per_source = json.loads((out / "metrics.json").read_text())["per_source"]
+    assert len(per_source) == 2
+    predictions = np.load(out / "val_predictions.npz")
+    catalogue = np.array(["clothing-dataset-small" in str(p) for p in predictions["paths"]])
+    assert (predictions["mask"][catalogue] == 0).all()  # catalogue photos have no attribute annotations
+    assert (predictions["category"][catalogue] >= 0).all()

@@ -339,13 +339,16 @@ def validate(config: TaskConfig) -> TaskConfig:
         raise ConfigError("out: a run directory is needed (--out RUN_DIR)")
     if not config.data.sources:
         raise ConfigError("data.sources: no dataset given (--data PATH --format FORMAT)")
-    from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS
+    from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS, TYPED_ATTRIBUTE_FORMATS
 
     formats = STYLE_FORMATS if config.task == "style" else CLOTHING_FORMATS
     for index, source in enumerate(config.data.sources):
         if source.format not in formats:
             raise ConfigError(f"data.sources[{index}].format: {source.format!r} cannot train `{config.task}`; "
                               f"expected one of {', '.join(formats)}")
+    if config.task == "clothing" and not any(s.format in TYPED_ATTRIBUTE_FORMATS for s in config.data.sources):
+        raise ConfigError("data.sources: the clothing network needs a dataset with typed attributes ("
+                          + " or ".join(TYPED_ATTRIBUTE_FORMATS) + "); class folders only name categories")
     if not 0.0 < config.data.val_split < 1.0:
         raise ConfigError(f"data.val_split: must be between 0 and 1, got {config.data.val_split}")
     recipe = config.recipe

@@ -32,4 +32,7 @@ ATTRIBUTE_TYPE_IDS: dict[int, str] = {index + 1: name for index, name in enumera
 FORMATS: tuple[str, ...] = ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders",
                             "clothing-co-parsing")
 STYLE_FORMATS: tuple[str, ...] = tuple(name for name in FORMATS if name != "deepfashion")
-CLOTHING_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes")
+#: The clothing network trains on typed attributes (the first two); class folders may join them as
+#: photos that only name a category.
+CLOTHING_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes", "folders")
+TYPED_ATTRIBUTE_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes")

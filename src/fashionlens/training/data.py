@@ -41,8 +41,13 @@ def label_matrix(dataset, indices=None) -> tuple[np.ndarray, np.ndarray]:
     return labels, mask
 
 
-def open_sources(data: DataConfig, transform, label_names=None, split: str | None = None):
-    """The dataset of ``data.sources``: one reader, or several merged by label name."""
+def open_sources(data: DataConfig, transform, label_names=None, split: str | None = None,
+                 source_vocabulary: dict[str, list[str]] | None = None):
+    """The dataset of ``data.sources``: one reader, or several merged by label name.
+
+    ``label_names`` force the vocabulary of a single source; ``source_vocabulary`` (format -> names)
+    forces it for the sources of that format when several are merged.
+    """
     from fashionlens.data import open_dataset
 
     if len(data.sources) == 1:
@@ -53,7 +58,9 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
 
     aliases = load_aliases(data.aliases) if data.aliases else None
     parts = [open_dataset(s.path, s.format, split=split if s.format == "deepfashion" else None,
-                          skip_bad=data.skip_bad, transform=transform) for s in data.sources]
+                          skip_bad=data.skip_bad, transform=transform,
+                          label_names=source_vocabulary.get(s.format) if source_vocabulary else None)
+             for s in data.sources]
     merged = merge_datasets(parts, aliases=aliases)
     if label_names is not None:
         missing = [name for name in label_names if name not in merged.label_names]
@@ -160,7 +167,10 @@ class TrainingData(L.LightningDataModule):
                 )
 
                 vocabulary = list(CLOTHING_ATTRIBUTE_NAMES)
-            self.train_full = open_sources(data, self.train_transform, label_names=vocabulary)
+            open_kw: dict[str, Any] = {}
+            if len(data.sources) > 1 and vocabulary is not None:
+                open_kw, vocabulary = {"source_vocabulary": {"clothing-attributes": vocabulary}}, None
+            self.train_full = open_sources(data, self.train_transform, label_names=vocabulary, **open_kw)
             if data.val is not None:
                 from fashionlens.config import DataSource
 
@@ -169,7 +179,7 @@ class TrainingData(L.LightningDataModule):
                 self.train_idx = list(range(len(self.train_full)))
                 self.val_idx = list(range(len(self.val_full)))
             else:
-                self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary)
+                self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary, **open_kw)
                 count = len(self.train_full)
                 if config.task == "style" and data.limit and data.limit < count:
                     # A seeded random subset: the first N rows of a class-folder dataset are one class.
@@ -181,27 +191,45 @@ class TrainingData(L.LightningDataModule):
                     self.train_idx, self.val_idx = split_indices(count, data.val_split, seed)
             # The training photos under the eval transform: what the feature cache reads.
             self.train_eval = self.val_full if data.val is None else open_sources(
-                data, self.eval_transform, label_names=vocabulary)
+                data, self.eval_transform, label_names=vocabulary, **open_kw)
         if config.task == "clothing" and data.limit:
             self.train_idx = self.train_idx[: data.limit]
         self.columns = list(range(len(self.train_full.label_names)))
+        self._types = list(getattr(self.train_full, "attribute_types", None) or [])
+        if config.task == "clothing" and not self._types and hasattr(self.train_full, "datasets"):
+            # Merged sources: the attributes are the typed labels (the others name categories).
+            self.columns, self._types = typed_columns(self.train_full)
         self.train_set: Any = ColumnSubset(self.train_full, self.train_idx, self.columns)
         self.val_set: Any = ColumnSubset(self.val_full, self.val_idx, self.columns)
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.train_full.label_names)
+        """The names of the label columns trained on (model order)."""
+        return [self.train_full.label_names[c] for c in self.columns]
+
+    @property
+    def attribute_types(self) -> list[str]:
+        return list(self._types)
+
+    @property
+    def category_names(self) -> list[str]:
+        return list(getattr(self.train_full, "category_names", None) or [])
 
     def display_name(self, column: int) -> str:
+        """The display name of label ``column`` (an index into :attr:`label_names`)."""
         names = getattr(self.train_full, "display_names", None)
-        return names[column] if names else self.train_full.label_names[column]
+        source = self.columns[column]
+        return names[source] if names else self.train_full.label_names[source]
 
     def train_label_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        return label_matrix(self.train_full, self.train_idx)
+        labels, mask = label_matrix(self.train_full, self.train_idx)
+        return labels[:, self.columns], mask[:, self.columns]
 
-    def keep_columns(self, columns: list[int]) -> None:
-        """Train and validate on these label columns only (labels left out of the model)."""
-        self.columns = list(columns)
+    def keep_columns(self, kept: list[int]) -> None:
+        """Train and validate on these of :attr:`label_names` only (labels left out of the model)."""
+        self.columns = [self.columns[k] for k in kept]
+        if self._types:
+            self._types = [self._types[k] for k in kept]
         self.train_set = ColumnSubset(self.train_full, self.train_idx, self.columns)
         self.val_set = ColumnSubset(self.val_full, self.val_idx, self.columns)
 
@@ -230,6 +258,21 @@ class TrainingData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+def typed_columns(merged) -> tuple[list[int], list[str]]:
+    """The columns of a merged dataset whose label has an attribute type in some source, and the types."""
+    from fashionlens.data.merge import normalise_name
+
+    types: dict[str, str] = {}
+    for part in merged.datasets:
+        for name, kind in zip(part.label_names, getattr(part, "attribute_types", None) or []):
+            types.setdefault(normalise_name(name), kind)
+    columns = [i for i, name in enumerate(merged.label_names) if normalise_name(name) in types]
+    if not columns:
+        raise ConfigError("data.sources: none of the datasets has typed attributes (clothing-attributes or "
+                          "deepfashion): the clothing network needs some")
+    return columns, [types[normalise_name(merged.label_names[i])] for i in columns]
 
 
 def sample_path(dataset, index: int) -> str:

@@ -103,8 +103,8 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
     )
 
     base = data.train_full
-    attribute_names, attribute_types = list(base.label_names), list(base.attribute_types)
-    category_names = list(base.category_names)
+    attribute_names, attribute_types = data.label_names, data.attribute_types
+    category_names = data.category_names
     train_labels, train_mask = data.train_label_matrix()
     network = {"task": "clothing", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
                "stage": config.model.stage, "landmarks": config.model.landmarks, "attr_head": config.head.kind,
@@ -117,7 +117,8 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
         # The attribute outputs are fixed (all attributes): an attribute without training positives
         # keeps its classifier, as a graph node without edges.
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
-            train_labels, train_mask, attribute_names, words_for_labels(base), config.graph, on_empty="isolate")
+            train_labels, train_mask, attribute_names, [words_for_labels(base)[c] for c in data.columns],
+            config.graph, on_empty="isolate")
         graph_json = json.loads(graph.to_json())
         network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
@@ -127,7 +128,8 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
                         attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
                         heatmap_sigma=config.model.heatmap_sigma, recipe=config.recipe,
                         channels_last=config.backbone.channels_last)
-    labels_json = {"label_names": attribute_names, "display_names": list(base.display_names),
+    labels_json = {"label_names": attribute_names,
+                   "display_names": [data.display_name(i) for i in range(len(attribute_names))],
                    "attribute_types": attribute_types, "category_names": category_names,
                    "landmark_names": list(LANDMARK_NAMES)}
     # The network's own config: every key, defaults included, so a later default cannot change it.

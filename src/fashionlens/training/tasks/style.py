@@ -130,7 +130,8 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     kept = list(range(len(label_names)))
     if config.head.kind == "mlgcn":
         embeddings, adjacency, graph, kept = build_label_graph_inputs(
-            train_labels, train_mask, label_names, words_for_labels(data.train_full), config.graph,
+            train_labels, train_mask, label_names, [words_for_labels(data.train_full)[c] for c in data.columns],
+            config.graph,
             on_empty="drop" if config.data.drop_empty_labels else "error")
         graph_json = json.loads(graph.to_json())
         network.update(graph_record(config.graph), embedding_dim=int(embeddings.shape[1]))
@@ -141,7 +142,7 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     task = StyleTask(model, kept_names, loss=config.recipe.loss, recipe=config.recipe,
                      channels_last=config.backbone.channels_last)
     words = words_for_labels(data.train_full)
-    labels_json = {"label_names": kept_names, "display_names": [data.display_name(i) for i in kept],
-                   "words": [words[i] for i in kept]}
+    labels_json = {"label_names": kept_names, "display_names": [data.display_name(k) for k in range(len(kept))],
+                   "words": [words[data.columns[k]] for k in range(len(kept))]}
     return {"task": task, "network": network, "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square"}}
