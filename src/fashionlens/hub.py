@@ -1,0 +1,512 @@
+"""Released models by name: where a name resolves from, the user cache, the Hugging Face Hub, and the
+integrity manifest a release writes.
+
+``fashionlens.load(NAME)`` and every command that takes a model directory resolve ``NAME`` in this
+order (the first that answers wins):
+
+1. an existing path: a model directory of your own;
+2. the models inside the installed package (``fashionlens/released/``: package data of the wheel;
+   in a clone, a link to ``models/``), by their short name or their folder name;
+3. the user cache (``$FASHIONLENS_CACHE``, else ``~/.cache/fashionlens/models``): model directories
+   copied in (by folder name or card name), and Hub snapshots laid out as huggingface_hub writes them
+   (``models--ORG--NAME/snapshots/REV/``, ``refs/main``);
+4. the Hugging Face Hub: ``hf://ORG/NAME`` (or ``hf://ORG/NAME@REVISION``), or any name in the org
+   ``$FASHIONLENS_HUB_ORG``, through ``huggingface_hub.snapshot_download`` into the same cache.
+   ``HF_HUB_OFFLINE=1`` uses the cache only; without a network the cached snapshot is used.
+
+A released model directory holds two more files than ``save_model_dir`` writes: ``card.json`` (its
+name, task, outputs and held-out figures, read from the model card README.md at release) and
+``manifest.json`` (SHA-256 and size of every file loading reads), both written by
+``scripts/release_model.py``. ``load_model_dir`` checks the manifest where there is one; a directory
+without one (your own runs) loads as before.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fashionlens.errors import ModelDirError
+
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "card.json"
+MANIFEST_VERSION = 1
+CARD_VERSION = 1
+# What a manifest covers: every file loading reads (the JSON files and the weights), so that a file
+# added after release is noticed too. Documentation (README.md, heldout_images.txt) is left out, so
+# that a wording fix in a model card does not stop the model loading; model.onnx is the cache that
+# load(runtime="onnx") writes next to the weights.
+COVERED_SUFFIXES = (".json", ".safetensors")
+# What a Hub download fetches: a model directory's files, not whatever else a repository holds.
+HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.txt"]
+HUB_ORG_VARIABLE = "FASHIONLENS_HUB_ORG"
+CACHE_VARIABLE = "FASHIONLENS_CACHE"
+# Hub snapshots link their files to ../../blobs/; a model directory must hold its own files (see
+# modeldir._check_inside), so a snapshot is loaded from a folder of hard links (or copies) here.
+LINKED_SNAPSHOTS = ".snapshots"
+# The held-out figures `fashionlens models` shows when a card has them (else its first three).
+HEADLINE_METRICS = ("mAP", "CF1", "OF1", "category top-1", "attr mAP")
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+HUB_REFERENCE = re.compile(r"hf:/{1,2}(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A model that answers to a name: in the installed package, the user cache or the Hub cache."""
+
+    name: str
+    aliases: tuple[str, ...]
+    path: Path
+    source: str  # "package", "cache" or "hub"
+    card: dict[str, Any] | None = None
+    problem: str | None = None  # why its card could not be read (the row says so; the folder name still resolves)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where models are.
+
+def package_models_dir() -> Path:
+    """The released models inside the installed package (a link to the clone's models/ in a checkout)."""
+    return Path(__file__).resolve().parent / "released"
+
+
+def cache_dir() -> Path:
+    """The user cache: ``$FASHIONLENS_CACHE``, else ``$XDG_CACHE_HOME/fashionlens/models`` (``~/.cache``)."""
+    configured = os.environ.get(CACHE_VARIABLE)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fashionlens" / "models"
+
+
+def hub_offline() -> bool:
+    """huggingface_hub's ``HF_HUB_OFFLINE``, read now (the library reads it once, when imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _model_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(folder for folder in root.iterdir()
+                  if not folder.name.startswith((".", "models--")) and (folder / "config.json").is_file())
+
+
+def _hub_snapshots(root: Path) -> list[tuple[str, Path]]:
+    """(``hf://ORG/NAME``, snapshot folder) for each Hub repository in the cache with a ``main`` ref."""
+    found = []
+    for repo in sorted(root.glob("models--*--*")) if root.is_dir() else []:
+        parts = repo.name.split("--")
+        ref = repo / "refs" / "main"
+        if len(parts) != 3 or not ref.is_file():
+            continue
+        snapshot = repo / "snapshots" / ref.read_text(encoding="utf-8").strip()
+        if (snapshot / "config.json").is_file():
+            found.append((f"hf://{parts[1]}/{parts[2]}", snapshot))
+    return found
+
+
+def _entry(path: Path, source: str, name: str) -> ReleasedModel:
+    """A model folder as a ReleasedModel: its card's name first, the folder name (or hf:// name) an alias."""
+    try:
+        card = read_card(path)
+    except ModelDirError as error:
+        return ReleasedModel(name, (), path, source, None, str(error))
+    if card is None:
+        return ReleasedModel(name, (), path, source)
+    names = [card["name"], *card["aliases"], name]
+    unique = tuple(dict.fromkeys(names))
+    return ReleasedModel(unique[0], unique[1:], path, source, card)
+
+
+def released_models() -> list[ReleasedModel]:
+    """Every model that answers to a name, in resolution order: the package's, the cache's, the Hub cache's."""
+    entries = [_entry(folder, "package", folder.name) for folder in _model_folders(package_models_dir())]
+    cache = cache_dir()
+    entries += [_entry(folder, "cache", folder.name) for folder in _model_folders(cache)]
+    for reference, snapshot in _hub_snapshots(cache):
+        try:
+            entries.append(_entry(_linked_snapshot(snapshot), "hub", reference))
+        except (ModelDirError, OSError) as error:
+            entries.append(ReleasedModel(reference, (), snapshot, "hub", None, str(error)))
+    return entries
+
+
+def _is_name(text: str) -> bool:
+    return bool(NAME.fullmatch(text))
+
+
+def _unknown(text: str) -> ModelDirError:
+    entries = [entry for entry in released_models() if entry.problem is None]
+    known = [entry.name + (f" (or {', '.join(entry.aliases)})" if entry.aliases else "") for entry in entries]
+    canonical = {name: entry.name for entry in entries for name in entry.names}
+    # A path's last part too: `models/clothing-attributes-lite0` typed outside the clone.
+    close = difflib.get_close_matches(Path(text).name, list(canonical), n=1, cutoff=0.6)
+    what = f"{text!r} is neither a model directory nor a released model's name" if _is_name(text) else \
+        f"{text}: no such model directory"
+    hint = f" Did you mean {canonical[close[0]]!r}?" if close else ""
+    return ModelDirError(f"{what}.{hint} Known names: {'; '.join(known) or 'none'}. Also: hf://ORG/NAME for a "
+                         f"Hugging Face Hub model (downloaded into {cache_dir()}); `fashionlens models` lists them.")
+
+
+def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
+    """The model directory a path or a name stands for (see the module docstring for the order).
+
+    Raises ModelDirError for a name nothing answers to; its message lists the known names.
+    """
+    text = os.fspath(model)
+    reference = HUB_REFERENCE.fullmatch(text)  # argparse's Path turns hf://org/name into hf:/org/name
+    if reference:
+        return download(reference["repo"], reference["revision"])
+    if text.startswith("hf:"):
+        raise ModelDirError(f"{text!r}: a Hugging Face Hub model is hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    path = Path(text).expanduser()
+    if path.exists() or path.is_symlink():
+        return path
+    if _is_name(text):
+        for entry in released_models():
+            if text in entry.names:
+                return entry.path
+        org = os.environ.get(HUB_ORG_VARIABLE)
+        if org:
+            return download(f"{org}/{text}")
+    raise _unknown(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Hugging Face Hub.
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """A Hub repository's model directory, through ``snapshot_download`` into the user cache."""
+    reference = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise ModelDirError(f"{reference}: Hub models need huggingface_hub (pip install huggingface_hub)") from error
+    from fashionlens import __version__
+
+    offline = hub_offline()
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(), local_files_only=offline,
+                                     allow_patterns=HUB_FILES, library_name="fashionlens",
+                                     library_version=__version__)
+    except (OSError, ValueError) as error:  # huggingface_hub's: not found, gated, no network and not cached
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = (f"not in the cache {cache_dir()} and HF_HUB_OFFLINE=1 (unset it to download)" if offline
+                 else f"cannot download it into {cache_dir()} ({type(error).__name__}: {reason})")
+        raise ModelDirError(f"{reference}: {where}") from error
+    return _linked_snapshot(Path(snapshot))
+
+
+def _linked_snapshot(snapshot: Path) -> Path:
+    """The snapshot's files in a folder of their own: hard links to its blobs (copies across file systems).
+
+    A snapshot folder holds symbolic links into ``../../blobs/``, which a model directory refuses;
+    a snapshot of real files (huggingface_hub on Windows without symbolic links) is used as it is.
+    """
+    entries = sorted(item for item in snapshot.iterdir() if not item.is_dir())
+    if not any(item.is_symlink() for item in entries):
+        return snapshot
+    repo = snapshot.parents[1]
+    target = cache_dir() / LINKED_SNAPSHOTS / repo.name / snapshot.name
+    if target.is_dir() and sorted(item.name for item in target.iterdir()) == [item.name for item in entries]:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}.", dir=target.parent))
+    try:
+        for item in entries:
+            real = item.resolve(strict=True)
+            if repo.resolve() not in real.parents:
+                raise ModelDirError(f"{item}: a link to {real}, outside the Hub cache folder {repo}")
+            try:
+                os.link(real, staging / item.name)
+            except OSError:
+                shutil.copy2(real, staging / item.name)
+        if target.exists():
+            shutil.rmtree(target)  # built from an older download of the same revision
+        os.replace(staging, target)
+    except FileNotFoundError as error:  # a dangling link: the blob was deleted
+        raise ModelDirError(f"{snapshot}: a file of the snapshot is missing from the Hub cache ({error.filename}); "
+                            f"download it again") from error
+    except OSError:
+        if not target.is_dir():  # another process may have built the same folder meanwhile
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------------------
+# The integrity manifest.
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read 1 MiB at a time (a model's weights need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _covered(directory: Path) -> list[str]:
+    return sorted(item.name for item in Path(directory).iterdir()
+                  if item.suffix in COVERED_SUFFIXES and item.name != MANIFEST_FILE and not item.name.startswith("."))
+
+
+def write_manifest(directory: str | os.PathLike[str]) -> Path:
+    """Write ``manifest.json``: the SHA-256 and size of every JSON and weights file of the directory."""
+    from fashionlens.modeldir import atomic_write_json
+
+    directory = Path(directory)
+    files = {name: {"sha256": file_sha256(directory / name), "size": (directory / name).stat().st_size}
+             for name in _covered(directory)}
+    path = directory / MANIFEST_FILE
+    atomic_write_json(path, {"manifest_version": MANIFEST_VERSION, "algorithm": "sha256", "files": files})
+    return path
+
+
+def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
+    from fashionlens.modeldir import _is_int, _read_json, _refuse
+
+    manifest = _read_json(path)
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise _refuse(path, "manifest_version", f"{MANIFEST_VERSION} (a newer fashionlens may read others)",
+                      manifest.get("manifest_version"))
+    if manifest.get("algorithm") != "sha256":
+        raise _refuse(path, "algorithm", "'sha256'", manifest.get("algorithm"))
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise _refuse(path, "files", "an object of file name: {sha256, size}", files)
+    for name, entry in files.items():
+        if "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("."):
+            raise ModelDirError(f"{path}: 'files': {name[:60]!r} is not a plain file name of the model directory")
+        if not isinstance(entry, dict) or not SHA256.fullmatch(str(entry.get("sha256"))) \
+                or not _is_int(entry.get("size")) or entry["size"] < 0:
+            raise _refuse(path, f"files.{name}", "{\"sha256\": 64 lowercase hex digits, \"size\": bytes}", entry)
+    return files
+
+
+def verify_manifest(directory: str | os.PathLike[str]) -> None:
+    """Check a model directory against its ``manifest.json``; nothing to check without one.
+
+    Raises ModelDirError naming the file that is missing, changed, or not in the manifest.
+    """
+    from fashionlens.modeldir import _check_inside
+
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not (path.exists() or path.is_symlink()):
+        return
+    again = ("copy or download the model again; if you changed it on purpose, delete manifest.json "
+             "(a directory without one is not checked)")
+    files = _manifest_files(path)
+    for name, expected in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise ModelDirError(f"{file}: missing; {path} lists it ({expected['size']} bytes): {again}")
+        _check_inside(directory, file)
+        size = file.stat().st_size
+        if size != expected["size"]:
+            raise ModelDirError(f"{file}: {size} bytes where {path} says {expected['size']}: the file changed "
+                                f"since release (a truncated download, or an edit); {again}")
+        digest = file_sha256(file)
+        if digest != expected["sha256"]:
+            raise ModelDirError(f"{file}: SHA-256 {digest[:16]}... where {path} says {expected['sha256'][:16]}...: "
+                                f"the file changed since release; {again}")
+    unlisted = [name for name in _covered(directory) if name not in files]
+    if unlisted:
+        raise ModelDirError(f"{directory / unlisted[0]}: not in {path}, which lists every file loading reads: added "
+                            f"after release (remove it; or, releasing, rerun scripts/release_model.py)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Model cards: card.json, written at release from the model's README.md and config.json.
+
+def model_outputs(config: dict[str, Any]) -> dict[str, int]:
+    """What a model predicts, counted: ``{"labels": 37}`` or ``{"categories": 7, "attributes": 30, ...}``."""
+    if config.get("task") == "style":
+        return {"labels": int(config["num_labels"])}
+    outputs = {"categories": int(config["num_categories"]), "attributes": int(config["num_attributes"])}
+    if config.get("landmarks", "glem") != "none":
+        outputs["landmarks"] = int(config.get("num_landmarks", 8))
+    return outputs
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def heldout_figures(readme: str | os.PathLike[str]) -> dict[str, Any]:
+    """The held-out figures of a model card: the first Markdown table under a heading that says
+    "Metrics", e.g. ``## Metrics (297 held-out photos, percent)``, as ``{"images": 297, "metrics": {...}}``."""
+    readme = Path(readme)
+    try:
+        lines = readme.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelDirError(f"{readme}: cannot read the model card ({error})") from error
+    start = next((number for number, line in enumerate(lines)
+                  if re.match(r"#{1,6}\s.*\bmetrics\b", line, re.IGNORECASE)), None)
+    if start is None:
+        raise ModelDirError(f"{readme}: no heading with 'Metrics' in it (expected e.g. '## Metrics (297 held-out "
+                            f"photos, percent)' above a table of the held-out figures)")
+    count = re.search(r"(\d[\d,]*)\s+held-out", lines[start])
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        if line.lstrip().startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    if len(table) < 3 or not set(table[1].replace("|", "").strip()) <= set("-: "):
+        raise ModelDirError(f"{readme}:{start + 1}: expected a Markdown table (header, |---| line, one row of "
+                            f"numbers) under '{lines[start].strip()}'")
+    header, values = _cells(table[0]), _cells(table[2])
+    row = lines.index(table[2], start) + 1
+    if len(header) != len(values):
+        raise ModelDirError(f"{readme}:{row}: {len(values)} values under {len(header)} column names")
+    metrics = {}
+    for name, value in zip(header, values):
+        try:
+            number = float(value.rstrip("%").strip())
+        except ValueError:
+            raise ModelDirError(f"{readme}:{row}: column {name!r}: expected a number, found {value!r}") from None
+        if not math.isfinite(number):
+            raise ModelDirError(f"{readme}:{row}: column {name!r}: expected a finite number, found {value!r}")
+        metrics[name] = number
+    return {"images": int(count.group(1).replace(",", "")) if count else None, "metrics": metrics}
+
+
+def card_for_release(directory: str | os.PathLike[str], name: str, summary: str = "",
+                     aliases: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The card.json a release writes: ``name``, the folder name as an alias, the task and outputs
+    (config.json), and the held-out figures of the model card (README.md)."""
+    from fashionlens.modeldir import _read_json
+
+    directory = Path(directory)
+    if not _is_name(name):
+        raise ModelDirError(f"{name!r}: a model name is lowercase letters, digits, '.', '_' and '-', starting with a "
+                            f"letter or digit")
+    config = _read_json(directory / "config.json")
+    figures = heldout_figures(directory / "README.md")
+    headline = [key for key in figures["metrics"] if key in HEADLINE_METRICS] or list(figures["metrics"])[:3]
+    folder = directory.resolve().name
+    aliases = tuple(dict.fromkeys(alias for alias in (*aliases, folder) if alias != name))
+    return {"card_version": CARD_VERSION, "name": name, "aliases": list(aliases), "summary": summary,
+            "task": config["task"], "outputs": model_outputs(config),
+            "heldout": {**figures, "headline": headline}}
+
+
+def read_card(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A model directory's card.json, checked; None where there is none."""
+    from fashionlens.modeldir import _is_int, _is_number, _read_json, _refuse
+
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        return None
+    card = _read_json(path)
+    if card.get("card_version") != CARD_VERSION:
+        raise _refuse(path, "card_version", f"{CARD_VERSION} (a newer fashionlens may read others)",
+                      card.get("card_version"))
+    if not isinstance(card.get("name"), str) or not _is_name(card["name"]):
+        raise _refuse(path, "name", "a model name (lowercase letters, digits, '.', '_', '-')", card.get("name"))
+    aliases = card.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(alias, str) and _is_name(alias) for alias in aliases):
+        raise _refuse(path, "aliases", "a list of model names", aliases)
+    for key in ("summary", "task"):
+        if not isinstance(card.get(key, ""), str):
+            raise _refuse(path, key, "a string", card.get(key))
+    outputs = card.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(_is_int(count) for count in outputs.values()):
+        raise _refuse(path, "outputs", "an object of output name: count", outputs)
+    heldout = card.get("heldout", {})
+    metrics = heldout.get("metrics", {}) if isinstance(heldout, dict) else None
+    if not isinstance(metrics, dict) or not all(_is_number(value) for value in metrics.values()):
+        raise _refuse(path, "heldout.metrics", "an object of metric name: number", metrics)
+    headline = heldout.get("headline", [])
+    if not isinstance(headline, list) or not all(key in metrics for key in headline):
+        raise _refuse(path, "heldout.headline", "a list of names in heldout.metrics", headline)
+    if heldout.get("images") is not None and not _is_int(heldout["images"]):
+        raise _refuse(path, "heldout.images", "a number of images or null", heldout["images"])
+    return {"aliases": [], "summary": "", "outputs": {}, "heldout": {"images": None, "metrics": {}, "headline": []},
+            **card}
+
+
+# ------------------------------------------------------------------------------------------------
+# `fashionlens models`.
+
+def _size_on_disk(directory: Path) -> int:
+    return sum(item.stat().st_size for item in directory.iterdir() if item.is_file() and item.suffix != ".onnx")
+
+
+def describe(entry: ReleasedModel) -> dict[str, Any]:
+    """One model of :func:`released_models` as a plain dict (what ``fashionlens models --json`` prints)."""
+    from fashionlens.modeldir import _read_json
+
+    card = entry.card or {}
+    out: dict[str, Any] = {"name": entry.name, "aliases": list(entry.aliases), "source": entry.source,
+                           "path": str(entry.path), "summary": card.get("summary", "")}
+    try:
+        config = _read_json(entry.path / "config.json")
+        out.update(task=config["task"], outputs=model_outputs(config), size_bytes=_size_on_disk(entry.path))
+    except (ModelDirError, KeyError, ValueError, TypeError) as error:
+        out.update(task=card.get("task"), outputs=card.get("outputs", {}), size_bytes=None,
+                   problem=entry.problem or f"config.json: {error}")
+    out["heldout"] = card.get("heldout") or {"images": None, "metrics": {}, "headline": []}
+    if entry.problem:
+        out["problem"] = entry.problem
+    return out
+
+
+def _format_outputs(outputs: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in outputs.items()) or "-"
+
+
+def _format_heldout(heldout: dict[str, Any]) -> str:
+    metrics = heldout.get("metrics") or {}
+    shown = heldout.get("headline") or list(metrics)[:3]
+    if not shown:
+        return "-"
+    text = ", ".join(f"{key} {metrics[key]:.1f}" for key in shown)
+    return text + (f" ({heldout['images']} images)" if heldout.get("images") else "")
+
+
+def format_models(entries: list[ReleasedModel]) -> str:
+    """The table ``fashionlens models`` prints: name, task, outputs, size, held-out figures, where from."""
+    rows = [("NAME", "TASK", "PREDICTS", "SIZE", "HELD-OUT (%)", "FROM")]
+    notes = []
+    taken: set[str] = set()
+    for entry in entries:
+        described = describe(entry)
+        size = described["size_bytes"]
+        source = entry.source if entry.name not in taken else f"{entry.source} (shadowed: the name is taken above)"
+        taken.update(entry.names)
+        rows.append((entry.name, described["task"] or "?", _format_outputs(described["outputs"]),
+                     f"{size / 1e6:.1f} MB" if size is not None else "?", _format_heldout(described["heldout"]),
+                     source))
+        if entry.aliases:
+            notes.append(f"{entry.name} also answers to {', '.join(entry.aliases)}")
+        if described.get("problem"):
+            notes.append(f"{entry.name}: {described['problem']}")
+    if len(rows) == 1:
+        return (f"no released models found (looked in {package_models_dir()} and {cache_dir()}); "
+                f"hf://ORG/NAME downloads one from the Hugging Face Hub")
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines += ["", *notes, f"cache: {cache_dir()} (${CACHE_VARIABLE}); hf://ORG/NAME loads from the Hugging Face Hub",
+              "a name goes wherever a model directory does: fashionlens predict NAME photo.jpg, fashionlens.load(NAME)"]
+    return "\n".join(lines)

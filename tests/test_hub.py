@@ -1,0 +1,302 @@
+"""Released models by name (fashionlens.hub): the resolution order (a path, the package, the user cache,
+the Hub), the Hub path offline against a cache laid out as huggingface_hub writes it, the integrity
+manifest, the cards and `fashionlens models`. No test touches the network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import fashionlens
+from fashionlens import hub
+from fashionlens.cli import main
+from fashionlens.errors import ModelDirError
+from fashionlens.modeldir import atomic_write_json, load_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+PHOTO = REPO / "examples" / "clothing-attributes-mini" / "images" / "000016.jpg"  # held out by both releases
+RELEASED = {"garment-attributes-lite0": "clothing-attributes-lite0",
+            "garment-category-mnv2": "clothing-category-attributes-mnv2"}
+SMALL = "clothing-category-attributes-mnv2"  # 8.8 MB: the one the tests copy about
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty user cache, the Hub offline, and no configured Hub org, for every test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FASHIONLENS_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(hub.HUB_ORG_VARIABLE, raising=False)
+    return cache
+
+
+def _copy(name: str, destination: Path) -> Path:
+    return Path(shutil.copytree(MODELS / name, destination, ignore=shutil.ignore_patterns("model.onnx")))
+
+
+def _release_copy(source: Path, name: str) -> Path:
+    """What scripts/release_model.py does: a card under ``name``, then the manifest."""
+    atomic_write_json(source / hub.CARD_FILE, hub.card_for_release(source, name, "a test release"))
+    hub.write_manifest(source)
+    return source
+
+
+def _hub_cache(cache: Path, repo_id: str, model: Path, revision: str = "0123456789abcdef0123456789abcdef01234567"
+               ) -> Path:
+    """A Hub repository in ``cache`` as huggingface_hub's snapshot_download leaves it: files in blobs/ named by
+    their hash, the snapshot folder of links into ../../blobs/, refs/main holding the revision."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for file in sorted(model.iterdir()):
+        blob = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, repo / "blobs" / blob)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob)
+    return snapshot
+
+
+# --- names and where they resolve from -------------------------------------------------------------
+
+def test_each_release_answers_to_its_short_name_and_its_folder_name():
+    package = {entry.name: entry for entry in hub.released_models() if entry.source == "package"}
+    assert set(package) == set(RELEASED)
+    for name, folder in RELEASED.items():
+        assert package[name].aliases == (folder,)
+        assert hub.resolve_model_dir(name) == hub.resolve_model_dir(folder) == hub.package_models_dir() / folder
+        assert (hub.resolve_model_dir(name) / "config.json").samefile(MODELS / folder / "config.json")
+
+
+def test_the_package_data_is_the_models_folder():
+    """The wheel carries fashionlens/released/*/* (pyproject.toml); in the clone that folder is models/."""
+    assert hub.package_models_dir().resolve() == MODELS.resolve()
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "released/*/*" in setuptools["package-data"]["fashionlens"]
+    assert "released/*/model.onnx" in setuptools["exclude-package-data"]["fashionlens"]
+
+
+def test_an_existing_path_comes_before_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garment-attributes-lite0").mkdir()
+    assert hub.resolve_model_dir("garment-attributes-lite0") == Path("garment-attributes-lite0")
+    assert hub.resolve_model_dir(MODELS / SMALL) == MODELS / SMALL
+
+
+def test_the_user_cache_answers_after_the_package(_isolated: Path):
+    mine = _copy(SMALL, _isolated / "my-model")
+    assert hub.resolve_model_dir("my-model") == mine
+    _release_copy(mine, "sleeve-tagger")
+    assert hub.resolve_model_dir("sleeve-tagger") == mine  # by its card's name too
+    hub.verify_manifest(hub.resolve_model_dir("sleeve-tagger"))
+    shadowed = _copy(SMALL, _isolated / "garment-attributes-lite0")
+    assert hub.resolve_model_dir("garment-attributes-lite0") == hub.package_models_dir() / RELEASED[
+        "garment-attributes-lite0"]
+    shadowed_row = next(line for line in hub.format_models(hub.released_models()).splitlines()
+                        if "shadowed" in line)
+    assert shadowed_row.startswith("garment-category-mnv2 ") and hub.read_card(shadowed)["name"] in shadowed_row
+
+
+def test_the_default_cache_is_under_the_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv("FASHIONLENS_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert hub.cache_dir() == tmp_path / ".cache" / "fashionlens" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "fashionlens" / "models"
+
+
+@pytest.mark.parametrize("given", ["garment-tagger", "models/clothing-attributes-lite0"])
+def test_an_unknown_name_lists_the_known_names(given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # outside the clone, where models/... is not a path
+    with pytest.raises(ModelDirError) as error:
+        hub.resolve_model_dir(given)
+    message = str(error.value)
+    for name, folder in RELEASED.items():
+        assert name in message and folder in message
+    assert "hf://ORG/NAME" in message
+    if "/" in given:
+        assert "no such model directory" in message and "Did you mean 'garment-attributes-lite0'?" in message
+
+
+def test_the_cli_says_the_known_names_for_an_unknown_one(capsys: pytest.CaptureFixture[str]):
+    assert main(["predict", "garment-tagger", str(PHOTO)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fashionlens: error: 'garment-tagger' is neither a model directory")
+    assert "garment-attributes-lite0" in err and "garment-category-mnv2" in err
+
+
+def test_load_takes_a_name_and_predicts():
+    result = fashionlens.load("garment-category-mnv2")(str(PHOTO))
+    assert result.task == "clothing" and len(result.category_top_k) == 5
+
+
+# --- the Hub, offline -----------------------------------------------------------------------------
+
+def test_a_hub_model_loads_offline_from_a_cache_laid_out_as_huggingface_hub_writes_it(
+        _isolated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    model = _release_copy(_copy(SMALL, tmp_path / "upload"), "hub-garments")
+    snapshot = _hub_cache(_isolated, "someone/hub-garments", model)
+    predictor = fashionlens.load("hf://someone/hub-garments")
+    assert predictor(str(PHOTO)).task == "clothing"
+    # Loaded from a folder of the snapshot's own files (a model directory refuses links out of itself).
+    loaded = Path(predictor.model_dir)
+    assert loaded.parent.parent == _isolated / hub.LINKED_SNAPSHOTS and loaded.name == snapshot.name
+    assert not any(item.is_symlink() for item in loaded.iterdir())
+    assert sorted(item.name for item in loaded.iterdir()) == sorted(item.name for item in snapshot.iterdir())
+    # The CLI: argparse's Path turns hf://someone/... into hf:/someone/...; a revision; the card's name.
+    assert main(["predict", "hf://someone/hub-garments", str(PHOTO), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["task"] == "clothing"
+    assert hub.resolve_model_dir(f"hf://someone/hub-garments@{snapshot.name}") == loaded
+    assert hub.resolve_model_dir("hub-garments") == loaded
+    listed = {entry.name: entry for entry in hub.released_models()}
+    assert listed["hub-garments"].source == "hub" and "hf://someone/hub-garments" in listed["hub-garments"].aliases
+
+
+def test_a_configured_hub_org_answers_plain_names(_isolated: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    snapshot = _hub_cache(_isolated, "ourlab/collar-finder", _copy(SMALL, tmp_path / "upload"))  # no card
+    monkeypatch.setenv(hub.HUB_ORG_VARIABLE, "ourlab")
+    assert hub.resolve_model_dir("collar-finder").name == snapshot.name
+
+
+def test_a_hub_model_not_in_the_cache_is_an_error_saying_so(_isolated: Path):
+    with pytest.raises(ModelDirError, match=r"hf://someone/absent: not in the cache .* HF_HUB_OFFLINE=1"):
+        hub.resolve_model_dir("hf://someone/absent")
+    with pytest.raises(ModelDirError, match="hf://ORG/NAME"):
+        hub.resolve_model_dir("hf:/just-a-name")
+
+
+def test_a_tampered_hub_blob_is_caught_by_the_manifest(_isolated: Path, tmp_path: Path):
+    model = _release_copy(_copy(SMALL, tmp_path / "upload"), "hub-garments")
+    snapshot = _hub_cache(_isolated, "someone/hub-garments", model)
+    blob = (snapshot / "labels.json").resolve()
+    blob.write_bytes(blob.read_bytes().replace(b"collar", b"collie"))
+    with pytest.raises(ModelDirError, match=r"labels\.json: SHA-256 .* the file changed since release"):
+        load_model_dir("hf://someone/hub-garments")
+
+
+# --- the integrity manifest -----------------------------------------------------------------------
+
+def test_the_released_manifests_and_cards_are_up_to_date():
+    """scripts/release_model.py --check: rerun the script after changing a release or its card's metrics."""
+    for folder in RELEASED.values():
+        directory = MODELS / folder
+        hub.verify_manifest(directory)
+        card = hub.read_card(directory)
+        assert card == {**card, **hub.card_for_release(directory, card["name"], card["summary"],
+                                                       tuple(card["aliases"]))}
+        assert card["heldout"]["images"] == 297
+
+
+@pytest.mark.parametrize("case", ["changed", "truncated", "missing", "added"])
+def test_a_changed_missing_or_added_file_is_refused_naming_it(case: str, tmp_path: Path):
+    directory = _copy(SMALL, tmp_path / "model")
+    if case == "changed":  # same size, other bytes
+        labels = directory / "labels.json"
+        labels.write_bytes(labels.read_bytes().replace(b"collar", b"collie"))
+        expected = r"labels\.json: SHA-256 .* where .*manifest\.json says"
+    elif case == "truncated":
+        weights = directory / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = r"model\.safetensors: 1000 bytes where .*manifest\.json says 8803420"
+    elif case == "missing":
+        (directory / "preprocessing.json").unlink()
+        expected = r"preprocessing\.json: missing; .*manifest\.json lists it"
+    else:
+        (directory / "thresholds.json").write_text("{}")
+        expected = r"thresholds\.json: not in .*manifest\.json"
+    with pytest.raises(ModelDirError, match=expected):
+        load_model_dir(directory)
+
+
+def test_documentation_files_may_change_and_a_directory_without_a_manifest_loads(tmp_path: Path):
+    directory = _copy(SMALL, tmp_path / "model")
+    with open(directory / "README.md", "a") as card:
+        card.write("\nA wording fix.\n")
+    (directory / "model.onnx").write_bytes(b"an export cache")
+    hub.verify_manifest(directory)
+    (directory / "labels.json").write_bytes((directory / "labels.json").read_bytes().replace(b"collar", b"collie"))
+    (directory / hub.MANIFEST_FILE).unlink()
+    assert "collie" in load_model_dir(directory).label_names
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"../config.json": {"sha256": "0" * 64, "size": 1}}, "not a plain file name"),
+    ({"config.json": {"sha256": "abc", "size": 1}}, "64 lowercase hex digits"),
+    ({}, "'files'"),
+])
+def test_a_malformed_manifest_is_refused(files: dict, expected: str, tmp_path: Path):
+    directory = _copy(SMALL, tmp_path / "model")
+    atomic_write_json(directory / hub.MANIFEST_FILE, {"manifest_version": 1, "algorithm": "sha256", "files": files})
+    with pytest.raises(ModelDirError, match=expected):
+        hub.verify_manifest(directory)
+
+
+# --- cards and `fashionlens models` -------------------------------------------------------------------
+
+def test_heldout_figures_come_from_the_table_under_the_metrics_heading(tmp_path: Path):
+    card = tmp_path / "README.md"
+    card.write_text("# m\n\n## Metrics (1,234 held-out photos, percent)\n\nSome words.\n\n"
+                    "| mAP | top-3 |\n|:---|---:|\n| 70.9 | 52.6 % |\n\n## Limits\n| x |\n")
+    assert hub.heldout_figures(card) == {"images": 1234, "metrics": {"mAP": 70.9, "top-3": 52.6}}
+    card.write_text("## Metrics\n\n| mAP | top-3 |\n|---|---|\n| 70.9 | n/a |\n")
+    with pytest.raises(ModelDirError, match=r"README\.md:5: column 'top-3': expected a number, found 'n/a'"):
+        hub.heldout_figures(card)
+    card.write_text("## Results\n")
+    with pytest.raises(ModelDirError, match="no heading with 'Metrics'"):
+        hub.heldout_figures(card)
+
+
+def test_models_lists_name_task_outputs_size_and_heldout_figures(capsys: pytest.CaptureFixture[str]):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    lite0 = next(line for line in out.splitlines() if line.startswith("garment-attributes-lite0 "))
+    for cell in ("style", "37 labels", "19.1 MB", "mAP 70.9, CF1 58.5, OF1 75.6 (297 images)", "package"):
+        assert cell in lite0
+    mnv2 = next(line for line in out.splitlines() if line.startswith("garment-category-mnv2 "))
+    for cell in ("clothing", "7 categories, 30 attributes", "8.8 MB", "category top-1 63.5, attr mAP 61.0"):
+        assert cell in mnv2
+    assert "garment-attributes-lite0 also answers to clothing-attributes-lite0" in out
+    assert main(["models", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["garment-category-mnv2"]["heldout"]["metrics"]["category top-3"] == 92.7
+    assert listed["garment-attributes-lite0"]["outputs"] == {"labels": 37}
+    assert listed["garment-attributes-lite0"]["size_bytes"] > 19_000_000
+
+
+def test_a_broken_card_in_the_cache_is_shown_not_fatal(_isolated: Path, capsys: pytest.CaptureFixture[str]):
+    mine = _copy(SMALL, _isolated / "my-model")
+    (mine / hub.CARD_FILE).write_text('{"card_version": 1, "name": "Bad Name"}')
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "my-model" in out and "'name': expected a model name" in out
+    assert hub.resolve_model_dir("my-model") == mine
+
+
+def test_the_release_script_writes_card_and_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import runpy
+
+    directory = _copy(SMALL, tmp_path / "model")
+    (directory / hub.CARD_FILE).unlink()
+    (directory / hub.MANIFEST_FILE).unlink()
+    script = runpy.run_path(str(REPO / "scripts" / "release_model.py"))
+    assert script["main"]([str(directory), "--check"]) == 1
+    assert script["main"]([str(directory), "--name", "my-garments", "--summary", "one line"]) == 0
+    assert script["main"]([str(directory), "--check"]) == 0
+    card = hub.read_card(directory)
+    assert (card["name"], card["aliases"], card["summary"]) == ("my-garments", ["model"], "one line")
+    assert card["outputs"] == {"categories": 7, "attributes": 30}
+    assert set(json.loads((directory / hub.MANIFEST_FILE).read_text())["files"]) == {
+        "card.json", "config.json", "labels.json", "model.safetensors", "preprocessing.json"}
+    # A card whose figures changed in README.md is stale.
+    (directory / "README.md").write_text((directory / "README.md").read_text().replace("| 63.5 |", "| 64.0 |"))
+    assert script["main"]([str(directory), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
