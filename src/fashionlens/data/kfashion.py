@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fashionlens.data.base import IMAGE_EXTENSIONS, FashionDataset, Record, force_vocabulary
+from fashionlens.data.base import FashionDataset, Record, force_vocabulary
+from fashionlens.vocabulary import IMAGE_EXTENSIONS
 from fashionlens.errors import DataError
 
 # K-Fashion's 23 styles, in the order the dataset documents them.
