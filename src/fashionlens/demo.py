@@ -103,8 +103,10 @@ def _print_predictions(run_dir: Path, count: int = 3) -> None:
 
 
 def released_model_dirs() -> list[Path]:
-    """The model directories that ship in the repository's ``models/`` folder (empty if there is none)."""
-    root = Path(__file__).resolve().parents[2] / "models"
+    """The released model directories: the package's own (``models/`` in a clone, package data in a wheel)."""
+    from fashionlens.hub import package_models_dir
+
+    root = package_models_dir()
     return sorted(d for d in root.iterdir() if (d / "config.json").is_file()) if root.is_dir() else []
 
 
