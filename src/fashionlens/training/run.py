@@ -8,6 +8,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import time
@@ -29,6 +30,7 @@ from fashionlens.config import (
     write_yaml,
 )
 from fashionlens.errors import FashionlensError
+from fashionlens.hub import file_sha256
 from fashionlens.modeldir import atomic_write_bytes, atomic_write_json, save_model_dir
 from fashionlens.rundir import RunDir
 from fashionlens.training.data import FeatureCache, TrainingData, sample_path
@@ -42,14 +44,6 @@ class CheckpointError(FashionlensError):
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
@@ -122,7 +116,7 @@ def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
         candidate = directory / name
         if Path(name).name != name or not candidate.is_file():
             continue
-        if _sha256(candidate) != entry.get("sha256"):
+        if file_sha256(candidate) != entry.get("sha256"):
             warnings.warn(f"{candidate}: truncated or changed since it was written (hash differs); trying the "
                           f"previous one", stacklevel=2)
             print(f"fashionlens: {candidate} is truncated or corrupt; falling back to an earlier checkpoint",
@@ -145,6 +139,24 @@ def resolve_resume_checkpoint(run_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------- trainer
 
 
+class _LightningChatter(logging.Filter):
+    """Drops Lightning's start-up advertising and the TPU/HPU lines; keeps the GPU line and the rest."""
+
+    DROPPED = ("💡", "TPU available", "HPU available")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.DROPPED)
+
+
+def quiet_lightning() -> None:
+    """Lightning's noise out of a training log (idempotent): tips, absent accelerators, and a
+    deprecation warning Lightning raises about its own use of torch's pytree."""
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _LightningChatter) for f in chatter.filters):
+        chatter.addFilter(_LightningChatter())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -152,6 +164,7 @@ def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     from fashionlens.progress import EpochLines, interactive
     from fashionlens.training.recipe import FreezeThenFinetune
 
+    quiet_lightning()
     trainer_config = config.trainer
     on_gpu = torch.cuda.is_available() and trainer_config.accelerator in ("auto", "gpu", "cuda")
     precision = trainer_config.precision or ("bf16-mixed" if on_gpu else "32-true")

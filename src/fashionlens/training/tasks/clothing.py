@@ -22,7 +22,7 @@ class ClothingTask(Task):
 
     monitor = "loss"
     monitor_mode = "min"
-    progress_keys = ("category_top3",)
+    progress_keys = ("category_top3", "attr_mAP")
 
     def __init__(self, model: nn.Module, attribute_types: list[str], lambdas=(1.0, 20.0, 10.0),
                  attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
