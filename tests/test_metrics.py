@@ -466,3 +466,27 @@ def test_topk_tie_rule_also_holds_with_minus_infinity_scores():
     # row 1: class 1, then a three-way tie at 1.0 for two places -> classes 2,3; true 3 is in
     # top-3 = 1/2 = 50 %
     assert result["category_top3"] == pytest.approx(50.0)
+
+
+def test_clothing_metrics_give_category_top1_and_leave_out_attributes_nobody_annotated():
+    import torch
+
+    from fashionlens.training import clothing_metrics
+
+    # 4 photos, 3 categories; the last has no category (-1). Top-1 right for photos 0 and 2 of 3 -> 66.67;
+    # photo 1's true category (2) is second -> top-3 100.
+    logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.0, 1.0], [0.0, 0.5, 4.0], [9.0, 0.0, 0.0]])
+    outputs = {"category_logits": logits, "category": torch.tensor([0, 2, 2, -1]),
+               "attr_scores": torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]), "labels": torch.zeros(4, 2),
+               "mask": torch.ones(4, 2)}
+    only_categories = clothing_metrics(outputs, ["texture", "part"])
+    assert only_categories["category_top1"] == pytest.approx(200 / 3)
+    assert only_categories["category_top3"] == pytest.approx(100.0)
+    # No photo here has an attribute positive (a class-folder dataset): no attribute figure at all,
+    # not zeros that read as a model that never finds one.
+    assert not [key for key in only_categories if key.startswith(("attr", "texture", "part"))]
+    outputs["labels"] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    with_attributes = clothing_metrics(outputs, ["texture", "part"])
+    # Attribute 0 ranks pos, neg, pos: AP (1 + 2/3) / 2; attribute 1 ranks neg, neg, pos: AP 1/3.
+    assert with_attributes["attr_mAP"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1 / 3) / 2)
+    assert with_attributes["category_top1"] == pytest.approx(200 / 3)

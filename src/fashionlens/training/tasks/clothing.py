@@ -75,17 +75,21 @@ class ClothingTask(Task):
 
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
-    """DeepFashion top-k (pooled per type), attribute mAP and, with landmarks, the landmark error."""
+    """Category top-1/3/5, DeepFashion attribute top-k (pooled per type), attribute mAP and, with
+    landmarks, the landmark error. Photos whose dataset annotates no attribute (class folders) give
+    category figures only: attribute figures of 0 would read as a model that never finds one."""
     from fashionlens.metrics import (
         deepfashion_metrics,
         landmark_metrics,
         multilabel_metrics,
     )
 
-    metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], outputs["attr_scores"],
-                                  outputs["labels"], attribute_types, attr_mask=outputs["mask"])
-    # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
-    metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
+    metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
+    if bool((outputs["labels"] * outputs["mask"]).sum() > 0):
+        metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
+                                           attr_mask=outputs["mask"]))
+        # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
+        metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
     if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
         metrics.update(landmark_metrics(outputs["pred_xy"], outputs["true_xy"], outputs["visibility"],
                                         outputs["sizes"]))
