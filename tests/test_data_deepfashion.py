@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionlens.data import open_dataset, read_deepfashion, weak_label_rows, write_deepfashion_lists
+from fashionlens.data import (
+    open_dataset,
+    read_deepfashion,
+    weak_label_rows,
+    write_deepfashion_lists,
+)
 from fashionlens.data.deepfashion import CLOTHES_TYPE_NAMES, read_vocabulary
-from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS as ATTRIBUTE_TYPE_NAMES
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS as ATTRIBUTE_TYPE_NAMES
 
 DRESS = 40  # "Dress" is line 43 of list_category_cloth.txt: id 41, 0-based 40
 FLORAL_EMBROIDERED, STRAPPY, V_NECK = 388, 880, 956  # lines 391, 883, 959 of list_attr_cloth.txt
@@ -313,3 +318,131 @@ def test_count_line_checked_on_the_streamed_attribute_file(df_root: Path) -> Non
     with pytest.raises(DataError) as info:
         read_deepfashion(df_root)
     assert str(info.value) == f"{path}:1: line 1 says 2 rows, but the file has 3 rows"
+
+
+# --------------------------------------------------------------------------------------------------
+# At full size: the fast parser, one parse for all splits, the cache (issue 17).
+
+
+def _annotations_summary(annotations) -> dict:
+    return {
+        "names": list(annotations.image_names),
+        "lines": annotations.lines.tolist(),
+        "categories": annotations.categories.tolist(),
+        "values": annotations.attribute_values.tolist(),
+        "bboxes": None if annotations.bboxes is None else np.nan_to_num(annotations.bboxes, nan=-7.0).tolist(),
+        "landmarks": None if annotations.landmarks is None else annotations.landmarks.tolist(),
+        "visibility": None if annotations.landmark_visibility is None else annotations.landmark_visibility.tolist(),
+        "splits": None if annotations.splits is None else annotations.splits.tolist(),
+        "notes": annotations.notes,
+    }
+
+
+def _odd_but_valid_lists(root: Path) -> None:
+    """Every list file rewritten the ways a real one may look: tabs, CRLF, runs of spaces, blank lines, other orders."""
+    _categories(root)
+    lines = (root / "Anno" / "list_attr_img.txt").read_text().splitlines()
+    rows = [line.split() for line in lines[2:]]
+    rows[1][1:4] = ["0", "1", "-1"]
+    body = [f"{r[0]}\t\t{'  '.join(r[1:])}" for r in (rows[2], rows[0], rows[1])]
+    (root / "Anno" / "list_attr_img.txt").write_bytes(("3\r\nimage_name  attribute_labels\r\n" + "\r\n".join(body) + "\r\n\r\n").encode())
+    _write(root / "Anno" / "list_bbox.txt", "image_name  x_1  y_1  x_2  y_2", [f"{THIRD}   1.5 2 30.25 40", "", f"{FIRST} 50 40 250 160"], count=2)
+    _write(root / "Anno" / "list_landmarks.txt", "image_name  clothes_type  variation_type  landmark_visibility_1",
+           [f"{SECOND} 2 3 {LOWER}", f"{FIRST} 1 1 {UPPER}"])
+    _write(root / "Eval" / "list_eval_partition.txt", "image_name  evaluation_status",
+           [f"{THIRD} test", f"{FIRST}\ttrain", f"{SECOND} val"])
+
+
+@pytest.mark.parametrize("layout", ["as-written", "odd-but-valid"])
+def test_the_fast_parser_reads_what_the_line_by_line_reader_reads(df_root: Path, layout: str, monkeypatch) -> None:
+    from fashionlens.data import deepfashion
+
+    if layout == "odd-but-valid":
+        _odd_but_valid_lists(df_root)
+    else:
+        _categories(df_root)
+        _write(df_root / "Anno" / "list_landmarks.txt", "image_name  clothes_type", [f"{FIRST} 1 {UPPER}", f"{THIRD} 3 {FULL}"])
+        _write(df_root / "Eval" / "list_eval_partition.txt", "image_name  evaluation_status", [f"{FIRST} train", f"{SECOND} val", f"{THIRD} test"])
+    results = []
+    fast = deepfashion._fast
+    monkeypatch.setattr(deepfashion, "_fast", lambda *args: results.append(fast(*args)) or results[-1])
+    quick = deepfashion.parse_deepfashion(df_root, cache=False)
+    assert len(results) == 5 and all(r is not None for r in results), "a fast parser fell back"
+    monkeypatch.setattr(deepfashion, "_fast", lambda *args: None)
+    exact = deepfashion.parse_deepfashion(df_root, cache=False)
+    assert _annotations_summary(quick) == _annotations_summary(exact)
+    if layout == "odd-but-valid":
+        assert exact.attribute_values[1, :3].tolist() == [0, 1, -1] and exact.bboxes[2].tolist() == [1.5, 2, 30.25, 40]
+        assert exact.splits.tolist() == [0, 1, 2] and "1 image(s) have no row in list_landmarks.txt" in " ".join(exact.notes)
+
+
+def test_lazy_records_give_the_samples_of_an_eager_dataset(df_root: Path) -> None:
+    from fashionlens.data import FashionDataset
+
+    _categories(df_root)
+    _write(df_root / "Anno" / "list_landmarks.txt", "image_name  clothes_type", [f"{FIRST} 1 {UPPER}", f"{THIRD} 3 {FULL}"])
+    lazy = read_deepfashion(df_root)
+    eager = FashionDataset(list(lazy.records), lazy.label_names, category_names=lazy.category_names,
+                           attribute_types=lazy.attribute_types, crop_to_bbox=True, bbox_margin=0.1)
+    for i in range(len(lazy)):
+        a, b = lazy[i], eager[i]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] == b[key]).all() if hasattr(a[key], "shape") else a[key] == b[key], key
+
+
+def test_all_three_splits_come_from_one_parse(df_root: Path, monkeypatch) -> None:
+    from fashionlens.data import deepfashion
+    from fashionlens.data.deepfashion import read_deepfashion_splits
+
+    _write(df_root / "Eval" / "list_eval_partition.txt", "image_name  evaluation_status", [f"{FIRST} train", f"{SECOND} test", f"{THIRD} test"])
+    parses = []
+    parse = deepfashion._parse
+    monkeypatch.setattr(deepfashion, "_parse", lambda root: parses.append(root) or parse(root))
+    splits = read_deepfashion_splits(df_root, cache=False)
+    assert len(parses) == 1 and list(splits) == ["train", "val", "test"]
+    for split, dataset in splits.items():
+        assert [r.image for r in dataset.records] == [r.image for r in read_deepfashion(df_root, split, cache=False).records]
+    assert [len(d) for d in splits.values()] == [1, 0, 2]
+
+
+def test_the_cache_is_used_and_a_same_size_edit_with_its_mtime_put_back_is_seen(df_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from fashionlens.data import cache, deepfashion
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+    first = read_deepfashion(df_root)
+    (cached,) = (tmp_path / "cache").glob("deepfashion-*.arrays")
+    parse = deepfashion._parse
+
+    def no_parse(root):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(deepfashion, "_parse", no_parse)
+    again = read_deepfashion(df_root)
+    assert [(r.image, r.labels.tolist(), r.bbox, r.line) for r in again.records] == [
+        (r.image, r.labels.tolist(), r.bbox, r.line) for r in first.records]
+    assert again[0]["labels"][[FLORAL_EMBROIDERED, STRAPPY, V_NECK]].tolist() == [1.0, 1.0, 0.0]
+
+    # Same size, mtime restored: only ctime and the content digest can tell.
+    path = df_root / "Anno" / "list_attr_img.txt"
+    stat = path.stat()
+    lines = path.read_text().splitlines()
+    tokens = lines[2].split(" ")
+    assert tokens[1 + V_NECK] == "-1"
+    tokens[1 + V_NECK] = " 1"  # two characters for two: the file keeps its size
+    edited = "\n".join([*lines[:2], " ".join(tokens), *lines[3:]]) + "\n"
+    assert len(edited) == stat.st_size
+    path.write_text(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    monkeypatch.setattr(deepfashion, "_parse", parse)
+    assert read_deepfashion(df_root)[0]["labels"][V_NECK].item() == 1.0
+
+    # A truncated cache file is ignored and written again; 'off' writes nothing.
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert read_deepfashion(df_root)[0]["labels"][V_NECK].item() == 1.0
+    assert cached.stat().st_size > 100
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", "off")
+    cached.unlink()
+    read_deepfashion(df_root)
+    assert not list((tmp_path / "cache").glob("*.arrays"))

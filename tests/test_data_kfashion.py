@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fashionlens.data import STYLE_NAMES, read_kfashion
+from fashionlens.data.kfashion import STYLES_KO_EN as STYLES_KO
 from fashionlens.errors import DataError
 
 ROMANTIC = 5
@@ -78,4 +79,77 @@ def test_broken_json(tmp_path: Path) -> None:
         read_kfashion(tmp_path)
     (tmp_path / "1.json").write_text('{"이미지 정보": {}}', encoding="utf-8")
     with pytest.raises(DataError, match=r"1.json: expected the key path 데이터셋 정보, it is missing"):
+        read_kfashion(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Many files: worker processes, the cache, hostile nesting (issues 17 and 13).
+
+
+def _folder_of_variants(tmp_path: Path, shared_data: Path, count: int = 40) -> Path:
+    """``count`` JSON files varied from the real 100026.json in two subfolders; images for every other one."""
+    document = json.loads((shared_data / "kfashion" / "100026.json").read_text(encoding="utf-8"))
+    styles = list(STYLES_KO)
+    folder = tmp_path / "kf"
+    for i in range(count):
+        sub = folder / ("a" if i % 2 else "a-b")
+        sub.mkdir(parents=True, exist_ok=True)
+        document["데이터셋 정보"]["데이터셋 상세설명"]["라벨링"]["스타일"] = [{}] if i % 7 == 0 else [{"스타일": styles[i % 23]}]
+        document["데이터셋 정보"]["데이터셋 상세설명"]["렉트좌표"]["상의"] = [{"X좌표": i, "Y좌표": 2 * i, "가로": 10, "세로": 20}]
+        (sub / f"{1000 + i}.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        if i % 2:
+            shutil.copyfile(shared_data / "kfashion" / "100026.jpg", sub / f"{1000 + i}.jpg")
+    (folder / "a" / "1001_extracted.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def _summary(dataset) -> list:
+    return [(r.image, r.source, r.labels.tolist(), r.label_mask.tolist(), boxes)
+            for r, boxes in zip(dataset.records, dataset.garment_boxes)]
+
+
+def test_worker_processes_read_what_one_process_reads(tmp_path: Path, shared_data: Path) -> None:
+    folder = _folder_of_variants(tmp_path, shared_data)
+    one, pool = read_kfashion(folder, workers=1, cache=False), read_kfashion(folder, workers=2, cache=False)
+    assert _summary(one) == _summary(pool) and one.notes == pool.notes and len(one) == 40
+    # Sorted as Path.rglob sorts: by path parts ("a" before "a-b").
+    assert [r.source.parent.name for r in one.records[:2]] == ["a", "a"]
+    assert one.records[0].image.name == "1001.jpg" and one.records[-1].image.name == "1038.jpg"  # the expected name, not found
+    assert one.garment_boxes[0][-1] == ("top", (1.0, 2.0, 11.0, 22.0))
+    # The first bad file in that order is the one named, whichever worker met it.
+    for name in ("a-b/1010.json", "a/1003.json"):
+        (folder / name).write_text('{"이미지 정보": {', encoding="utf-8")
+    for workers in (1, 2):
+        with pytest.raises(DataError, match=r"a/1003.json:1: expected a JSON document, found invalid JSON"):
+            read_kfashion(folder, workers=workers, cache=False)
+
+
+def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    from fashionlens.data import cache, kfashion
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+    folder = _folder_of_variants(tmp_path, shared_data)
+    first = read_kfashion(folder)
+    assert len(list((tmp_path / "cache").glob("kfashion-*.arrays"))) == 1
+    parse_all = kfashion._parse_all
+
+    def no_parse(*args):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(kfashion, "_parse_all", no_parse)
+    again = read_kfashion(folder)
+    assert _summary(again) == _summary(first) and again.notes == first.notes
+    # An image that appears later is found: images are looked up on every read, not cached.
+    shutil.copyfile(shared_data / "kfashion" / "100026.jpg", folder / "a-b" / "1000.png")
+    assert read_kfashion(folder).records[20].image == folder / "a-b" / "1000.png"
+    path = folder / "a" / "1001.json"
+    path.write_text(path.read_text(encoding="utf-8").replace('"스타일": "프레피"', '"스타일": "로맨틱"'), encoding="utf-8")
+    monkeypatch.setattr(kfashion, "_parse_all", parse_all)
+    assert read_kfashion(folder)[0]["labels"].nonzero().flatten().tolist() == [ROMANTIC]
+
+
+def test_json_nested_too_deeply_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "1.json").write_text("[" * 50_000 + "]" * 50_000, encoding="utf-8")
+    with pytest.raises(DataError, match=r"1.json: expected a K-Fashion JSON document, found JSON nested too deeply to parse"):
         read_kfashion(tmp_path)

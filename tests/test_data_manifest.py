@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 from pathlib import Path
 
@@ -95,3 +97,166 @@ def test_jsonl_malformed(folder: Path, line2: str, message: str) -> None:
     path.write_text('{"image": "a.jpg", "labels": ["x"]}\n' + line2 + "\n")
     with pytest.raises(DataError, match=message):
         read_manifest_jsonl(path, label_names=["x"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths, encodings and nesting (issue 13, items 9 and 10); the fast parser against the exact one.
+
+
+def _write_manifest(folder: Path, kind: str, images: list[str], name: str = "m") -> Path:
+    path = folder / f"{name}.{kind}"
+    if kind == "csv":
+        path.write_text("image,labels\n" + "".join(f"{image},street\n" for image in images), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps({"image": image, "labels": ["street"]}, ensure_ascii=False) + "\n" for image in images),
+                        encoding="utf-8")
+    return path
+
+
+READERS = {"csv": read_manifest_csv, "jsonl": read_manifest_jsonl}
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize("image", ["/etc/shadow", "../../x.jpg", "img/../../x.jpg", "./../img/000003.jpg"])
+def test_paths_outside_the_root_are_refused_unless_allowed(folder: Path, kind: str, image: str) -> None:
+    path = _write_manifest(folder, kind, ["img/000002.jpg", image])
+    line = 3 if kind == "csv" else 2
+    with pytest.raises(DataError) as info:
+        READERS[kind](path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: image path {image!r} leaves the dataset root {folder}"), message
+    assert message.endswith("pass allow_outside_root=True to read it anyway")
+    dataset = READERS[kind](path, allow_outside_root=True)
+    assert dataset.records[1].image == Path(os.path.normpath(os.path.join(folder, image)))
+    assert dataset.records[1].line == line
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_absolute_paths_inside_the_root_are_fine(folder: Path, kind: str) -> None:
+    path = _write_manifest(folder, kind, [str(folder / "img" / "000002.jpg"), "img/000003.jpg"])
+    assert [r.image for r in READERS[kind](path).records] == [folder / "img" / "000002.jpg", folder / "img" / "000003.jpg"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize("twin", ["img/../img/000002.jpg", "img/./000002.jpg", "./img//000002.jpg", "ABSOLUTE"])
+def test_the_same_image_spelled_differently_is_a_duplicate(folder: Path, kind: str, twin: str) -> None:
+    twin = str(folder / "img" / "000002.jpg") if twin == "ABSOLUTE" else twin
+    path = _write_manifest(folder, kind, ["img/000002.jpg", "img/000003.jpg", twin])
+    first, line = (2, 4) if kind == "csv" else (1, 3)
+    with pytest.raises(DataError) as info:
+        READERS[kind](path)
+    assert str(info.value) == (f"{path}:{line}: duplicate row for image {str(folder / 'img' / '000002.jpg')!r}: "
+                               f"first listed on line {first}")
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_manifest_that_is_not_utf8_names_the_line_and_the_encoding_expected(folder: Path, kind: str) -> None:
+    rows = ["img/000002.jpg", "img/café.jpg"]
+    path = _write_manifest(folder, kind, rows)
+    path.write_bytes(path.read_text(encoding="utf-8").encode("latin-1"))
+    line, column = (3, 8) if kind == "csv" else (2, 19)
+    with pytest.raises(DataError) as info:
+        READERS[kind](path)
+    assert str(info.value) == (f"{path}:{line}: expected UTF-8 text (or UTF-16 starting with a byte-order mark), found the "
+                               f"byte 0xe9 at column {column}, which is not UTF-8: save the manifest as UTF-8")
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_at_its_first_line(folder: Path) -> None:
+    path = folder / "m.csv"
+    path.write_bytes("image,labels\nimg/000002.jpg,street\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"m.csv:1: expected UTF-8 text, found a NUL byte at column 2 \(UTF-16 without a byte-order mark\?\)"):
+        read_manifest_csv(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize("bom, encoding", [(b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")],
+                         ids=["utf-8-bom", "utf-16-le-bom", "utf-16-be-bom"])
+def test_a_byte_order_mark_is_decoded(folder: Path, kind: str, bom: bytes, encoding: str) -> None:
+    path = _write_manifest(folder, kind, ["img/000002.jpg", "img/000003.jpg"])
+    text = path.read_text(encoding="utf-8").replace("street", "café")
+    path.write_bytes(bom + text.encode(encoding))
+    dataset = READERS[kind](path)
+    assert dataset.label_names == ["café"] and [r.line for r in dataset.records] == ([2, 3] if kind == "csv" else [1, 2])
+    assert dataset[0]["labels"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("nested", ['{"image": "img/000003.jpg", "labels": ' + "[" * 50_000 + "]" * 50_000 + "}",
+                                    "[" * 50_000 + "]" * 50_000], ids=["in-labels", "whole-line"])
+def test_jsonl_nested_50000_deep_is_a_data_error_naming_the_line(folder: Path, nested: str) -> None:
+    path = folder / "m.jsonl"
+    path.write_text('{"image": "img/000002.jpg"}\n' + nested + "\n")
+    with pytest.raises(DataError, match=r"m.jsonl:2: expected one JSON object per line, found JSON nested too deeply to parse"):
+        read_manifest_jsonl(path)
+
+
+def _varied_rows(count: int) -> list[tuple[str, list[str], list[str]]]:
+    rnd = random.Random(7)
+    names = ["street", "casual", "retro", "romantic", "punk", "sporty"]
+    rows = []
+    for i in range(count):
+        image = rnd.choice(["img/{i}.jpg", "img/sub/../{i}.jpg", "./img/{i}.jpg", "img//x/{i}.jpg", "ABS/img/{i}.png"]).format(i=i)
+        positives = rnd.sample(names, rnd.randint(0, 3))
+        unknown = [n for n in rnd.sample(names, rnd.randint(0, 2)) if n not in positives]
+        rows.append((image, positives, unknown))
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize("variant", ["plain", "spaces-crlf-blank-lines"])
+def test_the_fast_parser_reads_what_the_line_by_line_reader_reads(folder: Path, kind: str, variant: str, monkeypatch) -> None:
+    from fashionlens.data import manifest
+
+    rows = [(image.replace("ABS", str(folder)), p, u) for image, p, u in _varied_rows(300)]
+    odd = variant != "plain"
+    newline = "\r\n" if odd else "\n"
+    path = folder / f"varied.{kind}"
+    if kind == "csv":
+        cells = [";".join([*p, *(f"?{n}" for n in u)]) if not odd else " ; ".join([*p, *(f" ? {n}" for n in u)] + [""])
+                 for _, p, u in rows]
+        lines = ["image,labels"] + [f"{' ' if odd else ''}{image},{cell}" for (image, _, _), cell in zip(rows, cells)]
+    else:
+        lines = [json.dumps({"image": image, "labels": p, **({"unknown": u} if u else {})}) for image, p, u in rows]
+    if odd:
+        lines[5:5] = ["", ""]
+    path.write_bytes(newline.join(lines).encode() + newline.encode())
+
+    taken = []
+    fast = {"csv": manifest._fast_csv, "jsonl": manifest._fast_jsonl}[kind]
+    monkeypatch.setattr(manifest, f"_fast_{kind}", lambda *a: taken.append(1) or fast(*a))
+    quick = READERS[kind](path)
+    assert taken, "the fast parser was not used"
+
+    def refuse(*args):
+        raise manifest._Unexpected
+
+    monkeypatch.setattr(manifest, f"_fast_{kind}", refuse)
+    exact = READERS[kind](path)
+    assert quick.label_names == exact.label_names and len(quick) == len(exact) == 300
+
+    def summary(dataset):
+        return [(r.image, r.labels.tolist(), r.label_mask.tolist(), r.line, r.source) for r in dataset.records]
+
+    assert summary(quick) == summary(exact)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_large_manifest_is_cached_and_an_edit_is_seen(folder: Path, kind: str, monkeypatch, tmp_path: Path) -> None:
+    from fashionlens.data import cache, manifest
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+    path = _write_manifest(folder, kind, [f"img/{i}.jpg" for i in range(50)])
+    first = READERS[kind](path)
+    assert len(list((tmp_path / "cache").glob("manifest-*.arrays"))) == 1
+
+    def no_parse(*args):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(manifest, "_utf8", no_parse)
+    again = READERS[kind](path)
+    assert [(r.image, r.labels.tolist(), r.line) for r in again.records] == [(r.image, r.labels.tolist(), r.line) for r in first.records]
+    monkeypatch.undo()
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+    path.write_text(path.read_text().replace("street", "retro"))
+    assert READERS[kind](path).label_names == ["retro"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -44,6 +44,14 @@ class Record:
     landmark_visibility: np.ndarray | None = None
     source: Path | None = None
     line: int | None = None
+
+
+class ReaderOptions(TypedDict, total=False):
+    """Options every annotation reader takes (``**options: Unpack[...]`` of a subclass of this)."""
+
+    skip_bad: bool
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None
+    label_names: Sequence[str] | None
 
 
 def image_error(record: Record, reason: str) -> DataError:

@@ -8,20 +8,43 @@ and it is listed in the dataset's ``notes``.
 The image is the JSON's stem with ``.jpg`` (or another image extension) beside it, or else the file
 named by ``이미지 정보 → 이미지 파일명``. Files ending in ``_extracted.json`` are a derived summary
 written by AI-Hub's example script; they are not annotations and are ignored (with a note).
+
+K-Fashion has 1.2 M files. A folder of many of them is parsed by a pool of worker processes, the
+image beside each JSON is looked up in the folder listing (no ``stat`` per candidate name), and
+the parse is kept in the annotation cache (``fashionlens.data.cache``): it is used again while
+every JSON file keeps its size, ``mtime`` and ``ctime`` and a sample of them their content digest.
+Measured in docs/benchmarks.md ("Readers at full size").
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import multiprocessing
+import os
+import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fashionlens.data.base import FashionDataset, Record, force_vocabulary
-from fashionlens.vocabulary import IMAGE_EXTENSIONS
+from fashionlens.data.cache import (
+    AnnotationCache,
+    LazyFashionDataset,
+    LazyRecords,
+    LazySequence,
+    Strings,
+    cache_dir,
+    content_digest,
+    worth_caching,
+)
 from fashionlens.errors import DataError
+from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
 # K-Fashion's 23 styles, in the order the dataset documents them.
 STYLES_KO_EN = {
@@ -52,9 +75,18 @@ STYLES_KO_EN = {
 STYLE_NAMES = tuple(STYLES_KO_EN.values())
 GARMENT_KO_EN = {"아우터": "outer", "상의": "top", "하의": "bottom", "원피스": "onepiece"}
 _EXTRACTED_SUFFIX = "_extracted.json"
+_STYLE_INDEX = {korean: i for i, korean in enumerate(STYLES_KO_EN)}
+# Folders with at least this many JSON files are parsed by a pool of processes.
+PARALLEL_MIN_FILES = 10_000
+# Bump when what the reader keeps in the cache changes: older cache files are then ignored.
+CACHE_LAYOUT = 1
+# How many JSON files (evenly spread) have their content digest in the cache key; see _fingerprint.
+DIGESTED_FILES = 64
+# One garment's box: its English name and (x1, y1, x2, y2).
+GarmentBox = tuple[str, tuple[float, float, float, float]]
 
 
-def _get(node: Any, keys: Sequence[str], path: Path) -> Any:
+def _get(node: Any, keys: Sequence[str], path: str | Path) -> Any:
     for depth, key in enumerate(keys):
         if not isinstance(node, dict) or key not in node:
             raise DataError(f"expected the key path {' → '.join(keys[: depth + 1])}, it is missing", path=path)
@@ -62,19 +94,7 @@ def _get(node: Any, keys: Sequence[str], path: Path) -> Any:
     return node
 
 
-def _find_image(json_path: Path, info: dict[str, Any]) -> Path:
-    for extension in IMAGE_EXTENSIONS:
-        for candidate in (json_path.with_suffix(extension), json_path.with_suffix(extension.upper())):
-            if candidate.exists():
-                return candidate
-    named = info.get("이미지 파일명") if isinstance(info, dict) else None
-    if isinstance(named, str) and named and (json_path.parent / named).exists():
-        return json_path.parent / named
-    # Not found either way: point at the stem's .jpg so the image error names the expected file.
-    return json_path.with_suffix(".jpg")
-
-
-def garment_boxes(document: dict[str, Any], path: Path) -> list[tuple[str, tuple[float, float, float, float]]]:
+def garment_boxes(document: dict[str, Any], path: str | Path) -> list[GarmentBox]:
     """Per-garment boxes (``렉트좌표``: X, Y, width, height) as ``(garment, xyxy)``; empty ``{}`` skipped."""
     rects = _get(document, ("데이터셋 정보", "데이터셋 상세설명", "렉트좌표"), path)
     boxes = []
@@ -90,89 +110,364 @@ def garment_boxes(document: dict[str, Any], path: Path) -> list[tuple[str, tuple
     return boxes
 
 
+def _style_indices(document: Any, path: str | Path) -> list[int]:
+    styles = _get(document, ("데이터셋 정보", "데이터셋 상세설명", "라벨링", "스타일"), path)
+    if not isinstance(styles, list):
+        raise DataError(f"expected 스타일 to be a list of objects, found {styles!r}", path=path)
+    found = []
+    for entry in styles:
+        if not isinstance(entry, dict):
+            raise DataError(f"expected each 스타일 entry to be an object, found {entry!r}", path=path)
+        for key in ("스타일", "서브스타일"):
+            value = entry.get(key)
+            if value in (None, ""):
+                continue
+            if value not in STYLES_KO_EN:
+                raise DataError(
+                    f"unknown {key} value {value!r}: expected one of the 23 K-Fashion styles ({', '.join(STYLES_KO_EN)})",
+                    path=path,
+                )
+            found.append(_STYLE_INDEX[value])
+    return found
+
+
+def _load_document(path: str, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"expected a JSON document, found invalid JSON ({exc.msg})", path=path, line=exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"expected UTF-8 JSON, found undecodable bytes ({exc})", path=path) from None
+    except RecursionError:
+        raise DataError("expected a K-Fashion JSON document, found JSON nested too deeply to parse", path=path) from None
+
+
+@dataclass
+class _Parsed:
+    """What a run of JSON files says, as arrays (cheap to send back from a worker and to cache)."""
+
+    labels: np.ndarray  # (m, 23) uint8
+    labeled: np.ndarray  # (m,) bool: False where 스타일 is [{}]
+    named_images: Sequence[str]  # 이미지 파일명, "" where absent
+    box_counts: np.ndarray  # (m,) int64
+    box_garments: np.ndarray  # (boxes,) int32: indices into garment_names
+    garment_names: list[str]
+    box_coords: np.ndarray  # (boxes, 4) float64, xyxy
+    stats: np.ndarray  # (m, 3) int64: size, mtime_ns, ctime_ns when the file was read
+    error: tuple[str, str | None, int | None] | None = None  # the first DataError, which ends the run
+
+
+def _parse_files(root: str, names: Sequence[str]) -> _Parsed:
+    """Parse ``names`` (relative to ``root``) in order, stopping at the first bad file."""
+    prefix = "" if root in ("", ".") else os.path.join(root, "")
+    rows, styles, named, counts, garments, coords, stats = [], [], [], [], [], [], []
+    labeled = []
+    error = None
+    for row, name in enumerate(names):
+        path = prefix + name  # a str: building a Path per file costs as much as reading it
+        try:
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                data = handle.read()
+            document = _load_document(path, data)
+            found = _style_indices(document, path)
+            boxes = garment_boxes(document, path)
+        except DataError as exc:
+            error = (exc.reason, exc.path, exc.line)
+            break
+        stats.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+        rows.extend([row] * len(found))
+        styles.extend(found)
+        labeled.append(bool(found))
+        info = document.get("이미지 정보", {})
+        image_name = info.get("이미지 파일명") if isinstance(info, dict) else None
+        named.append(image_name if isinstance(image_name, str) else "")
+        counts.append(len(boxes))
+        for garment, box in boxes:
+            garments.append(garment)
+            coords.append(box)
+    labels = np.zeros((len(stats), len(STYLE_NAMES)), dtype=np.uint8)
+    labels[rows, styles] = 1
+    names_of_garments = sorted(set(garments))
+    code = {garment: i for i, garment in enumerate(names_of_garments)}
+    return _Parsed(
+        labels, np.array(labeled, dtype=bool), named, np.array(counts, dtype=np.int64),
+        np.array([code[g] for g in garments], dtype=np.int32), names_of_garments,
+        np.array(coords, dtype=np.float64).reshape(-1, 4), np.array(stats, dtype=np.int64).reshape(-1, 3), error,
+    )
+
+
+def _parse_all(root: Path, names: list[str], workers: int | None) -> _Parsed:
+    """Every file parsed (in a pool of ``workers`` processes for large folders), or the first bad file's DataError."""
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if len(names) >= PARALLEL_MIN_FILES else 1
+    # Forked workers start at once with everything imported; elsewhere a worker would import torch
+    # again first, which costs more than it saves.
+    if workers > 1 and sys.platform.startswith("linux"):
+        pieces = 4 * workers
+        bounds = np.linspace(0, len(names), pieces + 1).astype(int)
+        chunks = [names[a:b] for a, b in itertools.pairwise(bounds)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_parse_files, [str(root)] * len(chunks), chunks))
+    else:
+        parts = [_parse_files(str(root), names)]
+    for part in parts:
+        if part.error is not None:
+            raise DataError(*part.error)
+    garment_names = sorted({name for p in parts for name in p.garment_names})
+    code = {name: i for i, name in enumerate(garment_names)}
+    return _Parsed(
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.labeled for p in parts]),
+        [name for p in parts for name in p.named_images],
+        np.concatenate([p.box_counts for p in parts]),
+        np.concatenate([np.array([code[n] for n in p.garment_names], dtype=np.int32)[p.box_garments] if len(p.box_garments)
+                        else np.zeros(0, np.int32) for p in parts]),
+        garment_names,
+        np.concatenate([p.box_coords for p in parts]),
+        np.concatenate([p.stats for p in parts]),
+    )
+
+
+@dataclass
+class _Folder:
+    """One folder of the listing: its entry names, which of them are symbolic links, its JSON files."""
+
+    relative: str  # "" for the root, else "a/b/"
+    names: set[str]
+    links: set[str]
+    json_files: list[str] = field(default_factory=list)  # names, in sorted order
+
+
+@dataclass
+class _Listing:
+    """The JSON files under a folder (in ``sorted(rglob("*.json"))`` order) and every folder's entries."""
+
+    root: Path
+    json_files: list[str]  # relative to root
+    folders: dict[str, _Folder] = field(default_factory=dict)
+
+    def exists(self, relative: str) -> bool:
+        """Whether ``root/relative`` exists, answered from the listing where it can be."""
+        cut = relative.rfind("/") + 1
+        folder = self.folders.get(relative[:cut])
+        name = relative[cut:]
+        if folder is None or name in ("", ".", ".."):
+            return os.path.exists(os.path.join(self.root, relative))
+        return name in folder.names and (name not in folder.links or os.path.exists(os.path.join(self.root, relative)))
+
+
+def _list_folder(root: Path, recursive: bool = True) -> _Listing:
+    """Every folder's entries by ``os.scandir`` (no ``stat``); JSON files in ``sorted(Path.rglob)`` order."""
+    listing = _Listing(root, [])
+
+    def walk(relative: str) -> None:
+        try:
+            with os.scandir(os.path.join(root, relative) if relative else root) as scan:
+                entries = list(scan)
+        except OSError as exc:
+            raise DataError(f"cannot list the folder ({exc.strerror})", path=Path(root, relative)) from None
+        folder = _Folder(relative, {e.name for e in entries}, {e.name for e in entries if e.is_symlink()})
+        listing.folders[relative] = folder
+        # Like Path.rglob: symbolic links to folders are not followed, and the order is that of the
+        # sorted path parts, which is a walk of every folder in name order.
+        folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)] if recursive else []
+        files = [e.name for e in entries if e.name.endswith(".json") and not e.is_dir()]
+        if not folders:
+            folder.json_files = sorted(files)
+            listing.json_files.extend([relative + name for name in folder.json_files])
+            return
+        for name, is_folder in sorted([(name, False) for name in files] + [(name, True) for name in folders]):
+            if is_folder:
+                walk(relative + name + "/")
+            else:
+                folder.json_files.append(name)
+                listing.json_files.append(relative + name)
+    walk("")
+    return listing
+
+
+def _find_images(listing: _Listing, files: list[str], named: Sequence[str]) -> list[str]:
+    """Each JSON file's image, relative to the root: the stem with an image extension, else 이미지 파일명."""
+    usual = IMAGE_EXTENSIONS[0]
+    images = []
+    folder = listing.folders.get("")
+    for row, name in enumerate(files):
+        cut = name.rfind("/") + 1
+        if folder is None or folder.relative != name[:cut]:
+            folder = listing.folders.get(name[:cut])
+        candidate = name[cut:-5] + usual
+        if folder is not None and candidate in folder.names and candidate not in folder.links:
+            images.append(name[:-5] + usual)  # the usual case, answered from the listing alone
+            continue
+        stem = name[:-5]
+        found = next((candidate for extension in IMAGE_EXTENSIONS for candidate in (stem + extension, stem + extension.upper())
+                      if listing.exists(candidate)), None)
+        if found is None and named[row] and listing.exists(name[:cut] + named[row]):
+            found = name[:cut] + named[row]
+        # Not found either way: point at the stem's .jpg so the image error names the expected file.
+        images.append(found if found is not None else stem + ".jpg")
+    return images
+
+
+def _fingerprint(root: Path, names: list[str]) -> dict[str, Any]:
+    """What must be equal for a cache file to be used, besides every file's size, mtime and ctime.
+
+    Hashing all 100,000 files would read them all, which costs more than the cached read may take
+    (docs/benchmarks.md); their sizes and nanosecond mtime and ctime (compared for every file)
+    catch each write, and the content digests of ``DIGESTED_FILES`` files spread over the folder
+    catch what a copy that keeps ``mtime`` might carry where ``ctime`` is not kept.
+    """
+    listed = hashlib.blake2b("\n".join(names).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+    picks = sorted({int(i) for i in np.linspace(0, len(names) - 1, min(DIGESTED_FILES, len(names)))})
+    digests = []
+    for i in picks:
+        path = root / names[i]
+        try:
+            digests.append(content_digest(path, os.path.getsize(path)))
+        except OSError:
+            digests.append(None)
+    return {"layout": CACHE_LAYOUT, "files": listed, "digests": digests}
+
+
+def _stats(root: Path, names: list[str]) -> np.ndarray | None:
+    """``(size, mtime_ns, ctime_ns)`` of every file, or None if one is gone."""
+    prefix = os.path.join(root, "")
+    try:
+        return np.array([(s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in map(os.stat, [prefix + n for n in names])],
+                        dtype=np.int64).reshape(-1, 3)
+    except OSError:
+        return None
+
+
+def _parse_or_cached(listing: _Listing, names: list[str], cache: bool, workers: int | None) -> tuple[_Parsed, str | None]:
+    """The parse of ``names``: from the cache when every file is unchanged, else parsed (and cached)."""
+    root = listing.root
+    store = None
+    if cache and cache_dir() is not None:
+        store = AnnotationCache("kfashion", root, _fingerprint(root, names))
+        loaded = store.load()
+        if loaded is not None:
+            meta, arrays = loaded
+            stats = _stats(root, names)
+            if stats is not None and np.array_equal(stats, arrays["stats"]):
+                return _Parsed(
+                    arrays["labels"], arrays["labeled"], Strings.from_arrays(arrays, "named_images"), arrays["box_counts"],
+                    arrays["box_garments"], meta["garments"], arrays["box_coords"], arrays["stats"],
+                ), None
+    parsed = _parse_all(root, names, workers)
+    if store is None or not worth_caching(int(parsed.stats[:, 0].sum())):
+        return parsed, None
+    arrays = {
+        "labels": parsed.labels,
+        "labeled": parsed.labeled,
+        **Strings.from_list(parsed.named_images).arrays("named_images"),
+        "box_counts": parsed.box_counts,
+        "box_garments": parsed.box_garments,
+        "box_coords": parsed.box_coords,
+        "stats": parsed.stats,
+    }
+    return parsed, store.store({"garments": parsed.garment_names}, arrays)
+
+
+class GarmentBoxes(LazySequence[list[GarmentBox]]):
+    """``boxes[i]``: record i's ``(garment, xyxy)`` boxes, built when asked for."""
+
+    def __init__(self, parsed: _Parsed, rows: np.ndarray) -> None:
+        self.codes = parsed.box_garments
+        self.names = parsed.garment_names
+        self.coords = parsed.box_coords
+        self.offsets = np.concatenate(([0], np.cumsum(parsed.box_counts)))
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item(self, index: int) -> list[GarmentBox]:
+        row = int(self.rows[index])
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return [(self.names[code], tuple(box)) for code, box in zip(self.codes[start:end].tolist(), self.coords[start:end].tolist())]
+
+
+@dataclass
+class _Records:
+    """Builds record ``row`` from the parsed arrays (what LazyRecords calls)."""
+
+    root: Path
+    json_files: list[str]
+    images: list[str]
+    labels: np.ndarray
+    mask: np.ndarray
+
+    def __call__(self, row: int) -> Record:
+        return Record(
+            image=self.root / self.images[row],
+            labels=self.labels[row],
+            label_mask=self.mask[row],
+            source=self.root / self.json_files[row],
+        )
+
+
 def read_kfashion(
     path_or_folder: str | Path,
     *,
     skip_bad: bool = False,
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     label_names: Sequence[str] | None = None,
+    cache: bool = True,
+    workers: int | None = None,
 ) -> FashionDataset:
     """Read one K-Fashion JSON or every ``*.json`` under a folder (recursively).
 
     Labels: the 23 styles (always all 23, in ``STYLE_NAMES`` order unless ``label_names`` forces
-    one). ``dataset.garment_boxes[i]`` holds record i's per-garment boxes.
+    one). ``dataset.garment_boxes[i]`` holds record i's per-garment boxes. ``workers`` processes
+    parse a folder of ``PARALLEL_MIN_FILES`` files or more (default: one per core, at most 8; 1
+    parses in this process). ``cache=False`` neither reads nor writes the annotation cache.
     """
     path_or_folder = Path(path_or_folder)
     if path_or_folder.is_dir():
-        files = sorted(path_or_folder.rglob("*.json"))
+        listing = _list_folder(path_or_folder)
     elif path_or_folder.exists():
-        files = [path_or_folder]
+        listing = _list_folder(path_or_folder.parent, recursive=False)
+        listing.json_files = listing.folders[""].json_files = [path_or_folder.name]
     else:
         raise DataError("expected a K-Fashion JSON file or a folder of them, found nothing", path=path_or_folder)
+    root = listing.root
     notes: list[str] = []
-    extracted = [f for f in files if f.name.endswith(_EXTRACTED_SUFFIX)]
-    files = [f for f in files if not f.name.endswith(_EXTRACTED_SUFFIX)]
+    extracted = [f for f in listing.json_files if f.endswith(_EXTRACTED_SUFFIX)]
+    files = [f for f in listing.json_files if not f.endswith(_EXTRACTED_SUFFIX)]
     if extracted:
         notes.append(f"ignored {len(extracted)} derived *{_EXTRACTED_SUFFIX} file(s) (not annotations)")
     if not files:
         raise DataError("expected K-Fashion *.json annotation files, found none", path=path_or_folder)
 
-    index = {name: i for i, name in enumerate(STYLE_NAMES)}
-    labels = np.zeros((len(files), len(STYLE_NAMES)), dtype=np.uint8)
-    mask = np.ones((len(files), len(STYLE_NAMES)), dtype=np.uint8)
-    images: list[Path] = []
-    boxes: list[list[tuple[str, tuple[float, float, float, float]]]] = []
-    unlabeled: list[str] = []
-    for row, json_path in enumerate(files):
-        try:
-            document = json.loads(json_path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"expected a JSON document, found invalid JSON ({exc.msg})", path=json_path, line=exc.lineno) from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"expected UTF-8 JSON, found undecodable bytes ({exc})", path=json_path) from None
-        styles = _get(document, ("데이터셋 정보", "데이터셋 상세설명", "라벨링", "스타일"), json_path)
-        if not isinstance(styles, list):
-            raise DataError(f"expected 스타일 to be a list of objects, found {styles!r}", path=json_path)
-        found = []
-        for entry in styles:
-            if not isinstance(entry, dict):
-                raise DataError(f"expected each 스타일 entry to be an object, found {entry!r}", path=json_path)
-            for key in ("스타일", "서브스타일"):
-                value = entry.get(key)
-                if value in (None, ""):
-                    continue
-                if value not in STYLES_KO_EN:
-                    raise DataError(
-                        f"unknown {key} value {value!r}: expected one of the 23 K-Fashion styles ({', '.join(STYLES_KO_EN)})",
-                        path=json_path,
-                    )
-                found.append(STYLES_KO_EN[value])
-        if found:
-            labels[row, [index[name] for name in found]] = 1
-        else:
-            mask[row] = 0
-            unlabeled.append(json_path.name)
-        images.append(_find_image(json_path, document.get("이미지 정보", {})))
-        boxes.append(garment_boxes(document, json_path))
+    parsed, cache_note = _parse_or_cached(listing, files, cache, workers)
+    if cache_note:
+        notes.append(cache_note)
+    mask = np.repeat(parsed.labeled[:, None], len(STYLE_NAMES), axis=1).astype(np.uint8)
+    unlabeled = [files[i][files[i].rfind("/") + 1 :] for i in np.flatnonzero(~parsed.labeled)]
     if unlabeled:
         shown = ", ".join(unlabeled[:10]) + (" ..." if len(unlabeled) > 10 else "")
         notes.append(f"{len(unlabeled)} of {len(files)} image(s) have no style annotated (all 23 labels unknown): {shown}")
 
-    labels, mask, vocabulary = force_vocabulary(labels, mask, STYLE_NAMES, label_names, path_or_folder, absent_is_unknown=True)
-    records = [
-        Record(image=image, labels=labels[i], label_mask=mask[i], source=json_path)
-        for i, (image, json_path) in enumerate(zip(images, files))
-    ]
-    dataset = FashionDataset(
-        records,
+    labels, mask, vocabulary = force_vocabulary(parsed.labels, mask, STYLE_NAMES, label_names, path_or_folder, absent_is_unknown=True)
+    images = _find_images(listing, files, parsed.named_images)
+    rows = np.arange(len(files))
+    build = _Records(root, files, images, labels, mask)
+    dataset = LazyFashionDataset(
+        LazyRecords(build, rows),
         vocabulary,
+        has_bbox=False,
+        has_landmarks=False,
         # The English style names are single GloVe tokens already ("hip-hop", "avant-garde" included).
         label_words=vocabulary,
         transform=transform,
         skip_bad=skip_bad,
         notes=notes,
     )
-    # Keep boxes aligned with the records that survived validation.
-    kept = {id(r) for r in dataset.records}
-    dataset.garment_boxes = [b for r, b in zip(records, boxes) if id(r) in kept]
+    if dataset.skipped:
+        # Keep boxes aligned with the records that survived validation.
+        kept = {record.source for record in dataset.records}
+        rows = np.array([row for row in rows if build.root / files[row] in kept], dtype=np.int64)
+    dataset.garment_boxes = GarmentBoxes(parsed, rows)
     return dataset

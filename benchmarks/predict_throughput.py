@@ -1,0 +1,160 @@
+"""``fashionlens predict`` against the model's own batch throughput on preprocessed tensors (issue 17 item 2).
+
+Both in one run, on real photos (default: the 308 photos of
+``../shared/data/clothing-dataset-small/test``) and a released model (default
+``garment-category-mnv2``):
+
+- ``model``: the photos decoded and preprocessed once, in this process, exactly as ``predict``'s
+  DataLoader workers do (``cli_predict.PhotoDataset``); then the model called on them in batches
+  of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
+  second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
+  into labels), for reference.
+- ``command``: ``fashionlens predict MODEL PHOTO... --out DIR`` (sharded Parquet) in a fresh
+  process, wall time, on all the photos and on the first ``--small`` of them; the output folder is
+  removed before each run (a rerun would skip what is written). ``command`` throughput is all the
+  photos over the full wall time (process start, imports and model load included);
+  ``command steady`` subtracts the small run: ``(N - n) / (T_N - T_n)``, the rate once started.
+
+Each round runs the three timings in a rotating order; medians over ``--rounds``. The target
+(issue 17): ``command`` >= 0.8 x ``model`` on 2 cores. Quote the ratios (same run); absolute
+times on a shared box are noise.
+
+    python benchmarks/predict_throughput.py
+    python benchmarks/predict_throughput.py --model garment-attributes-lite0 --rounds 5 --json /tmp/predict_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, machine_summary, median, write_results  # noqa: E402
+
+DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "clothing-dataset-small" / "test"
+
+
+def photo_paths(folders: list[Path]) -> list[Path]:
+    from fashionlens.vocabulary import IMAGE_EXTENSIONS
+
+    paths = sorted(p for folder in folders for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise SystemExit(f"no photos under {', '.join(map(str, folders))}")
+    return paths
+
+
+def preprocessed(predictor, paths: list[Path]) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
+    """The photos through predict's own dataset (decode, EXIF, resize, normalise), stacked."""
+    from fashionlens.cli_predict import PhotoDataset
+
+    dataset = PhotoDataset(paths, {"image_size": predictor.image_size, "mean": predictor.mean.flatten().tolist(),
+                                   "std": predictor.std.flatten().tolist()})
+    items = [dataset[i] for i in range(len(dataset))]
+    bad = [item["error"] for item in items if item["error"]]
+    if bad:
+        raise SystemExit(f"{len(bad)} photos did not decode, first: {bad[0]}")
+    return (torch.stack([item["image"] for item in items]), [(item["width"], item["height"]) for item in items],
+            [item["path"] for item in items])
+
+
+def command(model: str, paths: list[Path], out: Path, batch_size: int, workers: int | None) -> float:
+    """Wall seconds of one ``fashionlens predict`` process over ``paths``."""
+    shutil.rmtree(out, ignore_errors=True)
+    arguments = [str(Path(sys.executable).parent / "fashionlens"), "predict", model, *map(str, paths), "--out", str(out),
+                 "--batch-size", str(batch_size)]
+    if workers is not None:
+        arguments += ["--workers", str(workers)]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = time.perf_counter()
+    done = subprocess.run(arguments, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"fashionlens predict failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if f"wrote {len(paths)} rows" not in done.stderr:
+        raise SystemExit(f"fashionlens predict did not write {len(paths)} rows:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="garment-category-mnv2")
+    parser.add_argument("--photos", type=Path, nargs="+", default=[DEFAULT_PHOTOS])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="predict's --workers (default: its own)")
+    parser.add_argument("--small", type=int, default=32, help="photos of the small run (startup subtracted)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from fashionlens.inference import load
+
+    paths = photo_paths(args.photos)
+    predictor = load(args.model, batch_size=args.batch_size)
+    batch, sizes, sources = preprocessed(predictor, paths)
+    starts = range(0, len(paths), args.batch_size)
+
+    def model_alone() -> None:
+        with torch.inference_mode():
+            for start in starts:
+                predictor.runtime(batch[start:start + args.batch_size])
+
+    def model_and_labels() -> None:
+        for start in starts:
+            end = start + args.batch_size
+            predictor.predict_preprocessed(batch[start:end], sizes[start:end], sources[start:end])
+
+    out = Path(tempfile.mkdtemp(prefix="fashionlens_predict_throughput_"))
+    steps = {
+        "model": model_alone,
+        "model+labels": model_and_labels,
+        "command": lambda: command(args.model, paths, out / "all.parquet", args.batch_size, args.workers),
+        "command small": lambda: command(args.model, paths[:args.small], out / "small.parquet", args.batch_size,
+                                         args.workers),
+    }
+    model_alone()  # warm-up: first calls allocate
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for round_index in range(args.rounds):
+            names = list(steps)
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                steps[name]()
+                times[name].append(time.perf_counter() - start)
+                print(f"round {round_index + 1} {name}: {times[name][-1]:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    n, small = len(paths), min(args.small, len(paths))
+    seconds = {name: median(values) for name, values in times.items()}
+    rate = {
+        "model": n / seconds["model"],
+        "model+labels": n / seconds["model+labels"],
+        "command": n / seconds["command"],
+        "command steady": (n - small) / (seconds["command"] - seconds["command small"]),
+    }
+    results = {
+        "model": args.model, "photos": n, "photo_folders": [str(p) for p in args.photos], "batch_size": args.batch_size,
+        "workers": args.workers, "small": small, "rounds": args.rounds, "machine": machine_summary(),
+        "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
+        "photos_per_second": rate,
+        "command_over_model": rate["command"] / rate["model"],
+        "command_steady_over_model": rate["command steady"] / rate["model"],
+        "target": 0.8,
+    }
+    print(f"{args.model}, {n} photos, batch {args.batch_size}, medians of {args.rounds} rounds:")
+    for name, value in rate.items():
+        print(f"  {name:15s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
+    write_results(results, "predict_throughput.json", args.json)
+
+
+if __name__ == "__main__":
+    main()
