@@ -37,14 +37,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(model_dir: Path):
+def _serve(model_dir: Path, index: Path | None = None):
     """Run the app on a free port in a thread; yield its URL; stop it."""
     uvicorn = pytest.importorskip("uvicorn")
     from fashionlens.server.app import create_app
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model_dir, max_upload_mb=2), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(model_dir, max_upload_mb=2, index=index), host="127.0.0.1",
+                                           port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -90,11 +90,17 @@ def browser():
         instance.close()
 
 
-def test_upload_a_photo_and_see_score_bars(server_url, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1100, "height": 760})
-    page.goto(server_url)
+def _upload(browser, url: str, photo: Path, height: int = 760):
+    """A new page at ``url`` showing a style model, with ``photo`` chosen in the file input."""
+    page = browser.new_page(viewport={"width": 1100, "height": height})
+    page.goto(url)
     page.wait_for_selector("#model:has-text('style model')")
-    page.set_input_files("#file", str(PHOTOS[0]))
+    page.set_input_files("#file", str(photo))
+    return page
+
+
+def test_upload_a_photo_and_see_score_bars(server_url, browser, tmp_path):
+    page = _upload(browser, server_url, PHOTOS[0])
     page.wait_for_selector("#results .bar", timeout=30_000)
     names = page.locator("#results .bar .name").all_inner_texts()
     assert sorted(names) == sorted(n.replace("_", " ").title() for n in NAMES)
@@ -143,3 +149,70 @@ def test_clothing_model_shows_category_attributes_by_type_and_landmarks(clothing
     assert painted > 100
     assert not page.locator("#error").is_visible()
     page.screenshot(path=str(tmp_path / "clothing.png"), full_page=True)
+
+
+PAINTED = """() => { const c = document.getElementById('overlay');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+
+
+def test_click_a_label_and_see_where_it_is(server_url, browser, tmp_path):
+    page = _upload(browser, server_url, PHOTOS[0])
+    page.wait_for_selector("#results .bar.explainable", timeout=30_000)
+    assert page.evaluate(PAINTED) == 0  # a style model draws nothing over the photo until asked
+    row = page.locator("#results .bar.explainable").nth(1)
+    name = row.locator(".name").inner_text()
+    row.click()
+    page.wait_for_selector(f"#mapinfo:has-text('Where the model sees {name}')", timeout=30_000)
+    assert "active" in row.get_attribute("class")
+    # The map covers the whole photo on the canvas over it.
+    painted = page.evaluate(PAINTED)
+    size = page.evaluate("() => { const c = document.getElementById('overlay'); return c.width * c.height; }")
+    assert painted > 0.9 * size
+    page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
+    # Another label replaces it; a second click on the same label hides it.
+    other = page.locator("#results .bar.explainable").nth(0)
+    other.click()
+    page.wait_for_selector(f"#mapinfo:has-text('{other.locator('.name').inner_text()}')", timeout=30_000)
+    assert "active" not in row.get_attribute("class")
+    other.click()
+    page.wait_for_function("() => document.getElementById('mapinfo').textContent === ''", timeout=10_000)
+    assert page.evaluate(PAINTED) == 0
+    assert not page.locator("#error").is_visible()
+
+
+CATALOGUE = REPO.parent / "shared" / "data" / "clothing-dataset-small" / "train"
+
+
+@pytest.fixture(scope="module")
+def similar_server_url(tmp_path_factory):
+    """The browser test's style model served with an index of 12 real catalogue photos."""
+    from tiny_models import style_model_dir
+
+    from fashionlens.inference import load
+    from fashionlens.search import SearchIndex, embed_photos, read_vectors
+
+    gallery = [path for name in ("shoes", "hat", "dress") for path in sorted((CATALOGUE / name).glob("*.jpg"))[:4]]
+    if len(gallery) < 12:
+        pytest.skip(f"clothing-dataset-small not found under {CATALOGUE}")
+    folder = tmp_path_factory.mktemp("browser-similar")
+    model_dir = style_model_dir(folder / "model")
+    embed_photos(load(model_dir), gallery, folder / "vectors.parquet", "model", workers=0, progress=False)
+    SearchIndex.build(read_vectors(folder / "vectors.parquet")).save(folder / "index")
+    yield from _serve(model_dir, folder / "index")
+
+
+def test_similar_items_strip(similar_server_url, browser, tmp_path):
+    photo = sorted((CATALOGUE / "hat").glob("*.jpg"))[1]  # in the catalogue: it finds itself first
+    page = _upload(browser, similar_server_url, photo, height=900)
+    page.wait_for_selector("#similar figure", timeout=30_000)
+    assert page.locator("#similar").is_visible()
+    assert page.locator("#similar figure").count() == 10
+    captions = page.locator("#similar figcaption").all_inner_texts()
+    assert captions[0].startswith("1.00") and captions[0].endswith(photo.name)
+    scores = [float(caption.split(" ")[0]) for caption in captions]
+    assert scores == sorted(scores, reverse=True)
+    page.wait_for_function("() => [...document.querySelectorAll('#similar img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30_000)
+    page.screenshot(path=str(tmp_path / "similar.png"), full_page=True)
+    assert not page.locator("#error").is_visible()

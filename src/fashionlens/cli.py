@@ -207,6 +207,21 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _add_search_commands(commands) -> None:
+    """``embed``, ``index`` and ``search`` (fashionlens.search), and ``predict --explain`` (the overlays
+    that cli_predict writes); called once the ``predict`` parser exists."""
+    from fashionlens.search import add_search_commands
+
+    add_search_commands(commands)
+    predict = commands.choices["predict"]
+    predict.add_argument("--explain", action="append", metavar="LABEL|top", default=None,
+                         help="write a PNG per photo of where LABEL's evidence is (its activation map over the "
+                              "photo, with its name and score); top: each photo's highest-scoring label "
+                              "(label:top: a label called top); repeat it for several labels (torch runtime)")
+    predict.add_argument("--explain-dir", type=Path, default=Path("explain"),
+                         help="where --explain writes PHOTO.LABEL.png (default ./explain)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashionlens",
@@ -305,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--index", type=Path, default=None,
+                       help="a similarity index of the same model (`fashionlens index`): POST /similar and a "
+                            "'similar items' strip on the page")
 
     models = commands.add_parser(
         "models", help="list the released models: their names work wherever a model directory goes",
@@ -334,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("shared_data", type=Path, help="the shared data folder (holds deepfashion/ and landmarks/)")
     sample.add_argument("out", type=Path)
     sample.add_argument("--landmarks-only", action="store_true", help="only the photos with ground-truth landmarks")
+    _add_search_commands(commands)
     return parser
 
 
@@ -412,7 +431,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fashionlens.server.app import serve
 
         return serve(args.model_dir, host=args.host, port=args.port, runtime=args.runtime,
-                     max_upload_mb=args.max_upload_mb)
+                     max_upload_mb=args.max_upload_mb, index=args.index)
     if args.command == "models":
         from fashionlens import hub
 
@@ -420,6 +439,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps([hub.describe(entry) for entry in entries], indent=2) if args.json
               else hub.format_models(entries))
         return 0
+    if args.command in ("embed", "index", "search"):
+        from fashionlens.search import run_search_command
+
+        return run_search_command(args)
     if args.command == "report":
         from fashionlens.report import write_report
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fashionlens.errors import FashionlensError
 from fashionlens.inference import (
+    TOP_LABELS,
     ClothingPrediction,
     Prediction,
     Predictor,
@@ -95,6 +97,61 @@ def predict_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, thres
     results = predictor.predict_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
                                              top_k=top_k, threshold=threshold)
     return results, errors
+
+
+def explain_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold,
+                  labels: Sequence[str]) -> tuple[list, list, list[str]]:
+    """(predictions, explanations, errors) of one collated batch: one forward pass for both."""
+    good = [i for i, error in enumerate(batch["error"]) if not error]
+    errors = [error for error in batch["error"] if error]
+    if not good:
+        return [], [], errors
+    sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in good]
+    explanations = predictor.explain_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
+                                                  labels=labels, top_k=top_k, threshold=threshold)
+    return [explanation.prediction for explanation in explanations], explanations, errors
+
+
+# ------------------------------------------------------------------------------------- overlays (PNG)
+
+
+class OverlayWriter:
+    """Writes ``DIR/<photo name>.<label>.png``; photos of the same name in other folders get ``-2``, ``-3``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stems: dict[str, str] = {}  # photo path -> its file-name stem here
+        self.taken: set[str] = set()
+        self.written = 0
+
+    def _stem(self, source: str) -> str:
+        if source not in self.stems:
+            base = Path(source).stem or "photo"
+            stem, n = base, 1
+            while stem in self.taken:
+                n += 1
+                stem = f"{base}-{n}"
+            self.taken.add(stem)
+            self.stems[source] = stem
+        return self.stems[source]
+
+    def write(self, explanation) -> list[Path]:
+        from fashionlens.explain import overlay
+        from fashionlens.inference import read_image
+        from fashionlens.modeldir import atomic_write_bytes
+
+        photo = read_image(explanation.source)
+        paths = []
+        for label_map in explanation.maps:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label_map.name)
+            path = self.folder / f"{self._stem(explanation.source)}.{safe}.png"
+            buffer = io.BytesIO()
+            overlay(photo, label_map).save(buffer, format="PNG")
+            atomic_write_bytes(path, buffer.getvalue())
+            paths.append(path)
+        self.written += len(paths)
+        return paths
 
 
 # --------------------------------------------------------------------------------------- output rows
@@ -288,7 +345,22 @@ def predict_command(args: argparse.Namespace) -> int:
             return 2
         return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
 
+    explain = getattr(args, "explain", None)
+    if explain and _distributed(args):
+        print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
+        return 2
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+    overlays = None
+    if explain:
+        try:
+            for name in explain:
+                if name != TOP_LABELS:
+                    predictor.label_index(name)
+            predictor.torch_model("--explain")
+        except FashionlensError as error:
+            print(f"fashionlens: error: {error}", file=sys.stderr)
+            return 2
+        overlays = OverlayWriter(Path(getattr(args, "explain_dir", None) or "explain"))
     lost = sum(1 for problem in problems if getattr(problem, "failed", True))
     failed, done = lost, 0
     todo = list(paths)
@@ -313,17 +385,25 @@ def predict_command(args: argparse.Namespace) -> int:
     progress = progress_bar(total=len(todo), desc="predicting", unit="photo", disable=len(todo) <= 4)
     try:
         for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
-            results, errors = predict_batch(predictor, batch, top_k, threshold)
+            if overlays is not None:
+                results, explanations, errors = explain_batch(predictor, batch, top_k, threshold, explain)
+            else:
+                (results, errors), explanations = predict_batch(predictor, batch, top_k, threshold), []
             for error in errors:
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             failed += len(errors)
-            for result in results:
+            for row, result in enumerate(results):
                 if not _finite(result):
                     print(f"fashionlens: skipped {result.source}: the model gave non-finite scores (NaN or inf); "
                           f"its weights are broken", file=sys.stderr)
                     failed += 1
                     continue
                 done += 1
+                if overlays is not None:
+                    try:
+                        overlays.write(explanations[row])
+                    except FashionlensError as error:  # the photo changed or went away since it was predicted
+                        print(f"fashionlens: no overlay for {result.source}: {error}", file=sys.stderr)
                 if writer is not None:
                     writer.add(parquet_row(result, model_name))
                 if csv_writer is not None:
@@ -343,6 +423,8 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
     if writer is not None:
         print(f"wrote {writer.written} rows to {out}", file=sys.stderr)
+    if overlays is not None:
+        print(f"wrote {overlays.written} overlays to {overlays.folder}", file=sys.stderr)
     if failed:
         print(f"fashionlens: {failed} of {len(paths) + lost} inputs failed, {done} predicted", file=sys.stderr)
         return 1

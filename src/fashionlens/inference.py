@@ -41,6 +41,10 @@ from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 LANDMARK_VISIBLE_THRESHOLD = 0.5
 ONNX_FILENAME = "model.onnx"
 ONNX_OPSET = 17
+# Predictor.explain: the keyword for each photo's highest-scoring labels, and the prefix that names a
+# label whatever it is called (Clothing Co-Parsing has a label "top": "label:top").
+TOP_LABELS = "top"
+LABEL_PREFIX = "label:"
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -394,6 +398,130 @@ class Predictor:
             outputs = self.runtime(batch)
         return [self._interpret({key: value[row] for key, value in outputs.items()}, sources[row], width, height,
                                 top_k, threshold) for row, (width, height) in enumerate(sizes)]
+
+    # ---------------------------------------------------------------- activation maps and embeddings
+
+    def torch_model(self, what: str) -> torch.nn.Module:
+        """The torch module behind this predictor; FashionlensError naming ``what`` needs it otherwise."""
+        model = getattr(self.runtime, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise FashionlensError(f"{what} needs the torch runtime (this predictor runs {self.runtime_name!r}): "
+                                   f"load the model directory with runtime='torch'")
+        return model
+
+    def label_index(self, name: str) -> int:
+        """The index of a label (style) or attribute (clothing) by its name or display name; a
+        ``label:`` prefix is allowed (``label:top`` is the label called top, not the keyword)."""
+        name = name.removeprefix(LABEL_PREFIX)
+        for names in (self.label_names, self.display_names):
+            if name in names:
+                return names.index(name)
+        import difflib
+
+        close = difflib.get_close_matches(name, self.label_names + self.display_names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+            f"; it has {len(self.label_names)} labels: {', '.join(self.label_names[:8])}" + \
+            (", ..." if len(self.label_names) > 8 else "")
+        what = "attribute" if self.task == "clothing" else "label"
+        raise FashionlensError(f"the model has no {what} {name!r}{hint}")
+
+    def explain(self, images: ImageInput | Sequence[ImageInput], labels: str | Sequence[str] = "top",
+                num_top: int = 1, top_k: int | None = None, threshold: float | str | None = "auto"):
+        """Predict and return the activation maps of ``labels``: :class:`fashionlens.explain.Explanation`
+        (a list for a list of images).
+
+        ``labels`` is a label name (an attribute's, for a clothing model), a list of names, or ``"top"``:
+        the ``num_top`` highest-scoring labels of each photo (a label that is itself called top, as in
+        Clothing Co-Parsing, is ``"label:top"``; any name may carry that prefix). Each map comes as
+        :class:`fashionlens.explain.LabelMap`: ``grid`` at the feature resolution covering the whole
+        photo, ``photo()`` in the photo's pixel coordinates. Needs the torch runtime.
+        """
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+        items = [images] if single else list(images)
+        loaded = [to_uint8_chw(item) for item in items]
+        results = self.explain_loaded([tensor for tensor, _ in loaded], [name for _, name in loaded], labels,
+                                      num_top, top_k, threshold)
+        return results[0] if single else results
+
+    def explain_loaded(self, images: Sequence[torch.Tensor], sources: Sequence[str],
+                       labels: str | Sequence[str] = "top", num_top: int = 1, top_k: int | None = None,
+                       threshold: float | str | None = "auto") -> list:
+        """:meth:`explain` for upright uint8 ``(3, H, W)`` tensors (see :func:`to_uint8_chw`), in batches."""
+        results: list = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = torch.stack([self.preprocess(image) for image in chunk])
+            sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
+            results += self.explain_preprocessed(batch, sizes, sources[start:start + len(chunk)], labels, num_top,
+                                                 top_k, threshold)
+        return results
+
+    def explain_preprocessed(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
+                             labels: str | Sequence[str] = "top", num_top: int = 1, top_k: int | None = None,
+                             threshold: float | str | None = "auto") -> list:
+        """:meth:`explain` for a batch already through :meth:`preprocess`; ``sizes`` are (width, height).
+
+        One forward pass gives the prediction and every label's map (the maps are one matrix
+        product on the feature map the pooling would have seen)."""
+        from fashionlens.explain import Explanation, LabelMap
+
+        wanted = [labels] if isinstance(labels, str) else list(labels)
+        named = [self.label_index(name) for name in wanted if name != TOP_LABELS]
+        model = self.torch_model("explain")
+        device = getattr(self.runtime, "device", torch.device("cpu"))
+        with self._lock, torch.inference_mode():
+            if self.task == "style":
+                raw = model.forward_label_maps(batch.to(device))
+                all_maps = raw.pop("label_maps")
+            else:
+                raw = model.forward_attribute_maps(batch.to(device))
+                all_maps = raw.pop("attribute_maps")
+        outputs = {key: value.float().cpu().numpy() for key, value in raw.items()}
+        grids = all_maps.float().cpu().numpy()
+        logits = outputs["logits"] if self.task == "style" else outputs["attribute_logits"]
+        softmax = self.task == "style" and self.config.get("activation") == "softmax"
+        results = []
+        for row, (width, height) in enumerate(sizes):
+            prediction = self._interpret({key: value[row] for key, value in outputs.items()}, sources[row], width,
+                                         height, top_k, threshold)
+            scores = _softmax(logits[row]) if softmax else _sigmoid(logits[row])
+            chosen = list(named)
+            if TOP_LABELS in wanted:
+                ranked = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+                chosen += [i for i in ranked[:max(0, int(num_top))] if i not in chosen]
+            maps = [LabelMap(self.label_names[i], self.display_names[i], float(scores[i]), float(logits[row][i]),
+                             grids[row, i].astype(np.float32), width, height) for i in chosen]
+            results.append(Explanation(sources[row], width, height, prediction, maps))
+        return results
+
+    @property
+    def embedding_dim(self) -> int:
+        """The length of :meth:`embed`'s vectors."""
+        model = self.torch_model("embed")
+        if self.task == "style":
+            return int(model.backbone.out_channels)
+        return 2 * int(model.config["head_width"])
+
+    def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """L2-normalised embeddings ``(N, D)`` float32 (``(D,)`` for one image): the pooled feature the
+        head sees (style: the backbone's pooled feature; clothing: the category and attribute
+        branches' pooled features, concatenated). Needs the torch runtime."""
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+        items = [images] if single else list(images)
+        loaded = [tensor for tensor, _ in (to_uint8_chw(item) for item in items)]
+        vectors = [self.embed_preprocessed(torch.stack([self.preprocess(image)
+                                                        for image in loaded[start:start + self.batch_size]]))
+                   for start in range(0, len(loaded), self.batch_size)]
+        out = np.concatenate(vectors) if vectors else np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return out[0] if single else out
+
+    def embed_preprocessed(self, batch: torch.Tensor) -> np.ndarray:
+        """:meth:`embed` for a batch already through :meth:`preprocess`: ``(B, D)`` float32, unit length."""
+        model = self.torch_model("embed")
+        device = getattr(self.runtime, "device", torch.device("cpu"))
+        with self._lock, torch.inference_mode():
+            vectors = torch.nn.functional.normalize(model.forward_embedding(batch.to(device)).float(), dim=1)
+        return vectors.cpu().numpy().astype(np.float32)
 
     def _interpret(self, outputs: dict[str, np.ndarray], source: str, width: int, height: int,
                    top_k: int | None, threshold: float | str | None) -> Prediction:

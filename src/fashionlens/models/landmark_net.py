@@ -21,7 +21,8 @@ non-local output.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -166,7 +167,11 @@ class _PooledBranch(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.convs(x).mean(dim=(-2, -1)))
+        return self.pool(self.convs(x))
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The branch's own feature map (``convs(x)``) -> its pooled output ``(B, width)``."""
+        return self.dropout(feature_map.mean(dim=(-2, -1)))
 
 
 class LandmarkClothingNet(nn.Module):
@@ -249,6 +254,37 @@ class LandmarkClothingNet(nn.Module):
         if "heatmaps" in feats:
             out["heatmaps"] = feats["heatmaps"]
         return out
+
+    def attribute_classifiers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attribute head as ``(weights (A, head_width), bias (A,) or None)``: logits = pooled @ W.T + b."""
+        if isinstance(self.attribute_fc, nn.Linear):
+            return self.attribute_fc.weight, self.attribute_fc.bias
+        return self.attribute_fc.classifier_weights()
+
+    def forward_attribute_maps(self, images: torch.Tensor,
+                               labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The outputs dict plus ``"attribute_maps"`` ``(B, L, h, w)`` for the attribute indices ``labels``
+        (all by default), in one pass: the attribute classifiers applied at every place of the
+        attribute branch's feature map before its average pooling (so a map's mean is the logit;
+        ``h = H / (2 * backbone stride)``, the branch's first conv has stride 2)."""
+        from fashionlens.models.mlgcn import label_maps
+
+        feats = self.forward_features(images)
+        features = feats["features"]
+        attribute_map = self.attribute_branch.convs(features)
+        weights, bias = self.attribute_classifiers()
+        out = {"category_logits": self.category_fc(self.category_branch(features)),
+               "attribute_logits": self.attribute_fc(self.attribute_branch.pool(attribute_map)),
+               "attribute_maps": label_maps(attribute_map, weights, bias, labels)}
+        if "heatmaps" in feats:
+            out["heatmaps"] = feats["heatmaps"]
+        return out
+
+    def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features both heads see, category branch then attribute branch ``(B, 2 * head_width)``
+        (not normalised): the image's embedding."""
+        features = self.forward_features(images)["features"]
+        return torch.cat([self.category_branch(features), self.attribute_branch(features)], dim=1)
 
 
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:

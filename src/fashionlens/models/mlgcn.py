@@ -22,6 +22,24 @@ POOLS = ("max", "avg")
 HEADS = ("mlgcn", "linear")
 
 
+def label_maps(feature_map: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Each label's classifier applied at every place of a feature map: ``(B, D, h, w) -> (B, L, h, w)``.
+
+    The class activation map of Zhou et al., "Learning deep features for discriminative
+    localization" (CVPR 2016, Eq. 2), with the classifier rows ``weights`` ``(C, D)`` (and ``bias``
+    ``(C,)``) of any head that ends in ``features @ weights.T + bias``. ``labels`` (indices) picks rows;
+    all ``C`` by default. Under average pooling the mean of a label's map is exactly its logit; under
+    max pooling each channel is pooled on its own, so the logit is neither the map's mean nor its
+    maximum: the map says where the evidence is, not how much there is.
+    """
+    if labels is not None:
+        weights = weights[labels]
+        bias = None if bias is None else bias[labels]
+    maps = torch.einsum("bdhw,ld->blhw", feature_map, weights)
+    return maps if bias is None else maps + bias.view(1, -1, 1, 1)
+
+
 def _as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array,
                            dtype=torch.float32).clone().contiguous()
@@ -103,6 +121,10 @@ class MLGCNHead(nn.Module):
         logits = features @ self.classifiers().t()
         return logits if self.bias is None else logits + self.bias
 
+    def classifier_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(classifiers (C, feature_dim), bias (C,) or None)``: ``forward`` is ``x @ W.T + b``."""
+        return self.classifiers(), self.bias
+
 
 class LinearHead(nn.Module):
     """The baseline head: one linear classifier per label, with bias."""
@@ -113,6 +135,10 @@ class LinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)
+
+    def classifier_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight (C, feature_dim), bias (C,))``: ``forward`` is ``x @ W.T + b``."""
+        return self.fc.weight, self.fc.bias
 
 
 class MultiLabelClassifier(nn.Module):
@@ -132,7 +158,10 @@ class MultiLabelClassifier(nn.Module):
         Global max pooling as ML-GCN (it beat average pooling there, 81.9 vs 77.3 COCO mAP), taken
         over whatever spatial size the backbone returns, so any input size works.
         """
-        feature_map = self.backbone(images)
+        return self.pool_features(self.backbone(images))
+
+    def pool_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w) -> (B, D)`` with the model's global pooling."""
         if self.pool == "max":
             return feature_map.amax(dim=(2, 3))
         return feature_map.mean(dim=(2, 3))
@@ -142,6 +171,23 @@ class MultiLabelClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.forward_head(self.forward_features(images))}
+
+    def forward_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map before pooling ``(B, D, h, w)`` (``h = H / stride``)."""
+        return self.backbone(images)
+
+    def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled feature the head sees ``(B, D)`` (not normalised): the image's embedding."""
+        return self.forward_features(images)
+
+    def forward_label_maps(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One pass: ``{"logits": (B, C), "label_maps": (B, L, h, w)}`` for the label indices ``labels``
+        (all by default); each map is the head's classifier of that label applied at every place of
+        the feature map before pooling (:func:`label_maps`); no gradients are needed."""
+        feature_map = self.forward_feature_map(images)
+        weights, bias = self.head.classifier_weights()
+        return {"logits": self.forward_head(self.pool_features(feature_map)),
+                "label_maps": label_maps(feature_map, weights, bias, labels)}
 
 
 DEFAULT_CONFIG: dict[str, Any] = {

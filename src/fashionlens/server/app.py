@@ -4,6 +4,9 @@
     GET  /health    {"status": "ok", "model": {...}} (the model directory's name, never its path)
     GET  /labels    the label vocabulary (and categories / landmark names for clothing models)
     POST /predict   multipart/form-data with the photo in the field ``file``; optional ?top_k=
+    POST /explain   the same upload; ?label=NAME (or top): the prediction and that label's activation map
+    POST /similar   the same upload; ?k=: the most similar catalogue photos (``serve --index``)
+    GET  /similar/{id}/photo   a thumbnail of catalogue item ``id`` (only the index's own files are served)
     GET  /docs      the API described from /openapi.json by a page of our own (no CDN: works offline)
 
 What an upload can cost is bounded before any of it is spent:
@@ -39,16 +42,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from fashionlens import images
-from fashionlens.errors import DataError
-from fashionlens.inference import Predictor, load, to_uint8_chw
+from fashionlens.errors import DataError, FashionlensError
+from fashionlens.inference import TOP_LABELS, Predictor, load, to_uint8_chw
+from fashionlens.search import SearchIndex
 
 logger = logging.getLogger("fashionlens.server")
 
@@ -60,6 +65,7 @@ MAX_CONCURRENT_UPLOADS = 32
 # Decoding is where an upload's memory goes (3 bytes a pixel, and copies); the forward passes are
 # serialised by the Predictor anyway, so a few decodes at once keep the CPU busy.
 MAX_CONCURRENT_DECODES = 2
+THUMBNAIL_SIDE = 192  # pixels on the long side of a similar item's photo on the page
 
 
 class _UploadTooLarge(Exception):
@@ -143,13 +149,19 @@ def _boundary(content_type: str) -> bytes | None:
 def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runtime: str = "torch", *,
                upload_timeout_s: float = UPLOAD_TIMEOUT_S, max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
                max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
-               draft_side: int | None = images.SERVER_DRAFT_SIDE) -> FastAPI:
+               draft_side: int | None = images.SERVER_DRAFT_SIDE,
+               index: str | Path | SearchIndex | None = None) -> FastAPI:
     """The FastAPI application for a model directory (loaded with ``runtime``) or a ready Predictor.
 
     ``draft_side=None`` decodes every pixel of every upload (the same pixels as ``predict``); otherwise
     a large JPEG keeps at least ``draft_side`` pixels, and twice the model's input, on its long side.
+    ``index`` (a ``fashionlens index`` folder built from this model's vectors) enables ``POST /similar``.
     """
     predictor = model if isinstance(model, Predictor) else load(model, runtime=runtime)
+    search_index = SearchIndex.load(index) if isinstance(index, (str, Path)) else index
+    if search_index is not None:
+        predictor.torch_model("serve --index")  # queries are embedded by the torch model
+        search_index.check_model(predictor)
     if draft_side is not None:
         draft_side = max(int(draft_side), 2 * predictor.image_size)
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -166,6 +178,7 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
     app.state.max_upload_bytes = max_bytes
     app.state.decoding = decoding
     app.state.in_flight = in_flight
+    app.state.index = search_index
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
@@ -201,7 +214,9 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
         info = predictor.info()
         info.pop("model_dir", None)  # an absolute path tells a client about the server's disk
         info["name"] = model_name
-        return {"status": "ok", "model": info, "max_upload_mb": max_upload_mb}
+        similar = {"items": len(search_index), "kind": search_index.meta["kind"]} if search_index else None
+        return {"status": "ok", "model": info, "max_upload_mb": max_upload_mb, "similar": similar,
+                "explain": predictor.runtime_name == "torch"}
 
     @app.get("/labels", summary="The model's label vocabulary")
     def labels() -> dict[str, Any]:
@@ -223,16 +238,69 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
                       top_k: int | None = Query(None, ge=1, le=1000, description="labels to return (per type)"),
                       threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum probability"),
                       ) -> JSONResponse:
+        return await _with_upload(request, "/predict", lambda data, filename: functools.partial(
+            _predict_bytes, predictor, data, filename, top_k, threshold, draft_side))
+
+    @app.post("/explain", summary="Where in a photo a label's evidence is (its activation map)",
+              openapi_extra=upload_schema,
+              responses={400: {"description": "corrupt, truncated or refused image, a malformed upload, or an "
+                                              "unknown label"},
+                         413: {"description": f"upload larger than {limit_text}"},
+                         501: {"description": "the server runs the ONNX runtime (maps need torch)"}})
+    async def explain(request: Request,
+                      label: str = Query("top", max_length=200,
+                                         description="a label name (an attribute's, for a clothing model), or "
+                                                     "top: the highest-scoring one (label:NAME names any label, "
+                                                     "one called top too)"),
+                      ) -> JSONResponse:
+        if predictor.runtime_name != "torch":
+            return error(501, f"activation maps need the torch runtime; this server runs {predictor.runtime_name}")
+        if label != TOP_LABELS:
+            try:
+                predictor.label_index(label)
+            except FashionlensError as exc:
+                return error(400, str(exc))
+        return await _with_upload(request, "/explain", lambda data, filename: functools.partial(
+            _explain_bytes, predictor, data, filename, label, draft_side))
+
+    @app.post("/similar", summary="The catalogue photos most similar to a photo (needs serve --index)",
+              openapi_extra=upload_schema,
+              responses={404: {"description": "the server was started without --index"},
+                         413: {"description": f"upload larger than {limit_text}"}})
+    async def similar(request: Request,
+                      k: int = Query(10, ge=1, le=100, description="how many similar items"),
+                      ) -> JSONResponse:
+        if search_index is None:
+            return error(404, "no similarity index: start the server with `fashionlens serve MODEL --index INDEX` "
+                              "(build one with `fashionlens embed` and `fashionlens index`)")
+        return await _with_upload(request, "/similar", lambda data, filename: functools.partial(
+            _similar_bytes, predictor, search_index, data, filename, k, draft_side))
+
+    @app.get("/similar/{item}/photo", summary="A thumbnail of a catalogue item of the index",
+             responses={404: {"description": "no such item, or no index"}})
+    async def similar_photo(item: int) -> Response:
+        if search_index is None or not 0 <= item < len(search_index):
+            return error(404, f"no catalogue item {item}")
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(
+                decoding, _thumbnail, Path(search_index.files[item]), THUMBNAIL_SIDE)
+        except DataError as exc:
+            return error(404, f"catalogue item {item}: {exc.reason}")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    async def _with_upload(request: Request, route: str, work) -> JSONResponse:
+        """Read one uploaded photo within the limits, then run ``work(data, filename)`` (a callable for
+        the decoding pool) and answer with its result."""
         if in_flight["uploads"] >= max_concurrent_uploads:
             return error(503, f"server busy: {in_flight['uploads']} uploads in progress, the limit is "
                               f"{max_concurrent_uploads}; retry in a moment", headers={"Retry-After": "1"})
         in_flight["uploads"] += 1
         try:
-            return await _predict_upload(request, top_k, threshold)
+            return await _handle_upload(request, route, work)
         finally:
             in_flight["uploads"] -= 1
 
-    async def _predict_upload(request: Request, top_k: int | None, threshold: float | None) -> JSONResponse:
+    async def _handle_upload(request: Request, route: str, work) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             return error(415, "send the photo as multipart/form-data in a field named 'file' "
@@ -256,13 +324,13 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
         except _UploadTooLarge:
             return error(413, f"upload too large; the limit is {limit_text}")
         except _UploadTimedOut:
-            logger.warning("upload to /predict timed out after %g s (%d bytes%s received)", upload_timeout_s,
+            logger.warning("upload to %s timed out after %g s (%d bytes%s received)", route, upload_timeout_s,
                            body.received, of_declared)
             return error(408, f"upload timed out: {body.received} bytes{of_declared} arrived in "
                               f"{upload_timeout_s:g} s; the whole upload must arrive within {upload_timeout_s:g} s",
                          headers={"Connection": "close"})
         except _ClientGone:
-            logger.warning("client disconnected during the upload to /predict (%d bytes%s received)",
+            logger.warning("client disconnected during the upload to %s (%d bytes%s received)", route,
                            body.received, of_declared)
             return error(400, "client disconnected")  # nobody is left to read it
         except (MultiPartException, ValueError) as exc:
@@ -284,8 +352,7 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
             if not data:
                 return error(400, f"{filename}: empty file (0 bytes)")
             try:
-                result = await asyncio.get_running_loop().run_in_executor(decoding, functools.partial(
-                    _predict_bytes, predictor, data, filename, top_k, threshold, draft_side))
+                result = await asyncio.get_running_loop().run_in_executor(decoding, work(data, filename))
             except DataError as exc:
                 return error(400, f"{filename}: {exc.reason}")
             except _NonFiniteScores:
@@ -306,10 +373,7 @@ def _cut_short(received: int, of_declared: str) -> str:
 
 def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int | None, threshold: float | None,
                    draft_side: int | None) -> dict[str, Any]:
-    decoded = images.decode_image(data, filename, draft_side=draft_side)
-    full_size, scale = decoded.full_size, decoded.scale
-    image, _ = to_uint8_chw(decoded.image)
-    del decoded  # the tensor holds the pixels now: free the PIL copy before the forward pass
+    image, full_size, scale = _decode_upload(data, filename, draft_side)
     result = predictor.predict_loaded([image], [filename], top_k=top_k, threshold=threshold)[0].to_dict()
     if scale != 1:
         _to_full_size(result, full_size, scale)
@@ -318,6 +382,56 @@ def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int 
     except ValueError:
         raise _NonFiniteScores() from None
     return result
+
+
+def _decode_upload(data: bytes, filename: str, draft_side: int | None) -> tuple[Any, tuple[int, int], int]:
+    """An upload as an upright uint8 tensor, the photo's full size and the draft scale. Only the tensor
+    leaves: the PIL copy is freed on return, before the forward pass."""
+    decoded = images.decode_image(data, filename, draft_side=draft_side)
+    full_size, scale = decoded.full_size, decoded.scale
+    image, _ = to_uint8_chw(decoded.image)
+    return image, full_size, scale
+
+
+def _explain_bytes(predictor: Predictor, data: bytes, filename: str, label: str,
+                   draft_side: int | None) -> dict[str, Any]:
+    """The prediction and one label's map (``label`` or the top one): the map's grid covers the whole
+    photo, so the page stretches it over the photo; the peak is in the photo's own pixels."""
+    image, full_size, scale = _decode_upload(data, filename, draft_side)
+    explanation = predictor.explain_loaded([image], [filename], labels=label)[0]
+    result = explanation.to_dict()
+    if scale != 1:
+        _to_full_size(result["prediction"], full_size, scale)
+        result["image"] = {"width": full_size[0], "height": full_size[1]}
+        for item in result["maps"]:
+            item["peak"] = {axis: (value + 0.5) * scale - 0.5 for axis, value in item["peak"].items()}
+    try:
+        json.dumps(result, allow_nan=False)
+    except ValueError:
+        raise _NonFiniteScores() from None
+    return result
+
+
+def _similar_bytes(predictor: Predictor, index: SearchIndex, data: bytes, filename: str, k: int,
+                   draft_side: int | None) -> dict[str, Any]:
+    image, full_size, _ = _decode_upload(data, filename, draft_side)
+    vector = predictor.embed_preprocessed(predictor.preprocess(image)[None])
+    if not np.all(np.isfinite(vector)):
+        raise _NonFiniteScores()
+    matches = index.search(vector, k)[0]
+    return {"source": filename, "image": {"width": full_size[0], "height": full_size[1]},
+            "items": [{**match.to_dict(), "photo": f"similar/{match.id}/photo"} for match in matches]}
+
+
+def _thumbnail(path: Path, side: int) -> bytes:
+    """A catalogue photo as a JPEG at most ``side`` pixels on its long side (decoded by the one decoder)."""
+    import io
+
+    picture = images.decode_image(path, draft_side=2 * side).image
+    picture.thumbnail((side, side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _to_full_size(result: dict[str, Any], full_size: tuple[int, int], scale: int) -> None:
@@ -337,11 +451,11 @@ def _version() -> str:
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          max_upload_mb: float = 10.0) -> int:
+          max_upload_mb: float = 10.0, index: str | Path | None = None) -> int:
     """Run the server with uvicorn until interrupted (binds to localhost unless ``host`` says otherwise)."""
     import uvicorn
 
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, runtime=runtime)
+    app = create_app(model_dir, max_upload_mb=max_upload_mb, runtime=runtime, index=index)
     shown = f"[{host}]" if ":" in host else host
     print(f"fashionlens: serving {model_dir} at http://{shown}:{port}/ (API docs at /docs); Ctrl+C stops it")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,470 @@
+"""Embeddings and "find similar" search over a catalogue of photos.
+
+Three steps, one door each in the CLI (``embed``, ``index``, ``search``), the Python API and the
+server (``serve --index``, ``POST /similar``)::
+
+    fashionlens embed MODEL_DIR photos/ --out vectors.parquet   # one row per photo
+    fashionlens index vectors.parquet --out catalogue.index
+    fashionlens search catalogue.index photo.jpg --k 10
+
+An embedding is the pooled feature the model's head sees (:meth:`Predictor.embed`), L2-normalised,
+so the inner product is the cosine similarity. ``vectors.parquet`` is a folder of Parquet shards
+written like ``predict --out`` (the same :class:`ShardWriter`, so a rerun skips the photos already
+embedded; columns ``path``, ``model``, ``model_sha256``, ``model_dir``, ``vector``).
+
+The index is FAISS: exact inner product (``IndexFlatIP``) up to :data:`EXACT_LIMIT` vectors, an
+HNSW graph over inner product beyond (docs/benchmarks.md, "Similarity search", has the measurement
+behind both numbers). An index folder holds ``index.faiss``, ``items.parquet`` (id, the path as
+given to ``embed``, and the file it resolved to) and ``index.json`` (the model, its weights'
+SHA-256, the dimension, the kind and its parameters), so a query is embedded by the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionlens.errors import FashionlensError
+
+INDEX_FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+META_FILE = "index.json"
+KINDS = ("auto", "flat", "hnsw")
+# Past this many vectors an exact search of one query takes longer than the HNSW graph's, and the
+# graph still finds >= 0.95 of the exact top 10 (docs/benchmarks.md, "Similarity search").
+EXACT_LIMIT = 50_000
+HNSW_M = 32  # neighbours per node
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+
+class SearchError(FashionlensError):
+    """Vectors or an index that cannot be used as asked (the message names the file)."""
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - a dependency; say how to get it
+        raise SearchError("similarity search needs FAISS: pip install faiss-cpu") from None
+    return faiss
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """SHA-256 of a model directory's ``model.safetensors``: which weights made a vector."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- embed
+
+
+@dataclass
+class EmbedSummary:
+    embedded: int  # this run
+    already: int  # found in the output folder and skipped
+    failed: list[str]  # one line per photo that could not be read
+
+
+def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_name: str,
+                 batch_size: int = 32, workers: int | None = None, progress: bool = True) -> EmbedSummary:
+    """Embed ``paths`` with ``predictor`` into the Parquet folder ``out``, skipping photos already there.
+
+    Photos are decoded in DataLoader workers and embedded in batches (the same loader as
+    ``predict``); the shards are written whole, so a crash loses at most the shard being written.
+    Refuses a folder that already holds another model's vectors.
+    """
+    from fashionlens.cli_predict import ShardWriter, already_written, loader
+    from fashionlens.progress import progress_bar
+
+    out = Path(out)
+    sha = weights_sha256(predictor.model_dir) if predictor.model_dir else ""
+    model_dir = str(Path(predictor.model_dir).resolve()) if predictor.model_dir else ""
+    if out.is_dir() and any(out.glob("part-*.parquet")):
+        models = _models_in(out)
+        if models and models != {(model_name, sha)}:
+            found = ", ".join(sorted(f"{name} ({digest[:12]})" for name, digest in models))
+            raise SearchError(f"{out}: holds vectors of {found}, not of {model_name} ({sha[:12]}): embed each "
+                              f"model into its own folder")
+    written = already_written(out) if out.is_dir() else set()
+    todo = [Path(path) for path in paths if str(path) not in written]
+    if workers is None:
+        from fashionlens.training.data import default_workers
+
+        workers = default_workers()
+    writer = ShardWriter(out)
+    failed: list[str] = []
+    bar = progress_bar(total=len(todo), desc="embedding", unit="photo", disable=not progress or len(todo) <= 4)
+    try:
+        for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
+            good = [i for i, error in enumerate(batch["error"]) if not error]
+            failed += [error for error in batch["error"] if error]
+            if good:
+                vectors = predictor.embed_preprocessed(batch["image"][good])
+                for row, i in enumerate(good):
+                    if not np.all(np.isfinite(vectors[row])):
+                        failed.append(f"{batch['path'][i]}: the model gave a non-finite embedding; its weights "
+                                      f"are broken")
+                        continue
+                    writer.add({"path": batch["path"][i], "model": model_name, "model_sha256": sha,
+                                "model_dir": model_dir, "vector": vectors[row]})
+            bar.update(len(batch["path"]))
+    finally:
+        bar.close()
+        writer.flush()
+    return EmbedSummary(embedded=writer.written, already=len(paths) - len(todo), failed=failed)
+
+
+def _models_in(folder: Path) -> set[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    found: set[tuple[str, str]] = set()
+    for shard in sorted(folder.glob("part-*.parquet")):
+        try:
+            table = pq.read_table(shard, columns=["model", "model_sha256"])
+        except Exception as error:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            raise SearchError(f"{shard}: not a shard of embeddings ({type(error).__name__}: {error})") from None
+        found.update(zip(table.column("model").to_pylist(), table.column("model_sha256").to_pylist()))
+    return found
+
+
+@dataclass
+class Vectors:
+    """The rows of an embeddings folder."""
+
+    paths: list[str]
+    vectors: np.ndarray  # (N, D) float32, unit length
+    model: str
+    model_sha256: str
+    model_dir: str  # where the model directory was when it embedded them (absolute)
+
+
+def read_vectors(folder: str | Path) -> Vectors:
+    """Every row of an ``embed`` output folder (or a single Parquet file), checked: one model, one
+    dimension, finite unit vectors, each path once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    shards = [folder] if folder.is_file() else sorted(folder.glob("part-*.parquet"))
+    if not shards:
+        raise SearchError(f"{folder}: no embeddings (expected the folder `fashionlens embed ... --out` wrote, "
+                          f"holding part-*.parquet files)")
+    tables = []
+    for shard in shards:
+        try:
+            tables.append(pq.read_table(shard, columns=["path", "model", "model_sha256", "model_dir", "vector"]))
+        except Exception as error:  # noqa: BLE001
+            raise SearchError(f"{shard}: cannot read it as embeddings (columns path, model, model_sha256, "
+                              f"model_dir, vector) ({type(error).__name__}: {error})") from None
+    table = pa.concat_tables(tables)
+    models = set(zip(table.column("model").to_pylist(), table.column("model_sha256").to_pylist()))
+    if len(models) != 1:
+        found = ", ".join(sorted(f"{name} ({digest[:12]})" for name, digest in models)) or "no rows"
+        raise SearchError(f"{folder}: expected the vectors of one model, found {found}")
+    (model, sha), = models
+    paths = table.column("path").to_pylist()
+    column = table.column("vector").combine_chunks()
+    lengths = set(column.value_lengths().to_pylist())
+    if len(lengths) != 1:
+        raise SearchError(f"{folder}: vectors of several lengths {sorted(lengths)}")
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(paths), -1)
+    if not np.all(np.isfinite(vectors)):
+        bad = paths[int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])]
+        raise SearchError(f"{folder}: the vector of {bad} is not finite")
+    norms = np.linalg.norm(vectors, axis=1)
+    if np.any(np.abs(norms - 1.0) > 1e-3):
+        bad = paths[int(np.argmax(np.abs(norms - 1.0)))]
+        raise SearchError(f"{folder}: the vector of {bad} is not unit length (norm {norms.max():.4f}); "
+                          f"vectors come from `fashionlens embed`")
+    if len(set(paths)) != len(paths):
+        seen: set[str] = set()
+        dupe = next(p for p in paths if p in seen or seen.add(p))
+        raise SearchError(f"{folder}: {dupe} appears more than once")
+    return Vectors(paths, vectors, model, sha, table.column("model_dir")[0].as_py())
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+def build_faiss_index(vectors: np.ndarray, kind: str = "auto", hnsw_m: int = HNSW_M,
+                      ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = HNSW_EF_SEARCH):
+    """A FAISS inner-product index over unit ``vectors`` ``(N, D)``: ``"flat"`` (exact), ``"hnsw"``, or
+    ``"auto"`` (flat up to :data:`EXACT_LIMIT` vectors). Returns (index, kind, parameters)."""
+    faiss = _faiss()
+    if kind not in KINDS:
+        raise SearchError(f"index kind must be one of {KINDS}, got {kind!r}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_LIMIT else "hnsw"
+    if kind == "flat":
+        index, params = faiss.IndexFlatIP(dim), {}
+    else:
+        index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+        index.hnsw.efSearch = int(ef_search)
+        params = {"m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
+    index.add(vectors)
+    return index, kind, params
+
+
+@dataclass
+class Match:
+    rank: int
+    id: int
+    path: str
+    score: float  # cosine similarity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score}
+
+
+class SearchIndex:
+    """A saved index folder: FAISS index, the items' paths and what made the vectors."""
+
+    def __init__(self, index, paths: Sequence[str], files: Sequence[str], meta: dict[str, Any],
+                 folder: Path | None = None):
+        self.index = index
+        self.paths = list(paths)
+        self.files = list(files)
+        self.meta = dict(meta)
+        self.folder = folder
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def model(self) -> str:
+        return str(self.meta["model"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def build(cls, vectors: Vectors, kind: str = "auto", base: Path | None = None) -> SearchIndex:
+        """Index ``vectors``; relative paths are resolved against ``base`` (the current folder)."""
+        index, kind, params = build_faiss_index(vectors.vectors, kind)
+        base = Path.cwd() if base is None else Path(base)
+        files = [str(path if Path(path).is_absolute() else (base / path).resolve()) for path in vectors.paths]
+        faiss = _faiss()
+        meta = {"format_version": INDEX_FORMAT_VERSION, "model": vectors.model, "model_sha256": vectors.model_sha256,
+                "model_dir": vectors.model_dir,
+                "dim": int(vectors.vectors.shape[1]), "count": len(vectors.paths), "kind": kind, "params": params,
+                "metric": "inner product of unit vectors (cosine)", "faiss": faiss.__version__,
+                "built": datetime.now(UTC).isoformat(timespec="seconds")}
+        return cls(index, vectors.paths, files, meta)
+
+    def save(self, folder: str | Path) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from fashionlens.modeldir import atomic_write_bytes
+
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise SearchError(f"{folder}: exists and is not a folder (an index is a folder)")
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss = _faiss()
+        atomic_write_bytes(folder / INDEX_FILE, faiss.serialize_index(self.index).tobytes())
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"id": list(range(len(self.paths))), "path": self.paths, "file": self.files}), sink)
+        atomic_write_bytes(folder / ITEMS_FILE, sink.getvalue().to_pybytes())
+        # index.json last: a folder with it is complete.
+        atomic_write_bytes(folder / META_FILE, (json.dumps(self.meta, indent=2) + "\n").encode())
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SearchIndex:
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise SearchError(f"{folder}: not an index (no {META_FILE}); build one with "
+                              f"`fashionlens index VECTORS --out {folder}`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SearchError(f"{meta_path}: not valid JSON ({error})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != INDEX_FORMAT_VERSION:
+            raise SearchError(f"{meta_path}: expected format_version {INDEX_FORMAT_VERSION}, found "
+                              f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}")
+        for key, kind in (("model", str), ("model_sha256", str), ("dim", int), ("count", int), ("kind", str)):
+            if not isinstance(meta.get(key), kind):
+                raise SearchError(f"{meta_path}: key {key!r}: expected {kind.__name__}, found {meta.get(key)!r}")
+        faiss = _faiss()
+        try:
+            index = faiss.deserialize_index(np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8))
+        except (OSError, RuntimeError) as error:
+            raise SearchError(f"{folder / INDEX_FILE}: cannot read the FAISS index ({error})") from None
+        try:
+            items = pq.read_table(folder / ITEMS_FILE, columns=["id", "path", "file"])
+        except Exception as error:  # noqa: BLE001
+            raise SearchError(f"{folder / ITEMS_FILE}: cannot read the items ({type(error).__name__}: "
+                              f"{error})") from None
+        if not (index.ntotal == items.num_rows == meta["count"]) or index.d != meta["dim"]:
+            raise SearchError(f"{folder}: the parts disagree: {INDEX_FILE} holds {index.ntotal} vectors of "
+                              f"{index.d}, {ITEMS_FILE} {items.num_rows} items, {META_FILE} says {meta['count']} "
+                              f"of {meta['dim']}; rebuild it with `fashionlens index`")
+        if items.column("id").to_pylist() != list(range(items.num_rows)):
+            raise SearchError(f"{folder / ITEMS_FILE}: ids are not 0..{items.num_rows - 1} in order")
+        return cls(index, items.column("path").to_pylist(), items.column("file").to_pylist(), meta, folder)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Match]]:
+        """The ``k`` most similar items of each query vector ``(N, D)`` (or one ``(D,)``), best first."""
+        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.dim:
+            raise SearchError(f"query vectors have {queries.shape[1]} dimensions, the index {self.dim} "
+                              f"(built from {self.model})")
+        k = max(1, min(int(k), len(self.paths)))
+        if self.meta["kind"] == "hnsw":
+            # The graph search keeps efSearch candidates: never fewer than the k asked for.
+            faiss = _faiss()
+            ef = max(int(self.meta.get("params", {}).get("ef_search", HNSW_EF_SEARCH)), k)
+            scores, ids = self.index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef))
+        else:
+            scores, ids = self.index.search(queries, k)
+        return [[Match(rank, int(i), self.paths[int(i)], float(s))
+                 for rank, (i, s) in enumerate(((i, s) for i, s in zip(row_ids, row_scores) if i >= 0), start=1)]
+                for row_ids, row_scores in zip(ids, scores)]
+
+    def check_model(self, predictor) -> None:
+        """SearchError unless ``predictor`` holds the weights that made the index's vectors."""
+        sha = weights_sha256(predictor.model_dir) if predictor.model_dir else None
+        if sha != self.meta["model_sha256"]:
+            name = Path(predictor.model_dir).name if predictor.model_dir else "this predictor"
+            raise SearchError(f"{self.folder or 'the index'}: built from the vectors of {self.model} (weights "
+                              f"{self.meta['model_sha256'][:12]}), but the model is {name} (weights "
+                              f"{(sha or 'unknown')[:12]}): a query must be embedded by the same weights")
+
+    def similar(self, predictor, images, k: int = 10) -> list[list[Match]]:
+        """Embed photos with ``predictor`` (the index's model) and search: one list of matches each."""
+        self.check_model(predictor)
+        return self.search(predictor.embed(list(images)), k)
+
+
+def model_dir_for(index: SearchIndex, model: str | Path | None = None) -> Path:
+    """The model directory to embed queries with: ``model`` if given, else the one that embedded the
+    catalogue if it is still where it was, else the index's model by name (a released model)."""
+    from fashionlens.hub import resolve_model_dir
+
+    if model is None:
+        recorded = index.meta.get("model_dir")
+        if isinstance(recorded, str) and recorded and (Path(recorded) / "model.safetensors").is_file():
+            return Path(recorded)
+        model = index.model
+    return resolve_model_dir(model)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def add_search_commands(commands) -> None:
+    """The ``embed``, ``index`` and ``search`` subcommands."""
+    embed = commands.add_parser("embed", help="embed photos (L2-normalised pooled features) into Parquet",
+                                description="Write one row per photo (path, model, model_sha256, vector: the "
+                                            "L2-normalised pooled feature the model's head sees) to a folder of "
+                                            "Parquet shards; a rerun skips the photos already there.")
+    embed.add_argument("model_dir", type=Path)
+    embed.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
+    embed.add_argument("--out", type=Path, required=True, help="output folder, e.g. vectors.parquet")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--workers", type=int, default=None, help="decoding workers (default: min(2, cores) on CPU)")
+
+    index = commands.add_parser("index", help="build a FAISS similarity index from embeddings",
+                                description=f"Index the vectors `fashionlens embed` wrote: exact inner product up "
+                                            f"to {EXACT_LIMIT:,} vectors, an HNSW graph beyond (--kind).")
+    index.add_argument("vectors", type=Path, help="the folder `embed --out` wrote")
+    index.add_argument("--out", type=Path, required=True, help="index folder")
+    index.add_argument("--kind", choices=KINDS, default="auto",
+                       help=f"auto (default: flat up to {EXACT_LIMIT:,} vectors, else hnsw) | flat (exact) | hnsw")
+
+    search = commands.add_parser("search", help="find the catalogue photos most similar to a photo",
+                                 description="Embed each photo with the index's model and print its k most similar "
+                                             "items (cosine similarity).")
+    search.add_argument("index", type=Path, help="the folder `fashionlens index --out` wrote")
+    search.add_argument("photos", nargs="+", help="query photos")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--model", type=Path, default=None,
+                        help="the model directory that embedded the catalogue (default: the index's model by name)")
+    search.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    if args.command == "embed":
+        return _embed_command(args)
+    if args.command == "index":
+        return _index_command(args)
+    return _search_command(args)
+
+
+def _embed_command(args: argparse.Namespace) -> int:
+    from fashionlens.inference import collect_image_paths, load
+
+    paths, problems = collect_image_paths(args.paths)
+    for problem in problems:
+        print(f"fashionlens: {problem}", file=sys.stderr)
+    if not paths:
+        print("fashionlens: error: no images found", file=sys.stderr)
+        return 2
+    predictor = load(args.model_dir, batch_size=args.batch_size)
+    summary = embed_photos(predictor, paths, args.out, Path(args.model_dir).name, args.batch_size, args.workers)
+    for line in summary.failed:
+        print(f"fashionlens: skipped {line}", file=sys.stderr)
+    if summary.already:
+        print(f"fashionlens: {args.out}: {summary.already} photos already embedded", file=sys.stderr)
+    print(f"wrote {summary.embedded} vectors of {predictor.embedding_dim} to {args.out}", file=sys.stderr)
+    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
+    return 1 if summary.failed or lost else 0
+
+
+def _index_command(args: argparse.Namespace) -> int:
+    import time
+
+    vectors = read_vectors(args.vectors)
+    started = time.perf_counter()
+    index = SearchIndex.build(vectors, args.kind)
+    index.save(args.out)
+    print(f"wrote {args.out}: {len(index)} vectors of {index.dim} from {index.model}, {index.meta['kind']} index, "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _search_command(args: argparse.Namespace) -> int:
+    from fashionlens.inference import load
+
+    index = SearchIndex.load(args.index)
+    predictor = load(model_dir_for(index, args.model))
+    failed = 0
+    for photo in args.photos:
+        try:
+            matches = index.similar(predictor, [photo], args.k)[0]
+        except SearchError:
+            raise
+        except FashionlensError as error:
+            print(f"fashionlens: skipped {error}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps({"query": str(photo), "matches": [m.to_dict() for m in matches]}, ensure_ascii=False))
+        else:
+            print(photo)
+            for match in matches:
+                print(f"  {match.rank:3d}  {match.score:6.3f}  {match.path}")
+    return 1 if failed else 0
