@@ -3,6 +3,7 @@
     python scripts/release_model.py models/clothing-attributes-lite0 --name garment-attributes-lite0 \
         --summary "37 clothing attributes ..."
     python scripts/release_model.py models/clothing-attributes-lite0           # again: keeps name and summary
+    python scripts/release_model.py models/garment-category-mnv2 --alias clothing-category-attributes-mnv2
     python scripts/release_model.py --check models/*/                          # exit 1 if any is out of date
 
 card.json takes the held-out figures from the model card (README.md, the table under its "Metrics"
@@ -28,13 +29,13 @@ from fashionlens.hub import (
 from fashionlens.modeldir import atomic_write_json, load_model_dir
 
 
-def release(directory: Path, name: str | None, summary: str | None) -> None:
+def release(directory: Path, name: str | None, summary: str | None, aliases: tuple[str, ...] = ()) -> None:
     previous = read_card(directory) or {}
     name = name or previous.get("name")
     if not name:
         raise FashionlensError(f"{directory}: no card.json yet; give the model's name with --name")
     summary = previous.get("summary", "") if summary is None else summary
-    aliases = tuple(previous.get("aliases", ()))
+    aliases = tuple(dict.fromkeys((*previous.get("aliases", ()), *aliases)))
     atomic_write_json(directory / CARD_FILE, card_for_release(directory, name, summary, aliases))
     write_manifest(directory)
     load_model_dir(directory)  # checks the manifest it just wrote, and that the weights match config.json
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dirs", nargs="+", type=Path)
     parser.add_argument("--name", help="the short name fashionlens.load and the CLI take (one model directory)")
     parser.add_argument("--summary", help="one line: what the model predicts")
+    parser.add_argument("--alias", action="append", default=[],
+                        help="another name it answers to, e.g. the folder name of the release it replaces (repeatable)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a card or manifest is stale")
     args = parser.parse_args(argv)
     if args.name and len(args.model_dirs) > 1:
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(problems) or f"{len(args.model_dirs)} released model(s) up to date")
             return 1 if problems else 0
         for directory in args.model_dirs:
-            release(directory, args.name, args.summary)
+            release(directory, args.name, args.summary, tuple(args.alias))
     except FashionlensError as error:
         print(f"release_model: error: {error}", file=sys.stderr)
         return 2

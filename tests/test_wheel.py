@@ -18,8 +18,9 @@ import pytest
 from fashionlens import hub
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTO = REPO / "examples" / "clothing-attributes-mini" / "images" / "000016.jpg"  # held out by both releases
-NAMES = ("garment-attributes-lite0", "garment-category-mnv2")
+# Held out by garment-attributes-lite0 and garment-category-mnv2, whose answers the test checks.
+PHOTO = REPO / "examples" / "clothing-attributes-mini" / "images" / "000016.jpg"
+NAMES = ("garment-attributes-lite0", "garment-category-mnv2", "garment-tagger-lite0")
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
@@ -63,7 +64,7 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
 def test_the_installed_wheel_lists_and_predicts_released_models_by_name(tmp_path: Path):
     wheel = _build_wheel(tmp_path)
     size = wheel.stat().st_size
-    assert 20e6 < size < 40e6, f"the wheel is {size / 1e6:.1f} MB"  # README: about 26 MB, the models inside
+    assert 35e6 < size < 60e6, f"the wheel is {size / 1e6:.1f} MB"  # README: about 44 MB, the models inside
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name for name in archive.namelist() if name.startswith("fashionlens/released/")}
     for folder in hub.package_models_dir().iterdir():
@@ -89,11 +90,11 @@ def test_the_installed_wheel_lists_and_predicts_released_models_by_name(tmp_path
     listing = _run([fashionlens, "models"], cwd=outside, env=env)
     for name in NAMES:
         row = next(line for line in listing.splitlines() if line.startswith(name + " "))
-        assert "package" in row and "MB" in row and "(297 images)" in row
+        assert "package" in row and "MB" in row and " images)" in row
 
     results = {name: json.loads(_run([fashionlens, "predict", name, "photo.jpg", "--json"], cwd=outside,
                                      env=env).splitlines()[-1]) for name in NAMES}
-    assert [results[name]["task"] for name in NAMES] == ["style", "clothing"]
+    assert [results[name]["task"] for name in NAMES] == ["style", "clothing", "style"]
     # The photo (held out in training) is a black, solid, long-sleeved top (labels.csv).
     assert results[NAMES[0]]["labels"][0]["name"] == "sleeve_long"
     assert "sleeve_long" in [a["name"] for a in results[NAMES[1]]["attributes_by_type"]["part"][:3]]

@@ -53,7 +53,7 @@ CACHE_VARIABLE = "FASHIONLENS_CACHE"
 # modeldir._check_inside), so a snapshot is loaded from a folder of hard links (or copies) here.
 LINKED_SNAPSHOTS = ".snapshots"
 # The held-out figures `fashionlens models` shows when a card has them (else its first three).
-HEADLINE_METRICS = ("mAP", "CF1", "OF1", "category top-1", "attr mAP")
+HEADLINE_METRICS = ("catalogue top-1", "street mAP", "mAP", "CF1", "OF1", "category top-1", "attr mAP")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 HUB_REFERENCE = re.compile(r"hf:/{1,2}(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
