@@ -189,6 +189,9 @@ def test_label_embedding_fallbacks(tmp_path):
     assert np.abs(first).sum() > 0
     with pytest.raises(ValueError, match="none of its words"):
         label_embeddings(["zork"], vectors, fallback="skip-word")
+    # Without a fallback the error names the command-line flag (issue 13: it only named the Python argument).
+    with pytest.raises(ValueError, match="--embedding-fallback zero[|]random on the command line"):
+        label_embeddings(["zork"], vectors)
     with pytest.raises(FileNotFoundError):
         load_glove(tmp_path / "missing.txt")
 

@@ -279,3 +279,108 @@ def test_the_clothing_network_learns_catalogue_categories_beside_attribute_photo
     catalogue = np.array(["clothing-dataset-small" in str(p) for p in predictions["paths"]])
     assert (predictions["mask"][catalogue] == 0).all()  # catalogue photos have no attribute annotations
     assert (predictions["category"][catalogue] >= 0).all()
+
+
+def test_epoch_lines_and_history_report_each_epochs_own_values(tmp_path: Path, capsys):
+    """The per-epoch log line shows that epoch's mAP, and history.json's train_loss is that epoch's
+    loss (logs/metrics.csv): both used to be one epoch behind (the last epoch's mAP never printed,
+    row 0 without a training loss)."""
+    import csv
+
+    run = train_style(_config(tmp_path / "run", {"recipe.epochs": 3, "recipe.freeze_epochs": 3,
+                                                 "recipe.cache_features": True, "recipe.lr": 0.01,
+                                                 "trainer.progress": "epochs"}))
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3
+    for line, row in zip(lines, history):
+        assert line.startswith(f"epoch {row['epoch'] + 1}/3"), line
+        assert f"mAP {row['mAP']:.2f}" in line, (line, row)
+        assert f"train loss {row['train_loss']:.4f}" in line, (line, row)
+    logged = {}
+    with open(run / "logs" / "metrics.csv") as handle:
+        for record in csv.DictReader(handle):
+            if record.get("train/loss_epoch"):
+                logged[int(record["epoch"])] = float(record["train/loss_epoch"])
+    assert sorted(logged) == [0, 1, 2]
+    assert len(set(logged.values())) == 3  # the loss changes between epochs, so a lag would show
+    for row in history:
+        assert row["train_loss"] == pytest.approx(logged[row["epoch"]], rel=1e-6), (row, logged)
+
+
+def test_drop_empty_labels_leaves_the_same_labels_out_of_every_head(tmp_path: Path):
+    """--drop-empty-labels drops the labels without training positives for the linear head too, so
+    the variants of one split are scored on the same labels (it used to apply to ML-GCN only)."""
+    from fashionlens.data import open_dataset
+
+    names = {}
+    for head in ("linear", "mlgcn"):
+        run = train_style(_config(tmp_path / head, {"head.kind": head, "recipe.cache_features": True,
+                                                    "data.limit": 40}))
+        names[head] = json.loads((run / "model" / "labels.json").read_text())["label_names"]
+    everything = open_dataset(MINI, "clothing-attributes").label_names
+    assert names["linear"] == names["mlgcn"]
+    assert set(everything) - set(names["linear"]) == {"color_purple"}  # no positive in these 30 photos
+
+
+def test_feature_cache_is_shared_by_heads_that_keep_different_labels(tmp_path: Path, monkeypatch):
+    """The backbone features do not depend on the label columns: a linear head on every label and an
+    ML-GCN head that drops the empty ones extract them once, and each gets its own columns' labels."""
+    from fashionlens.training import data as training_data
+
+    monkeypatch.setattr(training_data, "_FEATURE_CACHE", {})
+    calls = []
+    extract = training_data.FeatureCache.extract.__func__
+
+    def counted(cls, *args, **kwargs):
+        calls.append(args[-1])
+        return extract(cls, *args, **kwargs)
+
+    monkeypatch.setattr(training_data.FeatureCache, "extract", classmethod(counted))
+    runs = {}
+    for head, drop in (("linear", False), ("mlgcn", True)):
+        run = train_style(_config(tmp_path / head, {"head.kind": head, "recipe.cache_features": True,
+                                                    "data.limit": 40, "data.drop_empty_labels": drop}))
+        runs[head] = (json.loads((run / "model" / "labels.json").read_text())["label_names"],
+                      np.load(run / "val_predictions.npz"))
+    assert calls == ["caching train features", "caching val features"]
+    (all_names, every), (kept_names, kept) = runs["linear"], runs["mlgcn"]
+    assert set(all_names) - set(kept_names) == {"color_purple"}
+    columns = [all_names.index(name) for name in kept_names]
+    np.testing.assert_array_equal(kept["index"], every["index"])
+    np.testing.assert_array_equal(kept["labels"], every["labels"][:, columns])
+    np.testing.assert_array_equal(kept["mask"], every["mask"][:, columns])
+
+
+def test_mlgcn_over_10000_one_hot_labels_is_refused_before_anything_is_allocated(monkeypatch):
+    """Issue 13: 10,000 labels with one-hot inputs allocated 6.9 GB and died with a MemoryError.
+    The estimate refuses it first, with the sizes and what to change; a head that fits goes on."""
+    from fashionlens import labels as label_tools
+    from fashionlens.config import GraphConfig
+    from fashionlens.training.tasks import style
+
+    def allocates(*args, **kwargs):
+        raise AssertionError("allocated the label inputs or the graph before refusing")
+
+    monkeypatch.setattr(style, "available_memory_bytes", lambda: 4 * 1024 ** 3)
+    monkeypatch.setattr(label_tools, "label_vectors", allocates)
+    monkeypatch.setattr(label_tools, "cooccurrence_counts", allocates)
+    count = 10_000
+    names = [f"label{k}" for k in range(count)]
+    labels = np.zeros((2, count), dtype=np.float32)
+    with pytest.raises(ConfigError) as refused:
+        build_inputs = style.build_label_graph_inputs
+        build_inputs(labels, np.ones_like(labels), names, names, GraphConfig(embeddings="onehot"), hidden_dim=1024)
+    message = str(refused.value)
+    assert "10000 labels" in message and "E = 10000" in message and "hidden dim 1024" in message
+    assert "needs about 7.1 GB" in message and "4.0 GB is available" in message
+    assert "--head linear" in message and "--embeddings glove50" in message and "--hidden-dim" in message
+    assert "about 7408 labels fit here" in message
+    size = lambda c: sum(style.mlgcn_memory_bytes(c, c, 1024).values())  # noqa: E731
+    assert size(7408) <= 4 * 1024 ** 3 < size(7409)
+    parts = style.mlgcn_memory_bytes(count, count, 1024)
+    assert 6.5 < sum(parts.values()) / 1024 ** 3 < 8.5  # issue 13 died at 6.9 GB
+    assert parts["label graph"] > parts["label inputs"] > parts["activations"] > parts["parameters"]
+    # The 37 labels of the Clothing Attribute vocabulary need about 35 MB: not refused.
+    style.check_mlgcn_memory(37, "onehot", 1024)

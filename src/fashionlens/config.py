@@ -54,7 +54,10 @@ class DataConfig:
     batch_size: int = 32
     workers: int | None = None  # None: min(8, cores) on a GPU, min(2, cores) on a CPU
     aliases: Path | None = None  # label-name aliases when several sources are merged
-    drop_empty_labels: bool = False  # style: leave out labels without training positives
+    # style, every head (linear and ML-GCN alike): leave out labels without training positives, with a
+    # warning. Without it the ML-GCN head refuses them (the graph needs P(.|label)); the linear head
+    # keeps them. Clothing ignores it: the attribute outputs are fixed, an empty one stays (no edges).
+    drop_empty_labels: bool = False
 
     @property
     def format(self) -> str:

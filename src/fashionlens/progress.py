@@ -90,7 +90,13 @@ def progress_bar(iterable: Iterable[T] | None = None, desc: str = "", total: int
 
 
 class EpochLines(Callback):
-    """One line per epoch (epoch, seconds, train loss and the task's key metrics), for logs."""
+    """One line per epoch (epoch, seconds, train loss and the task's key metrics), for logs.
+
+    Printed at the end of the training epoch: by then this epoch's validation (run inside the
+    training epoch) has logged its metrics and ``train/loss_epoch`` has been reduced. At the end of
+    validation neither is true yet: callbacks run before the LightningModule's hook that logs the
+    metrics, and the training loss of the epoch is reduced only after validation.
+    """
 
     def __init__(self, keys: tuple[str, ...], stream=None):
         self.keys = keys
@@ -100,8 +106,8 @@ class EpochLines(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",

@@ -125,6 +125,11 @@ class FeatureCache(torch.utils.data.Dataset):
         return cls(torch.cat(parts["features"]), torch.cat(parts["labels"]), torch.cat(parts["mask"]),
                    torch.cat(parts["index"]), parts["paths"])
 
+    def columns(self, columns: list[int]) -> "FeatureCache":
+        """The same samples with only these label columns (the features are shared, not copied)."""
+        index = torch.as_tensor(columns, dtype=torch.long)
+        return FeatureCache(self.features, self.labels[:, index], self.mask[:, index], self.index, self.paths)
+
     def __len__(self) -> int:
         return len(self.features)
 
@@ -234,18 +239,26 @@ class TrainingData(L.LightningDataModule):
         self.val_set = ColumnSubset(self.val_full, self.val_idx, self.columns)
 
     def cache_features(self, model: nn.Module) -> None:
-        """Replace both sets by pooled features of the frozen backbone (eval transform, computed once)."""
+        """Replace both sets by pooled features of the frozen backbone (eval transform, computed once).
+
+        The key leaves out the label columns: the features do not depend on them, so variants that
+        keep different labels (a linear and an ML-GCN head) share one extraction. The cache holds
+        every label column of the dataset and each run takes its own.
+        """
         config = self.config
         sources = tuple((str(s.path), s.format) for s in config.data.sources)
         key = (sources, str(config.data.val), config.backbone.name, config.backbone.pretrained, config.head.pool,
-               config.backbone.image_size, tuple(self.train_idx), tuple(self.val_idx), tuple(self.columns))
+               config.backbone.image_size, tuple(self.train_idx), tuple(self.val_idx))
         if key not in _FEATURE_CACHE:
             _FEATURE_CACHE.clear()
-            train_view = ColumnSubset(self.train_eval, self.train_idx, self.columns)
+            every_column = list(range(len(self.train_full.label_names)))
+            train_view = ColumnSubset(self.train_eval, self.train_idx, every_column)
+            val_view = ColumnSubset(self.val_full, self.val_idx, every_column)
             _FEATURE_CACHE[key] = (
                 FeatureCache.extract(model, train_view, self.batch_size, self.workers, "caching train features"),
-                FeatureCache.extract(model, self.val_set, self.batch_size, self.workers, "caching val features"))
-        self.train_set, self.val_set = _FEATURE_CACHE[key]
+                FeatureCache.extract(model, val_view, self.batch_size, self.workers, "caching val features"))
+        train, val = _FEATURE_CACHE[key]
+        self.train_set, self.val_set = train.columns(self.columns), val.columns(self.columns)
         self.workers = 0
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:

@@ -111,10 +111,14 @@ class Task(L.LightningModule):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = float(value)
                 self.log(f"val/{key}", float(value), prog_bar=key in self.progress_keys, sync_dist=False)
-        train_loss = self.trainer.callback_metrics.get("train/loss_epoch") if self.trainer else None
-        if train_loss is not None:
-            row["train_loss"] = float(train_loss)
         self.history.append(row)
+
+    def on_train_epoch_end(self) -> None:
+        # This epoch's training loss is reduced only after its validation has run: the row written
+        # at validation gets it here (reading it at validation gave the previous epoch's).
+        train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        if train_loss is not None and self.history and self.history[-1]["epoch"] == self.current_epoch:
+            self.history[-1]["train_loss"] = float(train_loss)
 
     def _gathered(self) -> dict[str, torch.Tensor]:
         """This epoch's validation records, concatenated across batches and DDP ranks.

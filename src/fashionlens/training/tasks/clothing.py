@@ -122,7 +122,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
         # keeps its classifier, as a graph node without edges.
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
             train_labels, train_mask, attribute_names, [words_for_labels(base)[c] for c in data.columns],
-            config.graph, on_empty="isolate")
+            config.graph, on_empty="isolate", hidden_dim=config.head.hidden_dim)
         graph_json = json.loads(graph.to_json())
         network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -86,16 +87,98 @@ def words_for_labels(dataset) -> list[str]:
     return [name.replace("_", " ") for name in dataset.label_names]
 
 
+#: Word-vector widths of the named label embeddings (a GloVe file: 300, the widest GloVe release).
+WORD_VECTOR_DIMS = {"onehot": 0, "glove50": 50, "minilm": 384, "minilm-desc": 384}
+#: Feature width assumed for the second graph convolution before the backbone is built (the widest
+#: common backbones: ResNet-50 and up; tf_efficientnet_lite0 has 1280). Its share is small.
+ASSUMED_FEATURE_DIM = 2048
+
+
+def embedding_width(choice: str, num_labels: int) -> int:
+    """The node-feature width ``E`` of ``--embeddings choice`` over ``num_labels`` labels, without
+    building the vectors (one-hot: ``E = C``; ``+onehot`` adds ``C``)."""
+    base, plus_onehot = (choice[: -len("+onehot")], True) if choice.endswith("+onehot") else (choice, False)
+    width = num_labels if base == "onehot" else WORD_VECTOR_DIMS.get(base, 300)
+    return width + (num_labels if plus_onehot and base != "onehot" else 0)
+
+
+def mlgcn_memory_bytes(num_labels: int, embedding_dim: int, hidden_dim: int,
+                       feature_dim: int = ASSUMED_FEATURE_DIM) -> dict[str, int]:
+    """About how many bytes an ML-GCN head over ``num_labels`` labels needs, part by part.
+
+    - label graph: the dense ``(C, C)`` int64/float64 intermediates of :func:`build_label_graph_inputs`
+      (counts, conditional probabilities, edges, reweighted and normalised copies) peak at about
+      59 bytes per label pair (measured with tracemalloc at 3,000 labels, one-hot and 384-d inputs
+      alike), then the float32 adjacency as the model's buffer (4 bytes a pair);
+    - label inputs: the ``(C, E)`` float32 node features, as built and as the model's buffer;
+    - parameters: GC1 ``E x hidden`` and GC2 ``hidden x D`` float32, with gradients and the two
+      AdamW moments (4 copies);
+    - activations: the GC1 and GC2 outputs ``(C, hidden)`` (twice) and ``(C, D)`` of a step and
+      their gradients.
+
+    The label graph grows with ``C^2`` whatever the inputs; one-hot inputs (``E = C``) add another
+    ``C^2`` term: 10,000 one-hot labels need about 7.1 GiB (issue 13 saw a MemoryError at 6.9 GB).
+    """
+    c, e, h, d = int(num_labels), int(embedding_dim), int(hidden_dim), int(feature_dim)
+    return {"label graph": (59 + 4) * c * c, "label inputs": 2 * 4 * c * e,
+            "parameters": 4 * 4 * (e * h + h * d), "activations": 2 * 4 * c * (2 * h + d)}
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this machine can still give (``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_mlgcn_memory(num_labels: int, embeddings: str, hidden_dim: int, available: int | None = None) -> None:
+    """Refuse (ConfigError) an ML-GCN head whose estimate (:func:`mlgcn_memory_bytes`) exceeds the
+    available memory, before anything is allocated, naming the sizes and what would fit."""
+    from fashionlens.config import ConfigError
+
+    width = embedding_width(embeddings, num_labels)
+    parts = mlgcn_memory_bytes(num_labels, width, hidden_dim)
+    needed = sum(parts.values())
+    available = available_memory_bytes() if available is None else available
+    if available is None or needed <= available:
+        return
+    gb = 1024 ** 3
+    listed = ", ".join(f"{name} {size / gb:.2f}" for name, size in parts.items())
+    graph_only = parts["label graph"]
+    fits, too_many = 0, num_labels  # the most labels these settings fit in the available memory
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        size = sum(mlgcn_memory_bytes(middle, embedding_width(embeddings, middle), hidden_dim).values())
+        fits, too_many = (middle, too_many) if size <= available else (fits, middle)
+    raise ConfigError(
+        f"ML-GCN head over {num_labels} labels with {embeddings!r} inputs (E = {width}) and hidden dim {hidden_dim} "
+        f"needs about {needed / gb:.1f} GB ({listed} GB), but {available / gb:.1f} GB is available. "
+        f"The label graph alone is {graph_only / gb:.1f} GB (it grows with the square of the label count; "
+        f"about {fits} labels fit here with these settings): use --head linear, or fewer labels (train on a label subset); "
+        f"word or sentence vectors instead of one-hot codes (--embeddings glove50 or minilm) and a smaller "
+        f"--hidden-dim only shrink the label inputs and parameters")
+
+
 def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, label_names: list[str],
-                             words: list[str], graph_config, on_empty: str = "error"):
+                             words: list[str], graph_config, on_empty: str = "error", hidden_dim: int = 1024):
     """Label vectors and normalised adjacency for an ML-GCN head, from the TRAINING labels only.
 
     Returns ``(embeddings (C', E), adjacency (C', C'), LabelGraph, kept)``: ``kept`` are the label
     columns left after ``on_empty`` ("error" | "drop" | "isolate") dealt with labels that have no
-    training positive.
+    training positive. A head too large for this machine's memory is refused first
+    (:func:`check_mlgcn_memory`).
     """
     from fashionlens import labels as label_tools
 
+    check_mlgcn_memory(len(label_names), str(graph_config.embeddings).strip(), hidden_dim)
     embeddings = label_tools.label_vectors(graph_config.embeddings, label_names, words,
                                            fallback=graph_config.embedding_fallback)
     counts, totals = label_tools.cooccurrence_counts(train_labels, train_mask)
@@ -108,6 +191,20 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
         graph = label_tools.identity_adjacency(len(kept), [label_names[i] for i in kept])
     adjacency = np.asarray(graph.adjacency, dtype=np.float32)
     return np.asarray(embeddings, dtype=np.float32)[kept], adjacency, graph, kept
+
+
+def labels_with_positives(train_labels: np.ndarray, train_mask: np.ndarray, label_names: list[str]) -> list[int]:
+    """The label columns with at least one known positive training photo (``--drop-empty-labels``);
+    the others are left out of the model, with a warning naming them."""
+    import warnings
+
+    from fashionlens import labels as label_tools
+
+    _, positives = label_tools.cooccurrence_counts(train_labels, train_mask)
+    empty = [label_names[k] for k in range(len(label_names)) if positives[k] <= 0]
+    if empty:
+        warnings.warn(f"--drop-empty-labels: left out label(s) with no training positives: {empty}", stacklevel=2)
+    return [k for k in range(len(label_names)) if positives[k] > 0]
 
 
 def graph_record(graph_config) -> dict[str, Any]:
@@ -128,11 +225,15 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
                "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
     embeddings = adjacency = graph_json = None
     kept = list(range(len(label_names)))
+    if config.data.drop_empty_labels:
+        # Every head, so that a linear and an ML-GCN variant on the same split have the same labels.
+        kept = labels_with_positives(train_labels, train_mask, label_names)
     if config.head.kind == "mlgcn":
-        embeddings, adjacency, graph, kept = build_label_graph_inputs(
-            train_labels, train_mask, label_names, [words_for_labels(data.train_full)[c] for c in data.columns],
-            config.graph,
-            on_empty="drop" if config.data.drop_empty_labels else "error")
+        words = words_for_labels(data.train_full)
+        embeddings, adjacency, graph, graph_kept = build_label_graph_inputs(
+            train_labels[:, kept], train_mask[:, kept], [label_names[i] for i in kept],
+            [words[data.columns[i]] for i in kept], config.graph, on_empty="error", hidden_dim=config.head.hidden_dim)
+        kept = [kept[i] for i in graph_kept]
         graph_json = json.loads(graph.to_json())
         network.update(graph_record(config.graph), embedding_dim=int(embeddings.shape[1]))
     kept_names = [label_names[i] for i in kept]
