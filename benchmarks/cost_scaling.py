@@ -46,12 +46,15 @@ def _random_graph(num_labels: int, generator: torch.Generator) -> tuple[torch.Te
 
 
 def _style_model(num_labels: int = 37, head: str = "mlgcn") -> torch.nn.Module:
+    from fashionlens.config import StyleConfig, override
     from fashionlens.models.mlgcn import build_style_model
+    from fashionlens.training.tasks.style import network_config
 
     generator = torch.Generator().manual_seed(0)
     embeddings, adjacency = _random_graph(num_labels, generator)
-    config = {"backbone": "tf_efficientnet_lite0", "pretrained": "none", "head": head, "num_labels": num_labels,
-              "embedding_dim": EMBEDDING_DIM}
+    style = override(StyleConfig(), {"backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": "none",
+                                     "head.kind": head})
+    config = network_config(style, num_labels=num_labels, embedding_dim=EMBEDDING_DIM)
     if head == "mlgcn":
         return build_style_model(config, embeddings=embeddings, adjacency=adjacency)
     return build_style_model(config)

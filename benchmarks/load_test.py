@@ -34,12 +34,15 @@ def small_model_dir(path: Path, image_size: int = 64) -> Path:
     """An untrained style model directory: real architecture, shipped backbone weights, 3 labels."""
     import torch
 
+    from fashionlens.config import StyleConfig, override
     from fashionlens.modeldir import save_model_dir
     from fashionlens.models.mlgcn import build_style_model
+    from fashionlens.training.tasks.style import network_config
 
     torch.manual_seed(0)
-    config = {"task": "style", "backbone": "tf_efficientnet_lite0", "pretrained": "shipped", "pool": "max",
-              "head": "linear", "num_labels": 3, "image_size": image_size}
+    style = override(StyleConfig(), {"backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": "shipped",
+                                     "head.kind": "linear", "head.pool": "max", "backbone.image_size": image_size})
+    config = network_config(style, num_labels=3)
     labels = {"label_names": ["floral", "striped", "plaid"]}
     preprocessing = {"image_size": image_size, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
     return save_model_dir(path, build_style_model(config), config, labels, preprocessing)

@@ -213,16 +213,29 @@ def graph_record(graph_config) -> dict[str, Any]:
             "p": graph_config.p, "min_lift": graph_config.min_lift}
 
 
+def network_config(config: StyleConfig, num_labels: int | None = None,
+                   embedding_dim: int | None = None) -> dict[str, Any]:
+    """The style model's config.json (what ``build_style_model`` takes) for ``config``: the one place
+    it is assembled, for training, benchmarks and tests alike. ``num_labels`` and ``embedding_dim``
+    (ML-GCN label inputs) are known once the data is open; ``build`` fills them in."""
+    network = {"task": "style", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
+               "pool": config.head.pool, "head": config.head.kind, "image_size": config.backbone.image_size,
+               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
+               "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
+    if num_labels is not None:
+        network["num_labels"] = int(num_labels)
+    if config.head.kind == "mlgcn" and embedding_dim is not None:
+        network.update(graph_record(config.graph), embedding_dim=int(embedding_dim))
+    return network
+
+
 def build(config: StyleConfig, data) -> dict[str, Any]:
     """The style model and task for ``config`` on the opened ``data`` (a TrainingData)."""
     from fashionlens.models.mlgcn import build_style_model
 
     label_names = list(data.label_names)
     train_labels, train_mask = data.train_label_matrix()
-    network = {"task": "style", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
-               "pool": config.head.pool, "head": config.head.kind, "image_size": config.backbone.image_size,
-               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
-               "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
+    network = network_config(config)
     embeddings = adjacency = graph_json = None
     kept = list(range(len(label_names)))
     if config.data.drop_empty_labels:
