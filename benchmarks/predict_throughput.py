@@ -9,6 +9,9 @@ Both in one run, on real photos (default: the 308 photos of
   of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
   second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
   into labels), for reference.
+- ``preprocess``: the same decoding and preprocessing alone, in this one process. With the CPU
+  seconds of ``model`` (all its threads) it gives the bound of a pipeline whose decoding and model
+  share the same cores: model CPU / (model CPU + preprocessing CPU) of the model's rate.
 - ``command``: ``fashionlens predict MODEL PHOTO... --out DIR`` (sharded Parquet) in a fresh
   process, wall time, on all the photos and on the first ``--small`` of them; the output folder is
   removed before each run (a rerun would skip what is written). ``command`` throughput is all the
@@ -111,8 +114,18 @@ def main() -> None:
             end = start + args.batch_size
             predictor.predict_preprocessed(batch[start:end], sizes[start:end], sources[start:end])
 
+    from fashionlens.cli_predict import PhotoDataset
+
+    dataset = PhotoDataset(paths, {"image_size": predictor.image_size, "mean": predictor.mean.flatten().tolist(),
+                                   "std": predictor.std.flatten().tolist()})
+
+    def preprocess_alone() -> None:
+        for i in range(len(dataset)):
+            dataset[i]
+
     out = Path(tempfile.mkdtemp(prefix="fashionlens_predict_throughput_"))
     steps = {
+        "preprocess": preprocess_alone,
         "model": model_alone,
         "model+labels": model_and_labels,
         "command": lambda: command(args.model, paths, out / "all.parquet", args.batch_size, args.workers),
@@ -121,21 +134,24 @@ def main() -> None:
     }
     model_alone()  # warm-up: first calls allocate
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}  # CPU seconds of this process (all threads)
     try:
         for round_index in range(args.rounds):
             names = list(steps)
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 steps[name]()
                 times[name].append(time.perf_counter() - start)
-                print(f"round {round_index + 1} {name}: {times[name][-1]:.2f} s", flush=True)
+                cpu[name].append(time.process_time() - start_cpu)
+                print(f"round {round_index + 1} {name}: {times[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU of this process", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
     n, small = len(paths), min(args.small, len(paths))
     seconds = {name: median(values) for name, values in times.items()}
     rate = {
+        "preprocess (1 process)": n / seconds["preprocess"],
         "model": n / seconds["model"],
         "model+labels": n / seconds["model+labels"],
         "command": n / seconds["command"],
@@ -146,6 +162,10 @@ def main() -> None:
         "workers": args.workers, "small": small, "rounds": args.rounds, "machine": machine_summary(),
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "photos_per_second": rate,
+        "cpu_seconds": {name: [round(t, 3) for t in values] for name, values in cpu.items() if not name.startswith("command")},
+        # On C cores a pipeline that decodes and runs the model on the same cores can reach at most
+        # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
+        "bound_from_cpu": median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"])),
         "command_over_model": rate["command"] / rate["model"],
         "command_steady_over_model": rate["command steady"] / rate["model"],
         "target": 0.8,
@@ -153,6 +173,8 @@ def main() -> None:
     print(f"{args.model}, {n} photos, batch {args.batch_size}, medians of {args.rounds} rounds:")
     for name, value in rate.items():
         print(f"  {name:15s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
+    print(f"  CPU seconds: model {median(cpu['model']):.2f}, preprocessing {median(cpu['preprocess']):.2f}: "
+          f"bound on 2 shared cores {results['bound_from_cpu']:.2f} x model")
     write_results(results, "predict_throughput.json", args.json)
 
 
