@@ -94,13 +94,14 @@ def extractors():
                 return (fmap.amax(dim=(2, 3)) if pool == "max" else fmap.mean(dim=(2, 3))).numpy()
         return run
 
+    # Lazily built, cheapest pair first: --cached-only prints what a cut-short run finished.
     return {
-        f"released {RELEASED_STYLE} (Predictor.embed)": predictor_embed(load(RELEASED_STYLE)),
-        "ImageNet tf_efficientnet_lite0, final, max pool": imagenet("tf_efficientnet_lite0", "final", "max",
-                                                                   (0.5,) * 3, (0.5,) * 3),
-        CLOTHING_NAME: predictor_embed(load(RELEASED_CLOTHING)),
-        "ImageNet mobilenet_v2, stride 16, avg pool": imagenet("mobilenet_v2", "stride16", "avg",
-                                                              IMAGENET_MEAN, IMAGENET_STD),
+        CLOTHING_NAME: lambda: predictor_embed(load(RELEASED_CLOTHING)),
+        "ImageNet mobilenet_v2, stride 16, avg pool": lambda: imagenet("mobilenet_v2", "stride16", "avg",
+                                                                      IMAGENET_MEAN, IMAGENET_STD),
+        f"released {RELEASED_STYLE} (Predictor.embed)": lambda: predictor_embed(load(RELEASED_STYLE)),
+        "ImageNet tf_efficientnet_lite0, final, max pool": lambda: imagenet("tf_efficientnet_lite0", "final", "max",
+                                                                           (0.5,) * 3, (0.5,) * 3),
     }
 
 
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "retrieval")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cached-only", action="store_true",
+                        help="report only the extractors whose vectors are in --cache (a cut-short run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -140,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     assert all(split_photos[s][2] == classes for s in SPLITS), "the splits have different classes"
     pixels = None
     embedded: dict[str, dict[str, np.ndarray]] = {}
-    for name, run in extractors().items():
+    for name, make in extractors().items():
         cache = args.cache / ("".join(ch if ch.isalnum() else "_" for ch in name.strip()) + ".npz")
         if cache.is_file():
             vectors = {split: array for split, array in np.load(cache).items() if split in SPLITS}
+        elif args.cached_only:
+            print(f"{name}: not embedded yet (no {cache}), left out", file=sys.stderr)
+            continue
         else:
+            run = make()
             if pixels is None:
                 started = time.perf_counter()
                 pixels = {split: decoded(split_photos[split][0]) for split in SPLITS}
