@@ -478,14 +478,15 @@ def test_clothing_metrics_give_category_top1_and_leave_out_attributes_nobody_ann
     logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.0, 1.0], [0.0, 0.5, 4.0], [9.0, 0.0, 0.0]])
     outputs = {"category_logits": logits, "category": torch.tensor([0, 2, 2, -1]),
                "attr_scores": torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]), "labels": torch.zeros(4, 2),
-               "mask": torch.ones(4, 2)}
+               "mask": torch.zeros(4, 2)}
     only_categories = clothing_metrics(outputs, ["texture", "part"])
     assert only_categories["category_top1"] == pytest.approx(200 / 3)
     assert only_categories["category_top3"] == pytest.approx(100.0)
-    # No photo here has an attribute positive (a class-folder dataset): no attribute figure at all,
+    # No attribute is annotated for any photo here (a class-folder dataset): no attribute figure at all,
     # not zeros that read as a model that never finds one.
     assert not [key for key in only_categories if key.startswith(("attr", "texture", "part"))]
     outputs["labels"] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    outputs["mask"] = torch.ones(4, 2)
     with_attributes = clothing_metrics(outputs, ["texture", "part"])
     # Attribute 0 ranks pos, neg, pos: AP (1 + 2/3) / 2; attribute 1 ranks neg, neg, pos: AP 1/3.
     assert with_attributes["attr_mAP"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1 / 3) / 2)

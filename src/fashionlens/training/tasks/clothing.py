@@ -76,8 +76,8 @@ class ClothingTask(Task):
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
     """Category top-1/3/5, DeepFashion attribute top-k (pooled per type), attribute mAP and, with
-    landmarks, the landmark error. Photos whose dataset annotates no attribute (class folders) give
-    category figures only: attribute figures of 0 would read as a model that never finds one."""
+    landmarks, the landmark error. Photos whose dataset annotates no attribute (class folders: every
+    attribute unknown) give category figures only: figures of 0 would read as a model that never finds one."""
     from fashionlens.metrics import (
         deepfashion_metrics,
         landmark_metrics,
@@ -85,7 +85,7 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
     )
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
-    if bool((outputs["labels"] * outputs["mask"]).sum() > 0):
+    if bool(outputs["mask"].sum() > 0):
         metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
                                            attr_mask=outputs["mask"]))
         # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
