@@ -235,7 +235,6 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
 
     label_names = list(data.label_names)
     train_labels, train_mask = data.train_label_matrix()
-    network = network_config(config)
     embeddings = adjacency = graph_json = None
     kept = list(range(len(label_names)))
     if config.data.drop_empty_labels:
@@ -248,9 +247,8 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
             [words[data.columns[i]] for i in kept], config.graph, on_empty="error", hidden_dim=config.head.hidden_dim)
         kept = [kept[i] for i in graph_kept]
         graph_json = json.loads(graph.to_json())
-        network.update(graph_record(config.graph), embedding_dim=int(embeddings.shape[1]))
     kept_names = [label_names[i] for i in kept]
-    network["num_labels"] = len(kept_names)
+    network = network_config(config, len(kept_names), None if embeddings is None else embeddings.shape[1])
     model = build_style_model(network, embeddings=embeddings, adjacency=adjacency)
     data.keep_columns(kept)
     task = StyleTask(model, kept_names, loss=config.recipe.loss, recipe=config.recipe,
