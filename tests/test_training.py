@@ -97,6 +97,33 @@ def test_saved_model_reloads_and_evaluates_to_the_same_metrics(style_run: Path, 
     assert 0.0 < metrics["mAP"] <= 100.0
 
 
+def test_validation_trainer_predict_and_the_predictor_give_the_same_scores(style_run: Path):
+    """One forward for all three: the run's validation records, ``trainer.predict`` on the task (its
+    ``predictions``), and the Predictor on the same photo files (its own decoder and eval transform)."""
+    import lightning as L
+    import torch
+
+    from fashionlens.inference import load, read_image, to_uint8_chw
+    from fashionlens.training.tasks.style import StyleTask
+
+    recorded = np.load(style_run / "val_predictions.npz")
+    paths = [str(p) for p in recorded["paths"][:6]]
+    predictor = load(style_run / "model")
+    bundle = load_model_dir(style_run / "model")
+    task = StyleTask(bundle.model, bundle.label_names)
+    images = torch.stack([predictor.preprocess(to_uint8_chw(read_image(p))[0]) for p in paths])
+    batches = torch.utils.data.DataLoader([{"image": image, "index": i} for i, image in enumerate(images)],
+                                          batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    predicted = trainer.predict(task, batches)
+    scores = torch.cat([batch["scores"] for batch in predicted]).numpy()
+    assert torch.equal(torch.cat([batch["index"] for batch in predicted]), torch.arange(6))
+    np.testing.assert_allclose(scores, recorded["scores"][:6], atol=1e-4)
+    by_predictor = np.array([[label.logit for label in sorted(result.labels, key=lambda l: bundle.label_names.index(l.name))]
+                             for result in predictor(paths)])
+    np.testing.assert_allclose(by_predictor, scores, atol=1e-4)
+
+
 def test_corrupt_model_directory_is_a_clear_error(style_run: Path, tmp_path: Path):
     import shutil
 

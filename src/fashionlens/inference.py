@@ -632,12 +632,6 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
     wrapper = _TupleOutputs(model, keys).eval()
     dynamic_axes = {"images": {0: "batch"}, **{key: {0: "batch"} for key in keys}}
     buffer = io.BytesIO()
-    if hasattr(model, "heatmap_size_for"):
-        # The tracer hands shapes over as tensors, which the model's Python rounding cannot take;
-        # the exported graph has a fixed spatial size anyway, so freeze the heatmap size.
-        fixed = tuple(int(v) for v in reference["heatmaps"].shape[-2:]) if "heatmaps" in reference else None
-        if fixed is not None:
-            model.heatmap_size_for = lambda image_hw: fixed  # instance attribute; removed below
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -646,8 +640,6 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
                               do_constant_folding=True)
         except Exception as error:  # the exporter raises many unrelated types; say which model failed
             raise ModelDirError(f"{model_dir}: ONNX export failed ({type(error).__name__}: {error})") from error
-        finally:
-            model.__dict__.pop("heatmap_size_for", None)
     data = buffer.getvalue()
     _check_onnx(data, example, {key: value.numpy() for key, value in reference.items()}, tolerance, model_dir)
     onnx_path = Path(onnx_path)

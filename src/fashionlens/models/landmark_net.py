@@ -227,7 +227,10 @@ class LandmarkClothingNet(nn.Module):
     def heatmap_size_for(self, image_hw: Sequence[int]) -> tuple[int, int]:
         """Heatmap size for an input of ``image_hw``: ``heatmap_size / image_size`` of it (56 at 224)."""
         ratio = self.config["heatmap_size"] / self.config["image_size"]
-        return max(1, round(image_hw[0] * ratio)), max(1, round(image_hw[1] * ratio))
+        # int(): while the ONNX exporter traces, the sizes arrive as 0-d tensors; the exported graph
+        # has a fixed spatial size (only the batch axis is dynamic), so a constant is what it needs.
+        height, width = (int(value) for value in image_hw)
+        return max(1, round(height * ratio)), max(1, round(width * ratio))
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"conv4", "features"}`` (features: the fused map the heads see) plus ``"heatmaps"`` and

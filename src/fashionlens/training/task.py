@@ -1,8 +1,14 @@
 """What the style and clothing LightningModules share: the recipe, gathered outputs and the history.
 
-Each task defines one pure method, ``outputs(batch) -> (records, loss)``: the per-sample records
-(detached, float) that metrics, ``val_predictions.npz`` and evaluation read, and the batch loss.
-Validation, ``evaluate`` and the final validation of a run all call it; nothing is patched.
+Each task defines two pure methods. ``predictions(batch)``: what the network says about the
+photos, needing no labels (detached, float); ``trainer.predict`` returns it. ``outputs(batch) ->
+(records, loss)``: those predictions with the batch's labels, mask and dataset index (the records
+that metrics, ``val_predictions.npz`` and evaluation read) and the batch loss. Validation,
+``evaluate`` and the final validation of a run all call ``outputs``; nothing is patched.
+
+The Predictor (``fashionlens.inference``) runs the network's own outputs dict, the same forward
+these methods call, without building a Task: importing Lightning would add seconds to the start of
+``predict`` and ``serve``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class Task(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     # -- what each task defines
+
+    def predictions(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def outputs(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         raise NotImplementedError
@@ -77,6 +86,9 @@ class Task(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_epoch=True, batch_size=size)
         return loss
+
+    def predict_step(self, batch, batch_idx):
+        return {**self.predictions(batch), "index": batch["index"].detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("global_step", float(self.global_step), on_step=True, on_epoch=False, logger=False)

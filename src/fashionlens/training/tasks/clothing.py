@@ -50,25 +50,39 @@ class ClothingTask(Task):
     def training_loss(self, batch, batch_idx):
         return self.loss(self(self.images(batch)), batch)
 
-    def outputs(self, batch):
-        from fashionlens.heatmaps import decode_heatmaps
+    def predictions(self, batch):
+        return self._predicted(self(self.images(batch)), tuple(batch["image"].shape[-2:]))
 
+    def outputs(self, batch):
         outputs = self(self.images(batch))
         loss, _ = self.loss(outputs, batch)
-        record = {"category_logits": outputs["category_logits"].float().detach(),
-                  "category": batch["category"].detach(),
-                  "attr_scores": outputs["attribute_logits"].float().detach(),
-                  "labels": batch["labels"].detach(), "mask": batch["label_mask"].detach(),
-                  "index": batch["index"].detach()}
-        if "heatmaps" in outputs and "landmarks" in batch:
-            size = batch["image"].shape[-2:]
-            xy, _ = decode_heatmaps(outputs["heatmaps"].float().detach(), tuple(size), subpixel=True)
+        record = {**self._predicted(outputs, tuple(batch["image"].shape[-2:])),
+                  "category": batch["category"].detach(), "labels": batch["labels"].detach(),
+                  "mask": batch["label_mask"].detach(), "index": batch["index"].detach()}
+        record.pop("landmark_confidence", None)  # the run files keep positions only
+        if "pred_xy" in record and "landmarks" in batch:
             if "crop_box" in batch:
                 record["boxes"] = batch["crop_box"].detach()
-            record.update(pred_xy=xy, true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
-                          visibility=batch["landmark_visibility"].detach(),
-                          sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
+            record.update(true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
+                          visibility=batch["landmark_visibility"].detach())
+        else:  # nothing to score the positions against
+            record.pop("pred_xy", None)
+            record.pop("sizes", None)
         return record, loss
+
+    @staticmethod
+    def _predicted(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The network's outputs as records: logits, and with a landmark branch the decoded landmark
+        positions in input pixels (the Predictor's decoder, subpixel) and their confidences."""
+        from fashionlens.heatmaps import decode_heatmaps
+
+        record = {"category_logits": outputs["category_logits"].float().detach(),
+                  "attr_scores": outputs["attribute_logits"].float().detach()}
+        if "heatmaps" in outputs:
+            xy, confidence = decode_heatmaps(outputs["heatmaps"].float().detach(), size, subpixel=True)
+            record.update(pred_xy=xy, landmark_confidence=confidence,
+                          sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
+        return record
 
     def metrics(self, outputs):
         return clothing_metrics(outputs, self.attribute_types)

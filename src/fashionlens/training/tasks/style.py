@@ -53,11 +53,14 @@ class StyleTask(Task):
     def training_loss(self, batch, batch_idx):
         return self.criterion(self.logits(batch), batch["labels"], batch["label_mask"]), {}
 
+    def predictions(self, batch):
+        return {"scores": self.logits(batch).float().detach()}
+
     def outputs(self, batch):
-        logits = self.logits(batch)
-        loss = self.criterion(logits, batch["labels"], batch["label_mask"])
-        return {"scores": logits.float().detach(), "labels": batch["labels"].detach(),
-                "mask": batch["label_mask"].detach(), "index": batch["index"].detach()}, loss
+        records = self.predictions(batch)
+        loss = self.criterion(records["scores"], batch["labels"], batch["label_mask"])
+        return {**records, "labels": batch["labels"].detach(), "mask": batch["label_mask"].detach(),
+                "index": batch["index"].detach()}, loss
 
     def metrics(self, outputs):
         from fashionlens.metrics import multilabel_metrics
