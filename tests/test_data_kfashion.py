@@ -149,6 +149,42 @@ def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Pat
     assert read_kfashion(folder)[0]["labels"].nonzero().flatten().tolist() == [ROMANTIC]
 
 
+def test_the_folder_listing_is_cached_until_a_folder_changes(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    import os
+
+    from fashionlens.data import cache, kfashion
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+    monkeypatch.setattr(kfashion, "LISTING_CACHE_MIN_FILES", 0)
+    folder = _folder_of_variants(tmp_path, shared_data)
+
+    def age(days: float = 1.0) -> None:  # folders last changed a while ago (a fresh one is not cached)
+        for sub in (folder, folder / "a", folder / "a-b"):
+            os.utime(sub, (sub.stat().st_atime - days * 86400, sub.stat().st_mtime - days * 86400))
+
+    age()
+    first = read_kfashion(folder)
+    assert len(list((tmp_path / "cache").glob("kfashion-listing-*.arrays"))) == 1
+    list_folder = kfashion._list_folder
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("listed again")
+
+    monkeypatch.setattr(kfashion, "_list_folder", no_listing)
+    again = read_kfashion(folder)
+    assert _summary(again) == _summary(first) and again.notes == first.notes
+    # A new image changes its folder: listed again, and found.
+    monkeypatch.setattr(kfashion, "_list_folder", list_folder)
+    shutil.copyfile(shared_data / "kfashion" / "100026.jpg", folder / "a-b" / "1000.png")
+    assert read_kfashion(folder).records[20].image == folder / "a-b" / "1000.png"
+    # A new annotation file is read too; one removed is gone.
+    shutil.copyfile(folder / "a" / "1001.json", folder / "a" / "2001.json")
+    (folder / "a-b" / "1002.json").unlink()
+    sources = [r.source.name for r in read_kfashion(folder).records]
+    assert "2001.json" in sources and "1002.json" not in sources and len(sources) == 40
+
+
 def test_json_nested_too_deeply_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "1.json").write_text("[" * 50_000 + "]" * 50_000, encoding="utf-8")
     with pytest.raises(DataError, match=r"1.json: expected a K-Fashion JSON document, found JSON nested too deeply to parse"):

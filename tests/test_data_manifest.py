@@ -260,3 +260,18 @@ def test_a_large_manifest_is_cached_and_an_edit_is_seen(folder: Path, kind: str,
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     path.write_text(path.read_text().replace("street", "retro"))
     assert READERS[kind](path).label_names == ["retro"]
+
+
+@pytest.mark.parametrize("step", [3, 8 << 20])
+def test_the_scan_for_paths_to_normalise_finds_every_mark(step, monkeypatch):
+    """Each mark that can make normpath change a path is found, across the scan's piece boundaries too."""
+    from fashionlens.data import manifest
+
+    monkeypatch.setattr(manifest, "_ODD_SCAN_BYTES", step)
+    clean = b"image,labels\nimages/a.jpg,red;blue\nimages/b.jpg,?green\n"
+    assert not manifest._maybe_odd(clean, b",")
+    for odd in (b"images/./a.jpg", b"images/../a.jpg", b"images//a.jpg", b"images/", b"./a.jpg", b".", b"a/."):
+        data = clean + odd + b",red\n"
+        assert manifest._maybe_odd(data, b","), odd
+    assert manifest._maybe_odd(b"./a.jpg,red\n", b",")
+    assert manifest._maybe_odd(b'{"image": "a/"}\n', b'"') and not manifest._maybe_odd(b'{"image": "a/b"}\n', b'"')

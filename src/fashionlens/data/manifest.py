@@ -366,13 +366,29 @@ def _fast_rows(
     return _Rows(Strings(data, offsets), lines, vocabulary, label_matrix, mask, prefix)
 
 
-def _maybe_odd(data: bytes, delimiter: bytes) -> bool:
-    """Whether some path may need normalising: a '.' next to a '/' or a '.', or a '/' before a '/' or the delimiter.
+_ODD_SCAN_BYTES = 8 << 20
 
-    Substring searches over the whole file (a few passes of memchr speed): conservative, since a
-    hit in a label cell only costs the exact check of the paths.
+
+def _maybe_odd(data: bytes, delimiter: bytes) -> bool:
+    """Whether some path may need normalising: a '.' or '/' next to a '.' or '/', a '/' before the
+    delimiter, or a '.' at the start of a line.
+
+    Conservative (a hit in a label cell only costs the exact check of the paths) and vectorised in
+    8 MB pieces: numpy compares each byte with its successor several times faster than five
+    substring searches over the whole file.
     """
-    return data.startswith(b".") or any(mark in data for mark in (b"/.", b"./", b"..", b"//", b"/" + delimiter))
+    if data.startswith(b"."):
+        return True
+    a = np.frombuffer(data, dtype=np.uint8)
+    cut, step = ord(delimiter), _ODD_SCAN_BYTES
+    for start in range(0, max(len(a) - 1, 0), step):
+        piece = a[start : start + step + 1]  # one byte of overlap: a pair across the boundary counts
+        mark = (piece == 46) | (piece == 47)
+        before, after = piece[:-1], piece[1:]
+        if (mark[:-1] & mark[1:]).any() or ((before == 47) & (after == cut)).any() \
+                or ((before == 10) & (after == 46)).any():
+            return True
+    return False
 
 
 def _pairs(lists: pa.ListArray) -> tuple[np.ndarray, pa.Array]:
