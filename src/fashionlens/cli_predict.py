@@ -334,7 +334,7 @@ def predict_command(args: argparse.Namespace) -> int:
     batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
     workers = getattr(args, "workers", None)
     if workers is None:
-        from fashionlens.training.data import default_workers
+        from fashionlens.config import default_workers
 
         workers = default_workers()
     out = getattr(args, "out", None)

@@ -34,6 +34,17 @@ class ConfigError(FashionlensError):
 # ------------------------------------------------------------------------------------------ sections
 
 
+
+def default_workers() -> int:
+    """DataLoader workers when ``data.workers`` (or ``--workers``) is not given: all cores but one
+    with a GPU (it waits for the decoding), else at most 2 (the model needs the cores too)."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
+
 @dataclass(frozen=True)
 class DataSource:
     """One dataset: where it is and how to read it."""
@@ -52,7 +63,7 @@ class DataConfig:
     limit: int | None = None  # style: a seeded random N of the samples; clothing: the first N training rows
     skip_bad: bool = False
     batch_size: int = 32
-    workers: int | None = None  # None: min(8, cores) on a GPU, min(2, cores) on a CPU
+    workers: int | None = None  # None: default_workers()
     aliases: Path | None = None  # label-name aliases when several sources are merged
     # style, every head (linear and ML-GCN alike): leave out labels without training positives, with a
     # warning. Without it the ML-GCN head refuses them (the graph needs P(.|label)); the linear head

@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-import lightning as L
-from lightning.pytorch.callbacks import Callback
 
 T = TypeVar("T")
 
@@ -87,36 +85,3 @@ def progress_bar(iterable: Iterable[T] | None = None, desc: str = "", total: int
 
         return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, file=stream, leave=False)
     return LineProgress(iterable, total=total, desc=desc, unit=unit, disable=disable, stream=stream)
-
-
-class EpochLines(Callback):
-    """One line per epoch (epoch, seconds, train loss and the task's key metrics), for logs.
-
-    Printed at the end of the training epoch: by then this epoch's validation (run inside the
-    training epoch) has logged its metrics and ``train/loss_epoch`` has been reduced. At the end of
-    validation neither is true yet: callbacks run before the LightningModule's hook that logs the
-    metrics, and the training loss of the epoch is reduced only after validation.
-    """
-
-    def __init__(self, keys: tuple[str, ...], stream=None):
-        self.keys = keys
-        self.stream = stream or sys.stdout
-        self._started = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
-                 f"{time.perf_counter() - self._started:.0f} s"]
-        if "train/loss_epoch" in metrics:
-            parts.append(f"train loss {float(metrics['train/loss_epoch']):.4f}")
-        if "val/loss" in metrics:
-            parts.append(f"val loss {float(metrics['val/loss']):.4f}")
-        for key in self.keys:
-            if f"val/{key}" in metrics:
-                parts.append(f"{key} {float(metrics[f'val/{key}']):.2f}")
-        print(" | ".join(parts), file=self.stream, flush=True)

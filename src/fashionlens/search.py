@@ -104,7 +104,7 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     written = already_written(out) if out.is_dir() else set()
     todo = [Path(path) for path in paths if str(path) not in written]
     if workers is None:
-        from fashionlens.training.data import default_workers
+        from fashionlens.config import default_workers
 
         workers = default_workers()
     writer = ShardWriter(out)

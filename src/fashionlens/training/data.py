@@ -13,13 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fashionlens.config import ClothingConfig, ConfigError, DataConfig, StyleConfig
+from fashionlens.config import ClothingConfig, ConfigError, DataConfig, StyleConfig, default_workers
 from fashionlens.errors import FashionlensError
-
-
-def default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

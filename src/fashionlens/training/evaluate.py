@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 
 from fashionlens.errors import FashionlensError
 from fashionlens.modeldir import load_model_dir
-from fashionlens.training.data import ColumnSubset, default_workers
+from fashionlens.config import default_workers
+from fashionlens.training.data import ColumnSubset
 from fashionlens.training.task import collect_outputs
 
 

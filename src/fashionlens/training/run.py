@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -157,11 +158,44 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+class EpochLines(L.Callback):
+    """One line per epoch (epoch, seconds, train loss and the task's key metrics), for logs.
+
+    Printed at the end of the training epoch: by then this epoch's validation (run inside the
+    training epoch) has logged its metrics and ``train/loss_epoch`` has been reduced. At the end of
+    validation neither is true yet: callbacks run before the LightningModule's hook that logs the
+    metrics, and the training loss of the epoch is reduced only after validation.
+    """
+
+    def __init__(self, keys: tuple[str, ...], stream=None):
+        self.keys = keys
+        self.stream = stream or sys.stdout
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                 f"{time.perf_counter() - self._started:.0f} s"]
+        if "train/loss_epoch" in metrics:
+            parts.append(f"train loss {float(metrics['train/loss_epoch']):.4f}")
+        if "val/loss" in metrics:
+            parts.append(f"val loss {float(metrics['val/loss']):.4f}")
+        for key in self.keys:
+            if f"val/{key}" in metrics:
+                parts.append(f"{key} {float(metrics[f'val/{key}']):.2f}")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+
 def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from fashionlens.progress import EpochLines, interactive
+    from fashionlens.progress import interactive
     from fashionlens.training.recipe import FreezeThenFinetune
 
     quiet_lightning()
