@@ -1,4 +1,4 @@
-"""Similarity-search cost at catalogue sizes: FAISS exact inner product vs HNSW (and IVF for reference).
+"""Similarity-search cost at catalogue sizes: FAISS exact inner product vs IVF vs HNSW.
 
 Synthetic unit vectors (timing only: real catalogues are not this big here) of the released style
 model's dimension (1280), clustered like embeddings are: ``--clusters`` random centres, each vector
@@ -50,7 +50,7 @@ def synthetic_chunks(n: int, dim: int, clusters: int, noise: float, seed: int):
 
 def build(kind: str, chunks, n: int, dim: int):
     """An index of ``kind`` filled from ``chunks``; IVF is trained on the first chunk (random cluster
-    members, so an unbiased sample): sqrt(n) lists, 10 k-means iterations, nprobe 16."""
+    members, so an unbiased sample) with the library's lists, k-means iterations and probes."""
     import faiss
 
     from fashionlens.search import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M
@@ -62,16 +62,20 @@ def build(kind: str, chunks, n: int, dim: int):
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = HNSW_EF_SEARCH
         params = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
-    else:
-        nlist = max(16, int(np.sqrt(n)))
+    else:  # the lists and probes `fashionlens index` uses (search.ivf_lists, ivf_probes)
+        from fashionlens.search import IVF_KMEANS_ITERATIONS, ivf_lists, ivf_probes
+
+        nlist = ivf_lists(n)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10
-        index.nprobe = 16
-        params = {"nlist": nlist, "nprobe": 16}
+        index.cp.niter = IVF_KMEANS_ITERATIONS
+        index.nprobe = ivf_probes(nlist)
+        params = {"nlist": nlist, "nprobe": index.nprobe}
     for start, block in chunks:
         if kind == "ivf" and not index.is_trained:
-            index.train(block[:min(len(block), 64 * index.nlist)])
+            from fashionlens.search import IVF_TRAIN_PER_LIST
+
+            index.train(block[:min(len(block), IVF_TRAIN_PER_LIST * index.nlist)])
         index.add(block)
     return index, params
 

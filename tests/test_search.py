@@ -180,7 +180,8 @@ def test_ivf_finds_what_the_exact_search_finds_and_keeps_its_settings(tmp_path):
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     exact, _, _ = build_faiss_index(vectors, "flat")
     lists, kind, params = build_faiss_index(vectors, "ivf")
-    assert kind == "ivf" and params == {"nlist": search.ivf_lists(4000), "nprobe": search.IVF_NPROBE} == {"nlist": 63, "nprobe": 16}
+    assert kind == "ivf" and params == {"nlist": search.ivf_lists(4000), "nprobe": search.ivf_probes(63)} == {"nlist": 63, "nprobe": 16}
+    assert search.ivf_probes(1000) == 80 and search.ivf_probes(10) == 10  # 8 % of a million's lists; all of few
     queries = vectors[::20] + 0.05 * rng.normal(size=(200, 32)).astype(np.float32)
     _, truth = exact.search(queries, 10)
     _, found = lists.search(queries, 10)
