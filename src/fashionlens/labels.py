@@ -32,6 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fashionlens.config import GraphConfig
+
 FALLBACKS = (None, "zero", "random", "skip-word")
 _SPLIT = re.compile(r"[\s_/]+")
 
@@ -335,7 +337,7 @@ def cooccurrence_counts(labels: np.ndarray, mask: np.ndarray | None = None) -> t
     return positive.T @ positive, positive.sum(axis=0)
 
 
-def reweight_adjacency(edges: np.ndarray, p: float = 0.2) -> np.ndarray:
+def reweight_adjacency(edges: np.ndarray, p: float = GraphConfig.p) -> np.ndarray:
     """ML-GCN Eq. 8 reweighting, in receiving orientation (row i = what label i receives).
 
     ``edges[j, i]`` is True when label ``j`` sends to label ``i``. Row ``i`` of the result has
@@ -434,7 +436,7 @@ class LabelGraph:
         return cls(adjacency, edges, data["t"], p, names, list(data["kept"]), None, probabilities)
 
 
-def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = 0.4, p: float = 0.2,
+def build_adjacency(M: np.ndarray, N: np.ndarray, t: float = GraphConfig.t, p: float = GraphConfig.p,
                     label_names: Sequence[str] | None = None, on_empty: str = "error",
                     min_lift: float | None = None, base_rates: np.ndarray | None = None) -> LabelGraph:
     """The ML-GCN label graph from co-occurrence counts (see :func:`cooccurrence_counts`).

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fashionlens.config import BackboneConfig
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
 from fashionlens.models.backbones import create_backbone
 
@@ -39,7 +40,9 @@ ATTRIBUTE_HEADS = ("linear", "mlgcn")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "backbone": "vgg19",  # VGG-19 conv4_4 as in Lee et al. 2020
-    "pretrained": "hub",  # no offline VGG weights ship; use mobilenet_v2 / tf_efficientnet_lite0 + "shipped" offline
+    # The one default (config.py): "auto" gives the hub for VGG-19 (no offline VGG weights ship; use
+    # mobilenet_v2 or tf_efficientnet_lite0 offline); loading a model directory uses "none".
+    "pretrained": BackboneConfig.pretrained,
     "stage": "stride8",
     "landmarks": "glem",
     "attr_head": "linear",

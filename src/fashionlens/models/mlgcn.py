@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashionlens.config import BackboneConfig
+
 from .backbones import Backbone, create_backbone
 
 POOLS = ("max", "avg")
@@ -192,7 +194,7 @@ class MultiLabelClassifier(nn.Module):
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "backbone": "tf_efficientnet_lite0",
-    "pretrained": "shipped",
+    "pretrained": BackboneConfig.pretrained,  # the one default (config.py); loading a model directory uses "none"
     "pool": "max",
     "head": "mlgcn",
     "embedding_dim": 50,
