@@ -9,6 +9,8 @@ Both in one run, on real photos (default: the 308 photos of
   of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
   second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
   into labels), for reference.
+- ``pipeline``: predict's own DataLoader (``cli_predict.loader``, its workers) feeding the model,
+  in this process: the command's steady state without process start, labels or Parquet.
 - ``preprocess``: the same decoding and preprocessing alone, in this one process. With the CPU
   seconds of ``model`` (all its threads) it gives the bound of a pipeline whose decoding and model
   share the same cores: model CPU / (model CPU + preprocessing CPU) of the model's rate.
@@ -123,11 +125,22 @@ def main() -> None:
         for i in range(len(dataset)):
             dataset[i]
 
+    from fashionlens.cli_predict import loader
+    from fashionlens.config import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+
+    def pipeline() -> None:  # predict's own DataLoader feeding the model, in this process (no start-up)
+        with torch.inference_mode():
+            for item in loader(paths, predictor, args.batch_size, workers):
+                predictor.runtime(item["image"])
+
     out = Path(tempfile.mkdtemp(prefix="fashionlens_predict_throughput_"))
     steps = {
         "preprocess": preprocess_alone,
         "model": model_alone,
         "model+labels": model_and_labels,
+        "pipeline": pipeline,
         "command": lambda: command(args.model, paths, out / "all.parquet", args.batch_size, args.workers),
         "command small": lambda: command(args.model, paths[:args.small], out / "small.parquet", args.batch_size,
                                          args.workers),
@@ -154,6 +167,7 @@ def main() -> None:
         "preprocess (1 process)": n / seconds["preprocess"],
         "model": n / seconds["model"],
         "model+labels": n / seconds["model+labels"],
+        "pipeline": n / seconds["pipeline"],
         "command": n / seconds["command"],
         "command steady": (n - small) / (seconds["command"] - seconds["command small"]),
     }
@@ -166,6 +180,7 @@ def main() -> None:
         # On C cores a pipeline that decodes and runs the model on the same cores can reach at most
         # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
         "bound_from_cpu": median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"])),
+        "pipeline_over_model": rate["pipeline"] / rate["model"],
         "command_over_model": rate["command"] / rate["model"],
         "command_steady_over_model": rate["command steady"] / rate["model"],
         "target": 0.8,
