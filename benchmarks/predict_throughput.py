@@ -11,6 +11,9 @@ Both in one run, on real photos (default: the 308 photos of
   into labels), for reference.
 - ``pipeline``: predict's own DataLoader (``cli_predict.loader``, its workers) feeding the model,
   in this process: the command's steady state without process start, labels or Parquet.
+- ``command in-process``: ``fashionlens.cli.main(["predict", ...])`` in this warm process: the whole
+  command (model load, DataLoader workers, labels, sharded Parquet) without the interpreter's start
+  and the imports of torch and torchvision, which a fresh process pays once (seconds).
 - ``preprocess``: the same decoding and preprocessing alone, in this one process. With the CPU
   seconds of ``model`` (all its threads) it gives the bound of a pipeline whose decoding and model
   share the same cores: model CPU / (model CPU + preprocessing CPU) of the model's rate.
@@ -135,12 +138,28 @@ def main() -> None:
             for item in loader(paths, predictor, args.batch_size, workers):
                 predictor.runtime(item["image"])
 
+    def command_in_process() -> None:  # the whole command (model load, labels, Parquet) in this warm process
+        import contextlib
+        import io
+
+        from fashionlens.cli import main as cli_main
+
+        target = out / "in-process.parquet"
+        shutil.rmtree(target, ignore_errors=True)
+        arguments = ["predict", args.model, *map(str, paths), "--out", str(target), "--batch-size", str(args.batch_size)]
+        if args.workers is not None:
+            arguments += ["--workers", str(args.workers)]
+        with contextlib.redirect_stderr(io.StringIO()):
+            if cli_main(arguments) != 0:
+                raise SystemExit("fashionlens predict (in process) failed")
+
     out = Path(tempfile.mkdtemp(prefix="fashionlens_predict_throughput_"))
     steps = {
         "preprocess": preprocess_alone,
         "model": model_alone,
         "model+labels": model_and_labels,
         "pipeline": pipeline,
+        "command in-process": command_in_process,
         "command": lambda: command(args.model, paths, out / "all.parquet", args.batch_size, args.workers),
         "command small": lambda: command(args.model, paths[:args.small], out / "small.parquet", args.batch_size,
                                          args.workers),
@@ -168,6 +187,7 @@ def main() -> None:
         "model": n / seconds["model"],
         "model+labels": n / seconds["model+labels"],
         "pipeline": n / seconds["pipeline"],
+        "command in-process": n / seconds["command in-process"],
         "command": n / seconds["command"],
         "command steady": (n - small) / (seconds["command"] - seconds["command small"]),
     }
@@ -181,6 +201,7 @@ def main() -> None:
         # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
         "bound_from_cpu": median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"])),
         "pipeline_over_model": rate["pipeline"] / rate["model"],
+        "command_in_process_over_model": rate["command in-process"] / rate["model"],
         "command_over_model": rate["command"] / rate["model"],
         "command_steady_over_model": rate["command steady"] / rate["model"],
         "target": 0.8,
