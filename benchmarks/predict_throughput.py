@@ -102,8 +102,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    from fashionlens.cli_predict import reuse_freed_memory
     from fashionlens.inference import load
 
+    # The same allocator settings as the command's process, so that model and command compare fairly.
+    reuse_freed_memory()
     paths = photo_paths(args.photos)
     predictor = load(args.model, batch_size=args.batch_size)
     batch, sizes, sources = preprocessed(predictor, paths)

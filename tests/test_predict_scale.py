@@ -106,3 +106,14 @@ def test_threshold_auto_marks_labels_against_their_calibrated_thresholds(style_d
 
     with pytest.raises(ModelDirError, match=r"thresholds.json: thresholds: no threshold for label"):
         load(calibrated)
+
+
+def test_the_batch_commands_keep_freed_memory_for_reuse():
+    """glibc's malloc accepts both settings (mallopt returns 1 only for a value it took)."""
+    import sys
+
+    from fashionlens.cli_predict import reuse_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert reuse_freed_memory() is True

@@ -456,7 +456,10 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 def _embed_command(args: argparse.Namespace) -> int:
+    from fashionlens.cli_predict import reuse_freed_memory
     from fashionlens.inference import collect_image_paths, load
+
+    reuse_freed_memory()
 
     paths, problems = collect_image_paths(args.paths)
     for problem in problems:
