@@ -85,16 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"index": "flat (exact)", "nlist": None, "nprobe": None, "recall_at_k": 1.0, "precision_at_k": precision(truth)}]
     lists = search.ivf_lists(len(gallery))
     for nlist in (lists, 4 * lists):
-        index, _, _ = search.build_faiss_index(gallery, "ivf")
-        if nlist != lists:  # the library's build with another list count
-            import faiss
-
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(gallery.shape[1]), gallery.shape[1], nlist,
-                                       faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed, index.cp.niter = search.IVF_SEED, search.IVF_KMEANS_ITERATIONS
-            sample = np.random.default_rng(search.IVF_SEED).permutation(len(gallery))[:search.IVF_TRAIN_PER_LIST * nlist]
-            index.train(gallery[np.sort(sample)])
-            index.add(gallery)
+        index, _, _ = search.build_faiss_index(gallery, "ivf", nlist=nlist)
         for nprobe in (1, 2, 4, 8, 16):
             index.nprobe = nprobe
             _, found = index.search(queries, k)

@@ -226,9 +226,10 @@ def ivf_probes(lists: int) -> int:
 
 def build_faiss_index(vectors: np.ndarray, kind: str = "auto", hnsw_m: int = HNSW_M,
                       ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = HNSW_EF_SEARCH,
-                      nprobe: int | None = None):
+                      nlist: int | None = None, nprobe: int | None = None):
     """A FAISS inner-product index over unit ``vectors`` ``(N, D)``: ``"flat"`` (exact), ``"ivf"``
-    (inverted lists over k-means centres; ``nprobe`` lists searched, default :func:`ivf_probes`),
+    (inverted lists over ``nlist`` k-means centres, default :func:`ivf_lists`; ``nprobe`` of them
+    searched, default :func:`ivf_probes`),
     ``"hnsw"`` (a graph), or ``"auto"`` (flat up to :data:`EXACT_LIMIT` vectors, IVF past it).
     Returns (index, kind, parameters)."""
     faiss = _faiss()
@@ -241,7 +242,7 @@ def build_faiss_index(vectors: np.ndarray, kind: str = "auto", hnsw_m: int = HNS
     if kind == "flat":
         index, params = faiss.IndexFlatIP(dim), {}
     elif kind == "ivf":
-        nlist = min(ivf_lists(n), n)
+        nlist = min(ivf_lists(n) if nlist is None else int(nlist), n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed, index.cp.niter = IVF_SEED, IVF_KMEANS_ITERATIONS
         # A random sample, not the first rows: vectors usually come in folder (class) order.
@@ -376,8 +377,7 @@ class SearchIndex:
             scores, ids = self.index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef))
         elif self.meta["kind"] == "ivf":
             faiss = _faiss()
-            params = self.meta.get("params", {})
-            nprobe = int(params.get("nprobe", ivf_probes(int(params.get("nlist", IVF_MIN_NPROBE)))))
+            nprobe = int(self.meta.get("params", {}).get("nprobe", self.index.nprobe))
             scores, ids = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
         else:
             scores, ids = self.index.search(queries, k)

@@ -51,37 +51,38 @@ class ClothingTask(Task):
         return self.loss(self(self.images(batch)), batch)
 
     def predictions(self, batch):
-        return self._predicted(self(self.images(batch)), tuple(batch["image"].shape[-2:]))
+        return self._predicted(self(self.images(batch)), tuple(batch["image"].shape[-2:]), confidence=True)
 
     def outputs(self, batch):
         outputs = self(self.images(batch))
         loss, _ = self.loss(outputs, batch)
-        record = {**self._predicted(outputs, tuple(batch["image"].shape[-2:])),
+        # Landmark positions only where the batch has true ones to score them against.
+        record = {**self._predicted(outputs, tuple(batch["image"].shape[-2:]), landmarks="landmarks" in batch),
                   "category": batch["category"].detach(), "labels": batch["labels"].detach(),
                   "mask": batch["label_mask"].detach(), "index": batch["index"].detach()}
-        record.pop("landmark_confidence", None)  # the run files keep positions only
-        if "pred_xy" in record and "landmarks" in batch:
+        if "pred_xy" in record:
             if "crop_box" in batch:
                 record["boxes"] = batch["crop_box"].detach()
             record.update(true_xy=torch.as_tensor(batch["landmarks"]).float().detach(),
                           visibility=batch["landmark_visibility"].detach())
-        else:  # nothing to score the positions against
-            record.pop("pred_xy", None)
-            record.pop("sizes", None)
         return record, loss
 
     @staticmethod
-    def _predicted(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """The network's outputs as records: logits, and with a landmark branch the decoded landmark
-        positions in input pixels (the Predictor's decoder, subpixel) and their confidences."""
+    def _predicted(outputs: dict[str, torch.Tensor], size: tuple[int, int], landmarks: bool = True,
+                   confidence: bool = False) -> dict[str, torch.Tensor]:
+        """The network's outputs as records: logits, and with a landmark branch (and ``landmarks``)
+        the decoded landmark positions in input pixels (the Predictor's decoder, subpixel), with
+        ``confidence`` their peak values too."""
         from fashionlens.heatmaps import decode_heatmaps
 
         record = {"category_logits": outputs["category_logits"].float().detach(),
                   "attr_scores": outputs["attribute_logits"].float().detach()}
-        if "heatmaps" in outputs:
-            xy, confidence = decode_heatmaps(outputs["heatmaps"].float().detach(), size, subpixel=True)
-            record.update(pred_xy=xy, landmark_confidence=confidence,
+        if landmarks and "heatmaps" in outputs:
+            xy, peaks = decode_heatmaps(outputs["heatmaps"].float().detach(), size, subpixel=True)
+            record.update(pred_xy=xy,
                           sizes=torch.tensor([[size[1], size[0]]] * len(xy), device=xy.device, dtype=torch.float32))
+            if confidence:
+                record["landmark_confidence"] = peaks
         return record
 
     def metrics(self, outputs):
