@@ -9,7 +9,7 @@ Both in one run, on real photos (default: the 308 photos of
   of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
   second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
   into labels), for reference.
-- ``pipeline``: predict's own DataLoader (``cli_predict.loader``, its workers) feeding the model,
+- ``pipeline``: predict's own DataLoader (``cli_predict.loader``, its default decoding) feeding the model,
   in this process: the command's steady state without process start, labels or Parquet.
 - ``command in-process``: ``fashionlens.cli.main(["predict", ...])`` in this warm process: the whole
   command (model load, DataLoader workers, labels, sharded Parquet) without the interpreter's start
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="predict's --workers (default: its own)")
     parser.add_argument("--small", type=int, default=32, help="photos of the small run (startup subtracted)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", nargs="+", help="only these steps (default: all; model is always timed)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -132,9 +133,9 @@ def main() -> None:
             dataset[i]
 
     from fashionlens.cli_predict import loader
-    from fashionlens.config import default_workers
+    from fashionlens.config import default_predict_workers
 
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_predict_workers() if args.workers is None else args.workers
 
     def pipeline() -> None:  # predict's own DataLoader feeding the model, in this process (no start-up)
         with torch.inference_mode():
@@ -167,6 +168,11 @@ def main() -> None:
         "command small": lambda: command(args.model, paths[:args.small], out / "small.parquet", args.batch_size,
                                          args.workers),
     }
+    if args.steps:
+        unknown = set(args.steps) - set(steps)
+        if unknown:
+            raise SystemExit(f"unknown steps {sorted(unknown)}; steps: {', '.join(steps)}")
+        steps = {name: step for name, step in steps.items() if name in {"model", *args.steps}}
     model_alone()  # warm-up: first calls allocate
     times: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}  # CPU seconds of this process (all threads)
@@ -185,35 +191,28 @@ def main() -> None:
 
     n, small = len(paths), min(args.small, len(paths))
     seconds = {name: median(values) for name, values in times.items()}
-    rate = {
-        "preprocess (1 process)": n / seconds["preprocess"],
-        "model": n / seconds["model"],
-        "model+labels": n / seconds["model+labels"],
-        "pipeline": n / seconds["pipeline"],
-        "command in-process": n / seconds["command in-process"],
-        "command": n / seconds["command"],
-        "command steady": (n - small) / (seconds["command"] - seconds["command small"]),
-    }
+    rate = {("preprocess (1 process)" if name == "preprocess" else name): n / seconds[name]
+            for name in steps if name != "command small"}
+    if "command" in seconds and "command small" in seconds:
+        rate["command steady"] = (n - small) / (seconds["command"] - seconds["command small"])
     results = {
         "model": args.model, "photos": n, "photo_folders": [str(p) for p in args.photos], "batch_size": args.batch_size,
         "workers": args.workers, "small": small, "rounds": args.rounds, "machine": machine_summary(),
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "photos_per_second": rate,
         "cpu_seconds": {name: [round(t, 3) for t in values] for name, values in cpu.items() if not name.startswith("command")},
-        # On C cores a pipeline that decodes and runs the model on the same cores can reach at most
-        # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
-        "bound_from_cpu": median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"])),
-        "pipeline_over_model": rate["pipeline"] / rate["model"],
-        "command_in_process_over_model": rate["command in-process"] / rate["model"],
-        "command_over_model": rate["command"] / rate["model"],
-        "command_steady_over_model": rate["command steady"] / rate["model"],
+        "over_model": {name: value / rate["model"] for name, value in rate.items()},
         "target": 0.8,
     }
     print(f"{args.model}, {n} photos, batch {args.batch_size}, medians of {args.rounds} rounds:")
     for name, value in rate.items():
-        print(f"  {name:15s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
-    print(f"  CPU seconds: model {median(cpu['model']):.2f}, preprocessing {median(cpu['preprocess']):.2f}: "
-          f"bound on 2 shared cores {results['bound_from_cpu']:.2f} x model")
+        print(f"  {name:22s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
+    if "preprocess" in cpu:
+        # On C cores a pipeline that decodes and runs the model on the same cores can reach at most
+        # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
+        results["bound_from_cpu"] = median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"]))
+        print(f"  CPU seconds: model {median(cpu['model']):.2f}, preprocessing {median(cpu['preprocess']):.2f}: "
+              f"bound on 2 shared cores {results['bound_from_cpu']:.2f} x model")
     write_results(results, "predict_throughput.json", args.json)
 
 

@@ -55,6 +55,18 @@ def test_parquet_output_is_one_row_per_photo_and_a_rerun_skips_what_is_written(s
     assert len(rows) == len(set(rows)) == len(PHOTOS) + 1
 
 
+@pytest.mark.parametrize(("cores", "gpu", "workers"), [(1, False, 0), (2, False, 0), (4, False, 2), (2, True, 1),
+                                                     (16, True, 8)])
+def test_predict_decodes_in_the_main_process_only_on_a_small_cpu(monkeypatch, cores, gpu, workers):
+    import torch
+
+    from fashionlens import config
+
+    monkeypatch.setattr(config, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert config.default_predict_workers() == workers
+
+
 def test_a_crash_mid_shard_leaves_only_complete_shards(tmp_path):
     writer = ShardWriter(tmp_path, rows_per_shard=2)
     for index in range(3):

@@ -98,7 +98,8 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--num-nodes", type=int, default=S)
     parser.add_argument("--accelerator", default=S, help="auto | cpu | gpu")
     parser.add_argument("--precision", default=S, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
-    parser.add_argument("--workers", type=int, default=S, help="DataLoader workers (default: min(8, cores))")
+    parser.add_argument("--workers", type=int, default=S,
+                        help="DataLoader workers (default: cores - 1, at most 8, with a GPU; at most 2 on a CPU)")
     parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
     parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
     parser.add_argument("--limit", type=int, default=S, help="use only N samples (smoke runs; style: a seeded random N)")
@@ -305,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "one probability for all labels (labels below it are left out)")
     predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--workers", type=int, default=None, help="decoding workers (default: min(2, cores) on CPU)")
+    predict.add_argument("--workers", type=int, default=None,
+                         help="decoding worker processes (default: none on a CPU of 1-2 cores, which decodes "
+                              "between batches; else as train's --workers)")
     predict.add_argument("--devices", default="1", help="Lightning devices; > 1 predicts with one rank per device")
     predict.add_argument("--num-nodes", type=int, default=1)
     predict.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")

@@ -1,6 +1,7 @@
 """`fashionlens predict`: catalogue-sized prediction (part of the CLI).
 
-Photos are decoded and preprocessed in DataLoader workers and predicted in batches. Output: text,
+Photos are decoded and preprocessed by a DataLoader (in its workers, or on a 2-core CPU in the main
+process between model calls: ``config.default_predict_workers``) and predicted in batches. Output: text,
 JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out preds.parquet``: a folder of
 ``part-RRR-NNNNN.parquet`` files, one row per photo). Parquet output is resumable: a rerun skips the
 photos already written, and each shard is written beside its final name and renamed, so a crash
@@ -359,9 +360,9 @@ def predict_command(args: argparse.Namespace) -> int:
     batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
     workers = getattr(args, "workers", None)
     if workers is None:
-        from fashionlens.config import default_workers
+        from fashionlens.config import default_predict_workers
 
-        workers = default_workers()
+        workers = default_predict_workers()
     out = getattr(args, "out", None)
     if _distributed(args):
         if out is None:

@@ -34,16 +34,38 @@ class ConfigError(FashionlensError):
 # ------------------------------------------------------------------------------------------ sections
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 
 def default_workers() -> int:
     """DataLoader workers when ``data.workers`` (or ``--workers``) is not given: all cores but one
     with a GPU (it waits for the decoding), else at most 2 (the model needs the cores too)."""
-    import os
-
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
+
+
+def default_predict_workers() -> int:
+    """Decoding workers of the batch commands (``predict``, ``embed``) when ``--workers`` is not given.
+
+    :func:`default_workers`, except on a CPU of 1 or 2 cores without a GPU: none there, the main
+    process decodes each batch and then runs the model on both cores. Workers decoding while the
+    model runs take a core from one of the model's threads, and the other waits for it: on 2 cores
+    the command reached 0.78-0.80x of the model alone with 2 workers and 0.90-0.92x without
+    (docs/benchmarks.md, "predict"). With more cores the decoding in the main process would be a
+    larger share of each batch, and workers stay (not measured: the project's CPUs have 2 cores).
+    """
+    import torch
+
+    if not torch.cuda.is_available() and cpu_cores() <= 2:
+        return 0
+    return default_workers()
+
 
 @dataclass(frozen=True)
 class DataSource:

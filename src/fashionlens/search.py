@@ -96,8 +96,8 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
                  batch_size: int = 32, workers: int | None = None, progress: bool = True) -> EmbedSummary:
     """Embed ``paths`` with ``predictor`` into the Parquet folder ``out``, skipping photos already there.
 
-    Photos are decoded in DataLoader workers and embedded in batches (the same loader as
-    ``predict``); the shards are written whole, so a crash loses at most the shard being written.
+    Photos are decoded and embedded in batches (the same loader and defaults as ``predict``); the
+    shards are written whole, so a crash loses at most the shard being written.
     Refuses a folder that already holds another model's vectors.
     """
     from fashionlens.cli_predict import ShardWriter, already_written, loader
@@ -115,9 +115,9 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     written = already_written(out) if out.is_dir() else set()
     todo = [Path(path) for path in paths if str(path) not in written]
     if workers is None:
-        from fashionlens.config import default_workers
+        from fashionlens.config import default_predict_workers
 
-        workers = default_workers()
+        workers = default_predict_workers()
     writer = ShardWriter(out)
     failed: list[str] = []
     bar = progress_bar(total=len(todo), desc="embedding", unit="photo", disable=not progress or len(todo) <= 4)
@@ -426,7 +426,8 @@ def add_search_commands(commands) -> None:
     embed.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     embed.add_argument("--out", type=Path, required=True, help="output folder, e.g. vectors.parquet")
     embed.add_argument("--batch-size", type=int, default=32)
-    embed.add_argument("--workers", type=int, default=None, help="decoding workers (default: min(2, cores) on CPU)")
+    embed.add_argument("--workers", type=int, default=None,
+                       help="decoding worker processes (default: as predict's)")
 
     index = commands.add_parser("index", help="build a FAISS similarity index from embeddings",
                                 description=f"Index the vectors `fashionlens embed` wrote: exact inner product up "
