@@ -81,14 +81,18 @@ class PhotoDataset(Dataset):
 
 
 def reuse_freed_memory() -> bool:
-    """Have glibc's malloc keep freed blocks up to 32 MiB for reuse instead of handing them back to
-    the kernel after every batch (``M_MMAP_THRESHOLD`` at its maximum, no trimming of the heap).
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel after
+    every batch: no ``mmap`` for large blocks (``M_MMAP_MAX`` 0: they come from the heap too) and
+    no trimming of the heap.
 
-    A forward pass allocates and frees the same activation tensors batch after batch; by default
-    each large one is a fresh ``mmap`` whose pages the kernel faults in and zeroes again. On the
-    2-core CPU this made ``fashionlens predict`` about 1.7x faster (docs/benchmarks.md, "predict").
-    Called by the batch commands (``predict``, ``embed``), which own their process; a no-op where
-    the C library is not glibc. Returns whether it took effect.
+    A forward pass allocates and frees the same activation tensors batch after batch. By default
+    each large one is a fresh ``mmap`` whose pages the kernel faults in and zeroes again; a mmap
+    threshold raised to its maximum (32 MiB) is not enough, MobileNetV2's widest activations at
+    batch 16 are 77 MB. On the 2-core CPU this made ``fashionlens predict`` about 1.7x faster, and
+    the model inside it as fast as the model alone (docs/benchmarks.md, "predict"). Called by the
+    batch commands (``predict``, ``embed``), which own their process: the memory of their largest
+    batch stays with the process until it ends. A no-op where the C library is not glibc. Returns
+    whether it took effect.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -99,8 +103,8 @@ def reuse_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return mallopt(m_mmap_threshold, 32 << 20) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
+    m_trim_threshold, m_mmap_max = -1, -4
+    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
 
 
 def loader(paths: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
