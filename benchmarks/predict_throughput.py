@@ -150,7 +150,8 @@ def main() -> None:
 
         target = out / "in-process.parquet"
         shutil.rmtree(target, ignore_errors=True)
-        arguments = ["predict", args.model, *map(str, paths), "--out", str(target), "--batch-size", str(args.batch_size)]
+        arguments = ["predict", args.model, *map(str, paths), "--out", str(target),
+                     "--batch-size", str(args.batch_size)]
         if args.workers is not None:
             arguments += ["--workers", str(args.workers)]
         with contextlib.redirect_stderr(io.StringIO()):

@@ -57,8 +57,9 @@ def default_predict_workers() -> int:
     process decodes each batch and then runs the model on both cores. Workers decoding while the
     model runs take a core from one of the model's threads, and the other waits for it: on 2 cores
     the model fed by predict's loader ran at 0.74-0.80x of the model alone with 2 workers and at
-    0.81-0.93x without (docs/benchmarks.md, "predict"). With more cores the decoding in the main process would be a
-    larger share of each batch, and workers stay (not measured: the project's CPUs have 2 cores).
+    0.81-0.93x without (docs/benchmarks.md, "predict"). With more cores the decoding in the main
+    process would be a larger share of each batch, and workers stay (not measured: the project's
+    CPUs have 2 cores).
     """
     import torch
 
