@@ -412,6 +412,7 @@ def test_the_cache_is_used_and_a_same_size_edit_with_its_mtime_put_back_is_seen(
     monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     first = read_deepfashion(df_root)
+    cache.wait_for_writes()  # the flush and rename finish in the background
     (cached,) = (tmp_path / "cache").glob("deepfashion-*.arrays")
     parse = deepfashion._parse
 
@@ -441,6 +442,7 @@ def test_the_cache_is_used_and_a_same_size_edit_with_its_mtime_put_back_is_seen(
     # A truncated cache file is ignored and written again; 'off' writes nothing.
     cached.write_bytes(cached.read_bytes()[:100])
     assert read_deepfashion(df_root)[0]["labels"][V_NECK].item() == 1.0
+    cache.wait_for_writes()
     assert cached.stat().st_size > 100
     monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", "off")
     cached.unlink()

@@ -131,6 +131,7 @@ def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Pat
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     folder = _folder_of_variants(tmp_path, shared_data)
     first = read_kfashion(folder)
+    cache.wait_for_writes()
     assert len(list((tmp_path / "cache").glob("kfashion-*.arrays"))) == 1
     parse_all = kfashion._parse_all
 
@@ -165,6 +166,7 @@ def test_the_folder_listing_is_cached_until_a_folder_changes(tmp_path: Path, sha
 
     age()
     first = read_kfashion(folder)
+    cache.wait_for_writes()
     assert len(list((tmp_path / "cache").glob("kfashion-listing-*.arrays"))) == 1
     list_folder = kfashion._list_folder
 

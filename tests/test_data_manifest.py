@@ -247,6 +247,7 @@ def test_a_large_manifest_is_cached_and_an_edit_is_seen(folder: Path, kind: str,
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     path = _write_manifest(folder, kind, [f"img/{i}.jpg" for i in range(50)])
     first = READERS[kind](path)
+    cache.wait_for_writes()
     assert len(list((tmp_path / "cache").glob("manifest-*.arrays"))) == 1
 
     def no_parse(*args):
@@ -262,16 +263,59 @@ def test_a_large_manifest_is_cached_and_an_edit_is_seen(folder: Path, kind: str,
     assert READERS[kind](path).label_names == ["retro"]
 
 
-@pytest.mark.parametrize("step", [3, 8 << 20])
-def test_the_scan_for_paths_to_normalise_finds_every_mark(step, monkeypatch):
-    """Each mark that can make normpath change a path is found, across the scan's piece boundaries too."""
+def test_the_scan_for_paths_to_normalise_finds_every_mark():
+    """Each mark that can make normpath change a path is found, in any row, sliced arrays too."""
+    import pyarrow as pa
+
     from fashionlens.data import manifest
 
-    monkeypatch.setattr(manifest, "_ODD_SCAN_BYTES", step)
-    clean = b"image,labels\nimages/a.jpg,red;blue\nimages/b.jpg,?green\n"
-    assert not manifest._maybe_odd(clean, b",")
-    for odd in (b"images/./a.jpg", b"images/../a.jpg", b"images//a.jpg", b"images/", b"./a.jpg", b".", b"a/."):
-        data = clean + odd + b",red\n"
-        assert manifest._maybe_odd(data, b","), odd
-    assert manifest._maybe_odd(b"./a.jpg,red\n", b",")
-    assert manifest._maybe_odd(b'{"image": "a/"}\n', b'"') and not manifest._maybe_odd(b'{"image": "a/b"}\n', b'"')
+    clean = ["images/a.jpg", "images/b.jpg", "c.jpg"]
+    assert not manifest._may_need_normalising(pa.array(clean))
+    assert not manifest._may_need_normalising(pa.array([], type=pa.string()))
+    for odd in ("images/./a.jpg", "images/../a.jpg", "images//a.jpg", "images/", "./a.jpg", ".", "a/.", "..", "/"):
+        for where in range(len(clean) + 1):
+            paths = [*clean[:where], odd, *clean[where:]]
+            assert manifest._may_need_normalising(pa.array(paths)), (odd, where)
+            # A slice of a longer array starts and ends inside its buffer.
+            longer = pa.array(["x.jpg", *paths, "y.jpg"])
+            assert manifest._may_need_normalising(longer.slice(1, len(paths))), (odd, where)
+    assert not manifest._may_need_normalising(pa.array(["./a.jpg", *clean]).slice(1))
+
+
+def test_the_cache_reaches_the_disk_after_the_read_returns_and_before_the_process_ends(folder: Path, tmp_path: Path) -> None:
+    """The flush and rename run in a background thread: a process that exits right after the read
+    still leaves the complete cache file (the next process reads it without parsing), and nothing
+    temporary."""
+    import subprocess
+    import sys
+
+    path = _write_manifest(folder, "csv", [f"img/{i}.jpg" for i in range(50)])
+    setup = "import sys; from fashionlens.data import cache, manifest; cache.MIN_CACHED_BYTES = 0; "
+    env = {**os.environ, "FASHIONLENS_ANNOTATION_CACHE": str(tmp_path / "cache")}
+
+    def run(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", setup + code, str(path)], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    slow_disk = "import os, time; fsync = os.fsync; os.fsync = lambda fd: time.sleep(1) or fsync(fd); "
+    assert run(slow_disk + "manifest.read_manifest_csv(sys.argv[1]); print(bool(cache._COMMITS))") == "True"
+    assert len(list((tmp_path / "cache").glob("manifest-*.arrays"))) == 1
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+    assert run("manifest._utf8 = None; print(len(manifest.read_manifest_csv(sys.argv[1])))") == "50"
+
+
+def test_a_cache_that_cannot_reach_the_disk_is_a_warning_and_leaves_nothing(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    from fashionlens.data import cache
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+
+    def no_space(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "fsync", no_space)
+    path = _write_manifest(folder, "csv", [f"img/{i}.jpg" for i in range(50)])
+    with pytest.warns(RuntimeWarning, match=r"annotation cache not written \(\[Errno 28\] No space left on device\)"):
+        dataset = READERS["csv"](path)
+        cache.wait_for_writes()
+    assert len(dataset) == 50 and not list((tmp_path / "cache").iterdir())

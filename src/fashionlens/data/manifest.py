@@ -297,28 +297,39 @@ def _newlines(data: bytes, allow_tabs: bool) -> np.ndarray:
     return newlines
 
 
-def _fast_rows(
-    images: pa.Array,
-    positives: tuple[np.ndarray, pa.Array],
-    unknown: tuple[np.ndarray, pa.Array],
-    lines: np.ndarray,
-    base: Path,
-    allow_outside_root: bool,
-    maybe_odd: bool,
-) -> _Rows:
-    """Paths, duplicates and label matrices, vectorised; ``positives`` and ``unknown`` are (row, name) pairs.
+def _may_need_normalising(images: pa.StringArray) -> bool:
+    """Whether some path may need normalising: a '.' or '/' next to a '.' or '/', a path that starts
+    with '.' or ends with '/'. The paths are not empty (else an end would be another path's).
 
-    ``maybe_odd``: the file has a '/.', './', '//', '..' or a '/' before a delimiter somewhere, so a
-    path may need normalising (else none does, and the regular expression is not run).
+    Conservative (a pair across two paths only costs the exact check of the paths) and vectorised
+    over the column's own buffer: numpy compares each byte with its successor several times faster
+    than a regular expression per path.
     """
     n = len(images)
-    if len(lines) != n or os.sep != "/" or (n and pc.min(pc.utf8_length(images)).as_py() == 0):
+    if n == 0:
+        return False
+    offsets = np.frombuffer(images.buffers()[1], dtype=np.int32)[images.offset : images.offset + n + 1]
+    data = np.frombuffer(images.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    if (data[offsets[:-1]] == ord(".")).any() or (data[offsets[1:] - 1] == ord("/")).any():
+        return True
+    mark = (data | 1) == ord("/")  # '.' (46) or '/' (47)
+    return bool((mark[:-1] & mark[1:]).any())
+
+
+def _fast_paths(images: pa.Array, base: Path, allow_outside_root: bool) -> tuple[Strings, str]:
+    """The image paths, normalised and checked, vectorised; _Unexpected where the exact reader must decide.
+
+    Returns the paths (relative to the returned prefix, the root and a '/', where inside it) and the prefix.
+    """
+    n = len(images)
+    if os.sep != "/" or (n and pc.min(pc.binary_length(images)).as_py() == 0):  # an empty path
         raise _Unexpected
     base_text = os.path.normpath(base)
     prefix = "" if base_text == "." else base_text.rstrip("/") + "/"
     absolute = pc.starts_with(images, "/")
     any_absolute = n > 0 and pc.any(absolute).as_py()
-    odd = pc.match_substring_regex(images, _NEEDS_NORMALISING) if maybe_odd else None
+    odd = pc.match_substring_regex(images, _NEEDS_NORMALISING) if _may_need_normalising(images) else None
     if not allow_outside_root and any_absolute:
         # Without '.', '..' or '//' a relative path stays inside; an absolute one must start with the root.
         root = os.path.abspath(base_text)
@@ -347,65 +358,87 @@ def _fast_rows(
         ordered = pc.take(full, pc.sort_indices(full))
         if pc.any(pc.equal(ordered.slice(1), ordered.slice(0, n - 1))).as_py():
             raise _Unexpected
+    images = images.cast(pa.large_string())
+    offsets = np.frombuffer(images.buffers()[1], dtype=np.int64)[images.offset : images.offset + n + 1]
+    data = np.frombuffer(images.buffers()[2], dtype=np.uint8) if images.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return Strings(data, offsets), prefix
 
+
+def _label_matrices(
+    count: int, positives: tuple[np.ndarray, pa.Array], unknown: tuple[np.ndarray, pa.Array]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The vocabulary (the sorted union of the names) and the ``(count, labels)`` label and mask
+    matrices of (row, name) pairs; _Unexpected where a row has a label both positive and unknown."""
     rows_p, names_p = positives
     rows_u, names_u = unknown
     vocabulary = sorted(pc.unique(pa.concat_arrays([names_p, names_u])).to_pylist())
     value_set = pa.array(vocabulary, type=pa.string())
     cols_p = pc.index_in(names_p, value_set=value_set).to_numpy(zero_copy_only=False)
     cols_u = pc.index_in(names_u, value_set=value_set).to_numpy(zero_copy_only=False)
-    label_matrix = np.zeros((n, len(vocabulary)), dtype=np.uint8)
-    mask = np.ones((n, len(vocabulary)), dtype=np.uint8)
-    label_matrix[rows_p, cols_p] = 1
+    labels = np.zeros((count, len(vocabulary)), dtype=np.uint8)
+    mask = np.ones((count, len(vocabulary)), dtype=np.uint8)
+    labels[rows_p, cols_p] = 1
     mask[rows_u, cols_u] = 0
-    if (label_matrix > mask).any():  # a label both positive and unknown
+    if (labels > mask).any():
         raise _Unexpected
-    images = images.cast(pa.large_string())
-    offsets = np.frombuffer(images.buffers()[1], dtype=np.int64)[images.offset : images.offset + n + 1]
-    data = np.frombuffer(images.buffers()[2], dtype=np.uint8) if images.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return _Rows(Strings(data, offsets), lines, vocabulary, label_matrix, mask, prefix)
-
-
-_ODD_SCAN_BYTES = 8 << 20
-
-
-def _maybe_odd(data: bytes, delimiter: bytes) -> bool:
-    """Whether some path may need normalising: a '.' or '/' next to a '.' or '/', a '/' before the
-    delimiter, or a '.' at the start of a line.
-
-    Conservative (a hit in a label cell only costs the exact check of the paths) and vectorised in
-    8 MB pieces: numpy compares each byte with its successor several times faster than five
-    substring searches over the whole file.
-    """
-    if data.startswith(b"."):
-        return True
-    a = np.frombuffer(data, dtype=np.uint8)
-    cut, step = ord(delimiter), _ODD_SCAN_BYTES
-    for start in range(0, max(len(a) - 1, 0), step):
-        piece = a[start : start + step + 1]  # one byte of overlap: a pair across the boundary counts
-        mark = (piece == 46) | (piece == 47)
-        before, after = piece[:-1], piece[1:]
-        if (mark[:-1] & mark[1:]).any() or ((before == 47) & (after == cut)).any() \
-                or ((before == 10) & (after == 46)).any():
-            return True
-    return False
+    return vocabulary, labels, mask
 
 
 def _pairs(lists: pa.ListArray) -> tuple[np.ndarray, pa.Array]:
     return pc.list_parent_indices(lists).to_numpy(), pc.list_flatten(lists).cast(pa.string())
 
 
+def _cell_pairs(cells: pa.Array, blanks: bool) -> tuple[tuple[np.ndarray, pa.Array], tuple[np.ndarray, pa.Array]]:
+    """(row, name) pairs of the positive and the unknown labels in CSV ``labels`` cells; _Unexpected at
+    a '?' with nothing after it. ``blanks``: strip spaces and tabs as ``str.strip`` would."""
+    lists = pc.split_pattern(cells, ";")
+    tokens = pc.list_flatten(lists)
+    if blanks:
+        tokens = pc.utf8_trim(tokens, " \t")
+    parents = pc.list_parent_indices(lists)
+    keep = pc.greater(pc.binary_length(tokens), 0)
+    tokens, parents = pc.filter(tokens, keep), pc.filter(parents, keep)
+    is_unknown = pc.starts_with(tokens, UNKNOWN_PREFIX)
+    names_u = pc.utf8_slice_codeunits(pc.filter(tokens, is_unknown), 1)
+    if blanks:
+        names_u = pc.utf8_trim(names_u, " \t")
+    if len(names_u) and pc.min(pc.binary_length(names_u)).as_py() == 0:
+        raise _Unexpected
+    positive = pc.invert(is_unknown)
+    return (pc.filter(parents, positive).to_numpy(), pc.filter(tokens, positive)), \
+        (pc.filter(parents, is_unknown).to_numpy(), names_u)
+
+
+def _csv_lines(data: bytes, start: int, rows: int) -> np.ndarray:
+    """Line numbers of the CSV's ``rows`` rows, which start at byte ``start`` after the header (line 1);
+    _Unexpected at odd control bytes.
+
+    One count settles the usual file: without carriage returns, when the control bytes are exactly
+    one per row (less a missing last newline), each is a row's newline, so no line is blank and row
+    i sits on line i + 2. Else the newlines are located.
+    """
+    if data.find(b"\r", start) < 0 and \
+            np.count_nonzero(np.frombuffer(data, dtype=np.uint8, offset=start) < 32) == rows - (not data.endswith(b"\n")):
+        return np.arange(2, rows + 2, dtype=np.int64)
+    body = data[start:]
+    lines = _row_lines(body, 2, _newlines(body, allow_tabs=True))
+    if len(lines) != rows:
+        raise _Unexpected
+    return lines
+
+
 def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
+    """Labels come from the distinct ``labels`` cells (a manifest repeats few label sets): each is
+    split once, and the rows take their cell's matrix row."""
     if not data.isascii() or b'"' in data:
         raise _Unexpected
     end = data.find(b"\n")
-    header, body = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
-    if [h.strip().lower() for h in header.decode("ascii").split(",")] != ["image", "labels"]:
+    start = len(data) if end < 0 else end + 1  # the first row's byte
+    if [h.strip().lower() for h in data[:end if end >= 0 else len(data)].decode("ascii").split(",")] != ["image", "labels"]:
         raise _Unexpected
-    lines = _row_lines(body, 2, _newlines(body, allow_tabs=True))
     try:
         table = pa_csv.read_csv(
-            io.BytesIO(body),
+            pa.BufferReader(pa.py_buffer(data).slice(start)),  # no copy of the rows
             read_options=pa_csv.ReadOptions(column_names=["image", "labels"], block_size=16 << 20),
             parse_options=pa_csv.ParseOptions(delimiter=",", quote_char=False, double_quote=False, escape_char=False,
                                               newlines_in_values=False, ignore_empty_lines=True),
@@ -414,31 +447,16 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
         )
     except pa.ArrowInvalid:  # a row with other than 2 columns (or a blank one with spaces)
         raise _Unexpected from None
+    lines = _csv_lines(data, start, table.num_rows)
     blanks = b" " in data or b"\t" in data
     images = table["image"].combine_chunks()
-    lists = pc.split_pattern(table["labels"].combine_chunks(), ";")
-    tokens = pc.list_flatten(lists)
-    if blanks:  # str.strip() of the cells and label names, for the ASCII whitespace this file may have
-        images, tokens = pc.utf8_trim(images, " \t"), pc.utf8_trim(tokens, " \t")
-    parents = pc.list_parent_indices(lists)
-    keep = pc.greater(pc.utf8_length(tokens), 0)
-    tokens, parents = pc.filter(tokens, keep), pc.filter(parents, keep)
-    is_unknown = pc.starts_with(tokens, UNKNOWN_PREFIX)
-    names_u = pc.utf8_slice_codeunits(pc.filter(tokens, is_unknown), 1)
-    if blanks:
-        names_u = pc.utf8_trim(names_u, " \t")
-    if len(names_u) and pc.min(pc.utf8_length(names_u)).as_py() == 0:  # '?' and nothing after it
-        raise _Unexpected
-    positive = pc.invert(is_unknown)
-    return _fast_rows(
-        images,
-        (pc.filter(parents, positive).to_numpy(), pc.filter(tokens, positive)),
-        (pc.filter(parents, is_unknown).to_numpy(), names_u),
-        lines,
-        base,
-        allow_outside_root,
-        _maybe_odd(data, b","),
-    )
+    if blanks:  # str.strip() of the cells, for the ASCII whitespace this file may have
+        images = pc.utf8_trim(images, " \t")
+    cells = pc.dictionary_encode(table["labels"].combine_chunks())
+    vocabulary, cell_labels, cell_mask = _label_matrices(len(cells.dictionary), *_cell_pairs(cells.dictionary, blanks))
+    which = cells.indices.to_numpy()
+    paths, prefix = _fast_paths(images, base, allow_outside_root)
+    return _Rows(paths, lines, vocabulary, np.take(cell_labels, which, axis=0), np.take(cell_mask, which, axis=0), prefix)
 
 
 _JSONL_SCHEMA = pa.schema([("image", pa.string()), ("labels", pa.list_(pa.string())), ("unknown", pa.list_(pa.string()))])
@@ -473,11 +491,11 @@ def _fast_jsonl(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
         raise _Unexpected
     positives, unknowns = _pairs(labels), _pairs(unknown)  # a missing key (null) has no pairs
     for _, names in (positives, unknowns):
-        if len(names) and pc.min(pc.utf8_length(names)).as_py() == 0:  # an empty label name
+        if len(names) and pc.min(pc.binary_length(names)).as_py() == 0:  # an empty label name
             raise _Unexpected
-    # An escaped slash ("a\\/\\/b") only becomes one when decoded: then check every path.
-    maybe_odd = b"\\/" in data or _maybe_odd(data, b'"')
-    return _fast_rows(images, positives, unknowns, lines, base, allow_outside_root, maybe_odd)
+    vocabulary, label_matrix, mask = _label_matrices(len(lines), positives, unknowns)
+    paths, prefix = _fast_paths(images, base, allow_outside_root)
+    return _Rows(paths, lines, vocabulary, label_matrix, mask, prefix)
 
 
 # --------------------------------------------------------------------------------------------------
