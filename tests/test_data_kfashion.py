@@ -124,6 +124,37 @@ def test_worker_processes_read_what_one_process_reads(tmp_path: Path, shared_dat
             read_kfashion(folder, workers=workers, cache=False)
 
 
+def test_forked_stat_children_give_what_one_process_gives(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    """A cached read stats every file; children share the work, and a child that fails has its share
+    done by the reader itself."""
+    import os
+
+    import numpy as np
+
+    from fashionlens.data import kfashion
+
+    folder = _folder_of_variants(tmp_path, shared_data)
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.json"))
+    one = kfashion._stats(folder, names, workers=1)
+    assert one.shape == (41, 3) and one[0, 0] == (folder / names[0]).stat().st_size
+    assert one[:, 1].tolist() == [(folder / n).stat().st_mtime_ns for n in names]
+    for workers in (2, 3, 50):
+        assert np.array_equal(kfashion._stats(folder, names, workers=workers), one)
+    reader = os.getpid()
+    stats_here = kfashion._stats_here
+
+    def fails_in_a_child(root, share):
+        if os.getpid() != reader:
+            raise RuntimeError("a child that breaks")
+        return stats_here(root, share)
+
+    monkeypatch.setattr(kfashion, "_stats_here", fails_in_a_child)
+    assert np.array_equal(kfashion._stats(folder, names, workers=3), one)
+    monkeypatch.undo()
+    (folder / names[-1]).unlink()  # in the last child's share
+    assert kfashion._stats(folder, names, workers=3) is None and kfashion._stats(folder, names, workers=1) is None
+
+
 def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     from fashionlens.data import cache, kfashion
 

@@ -18,10 +18,12 @@ Measured in docs/benchmarks.md ("Readers at full size").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import multiprocessing
+import operator
 import os
 import sys
 import time
@@ -202,13 +204,20 @@ def _parse_files(root: str, names: Sequence[str]) -> _Parsed:
     )
 
 
+def _workers(workers: int | None, files: int) -> int:
+    """How many processes share the work on ``files`` files: ``workers``, else one per core (at most
+    8) from ``PARALLEL_MIN_FILES`` files on. More than one only where they can be forked (Linux):
+    forked workers start at once with everything imported; elsewhere a worker would import torch
+    again first, which costs more than it saves."""
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if files >= PARALLEL_MIN_FILES else 1
+    return workers if sys.platform.startswith("linux") else 1
+
+
 def _parse_all(root: Path, names: list[str], workers: int | None) -> _Parsed:
     """Every file parsed (in a pool of ``workers`` processes for large folders), or the first bad file's DataError."""
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if len(names) >= PARALLEL_MIN_FILES else 1
-    # Forked workers start at once with everything imported; elsewhere a worker would import torch
-    # again first, which costs more than it saves.
-    if workers > 1 and sys.platform.startswith("linux"):
+    workers = _workers(workers, len(names))
+    if workers > 1:
         pieces = 4 * workers
         bounds = np.linspace(0, len(names), pieces + 1).astype(int)
         chunks = [names[a:b] for a, b in itertools.pairwise(bounds)]
@@ -316,6 +325,8 @@ def _stem_images(listing: _Listing, files: list[str]) -> list[str]:
 def _resolve_images(root: Path, files: list[str], stem_images: Sequence[str], named: Sequence[str]) -> list[str]:
     """The stem's image, else the file named by 이미지 파일명 beside the JSON, else (neither exists)
     the stem's .jpg, so that the image error names the expected file."""
+    if "" not in stem_images:  # the usual case: every JSON has its image beside it
+        return list(stem_images)
     images = list(stem_images)
     for row in [row for row, image in enumerate(images) if not image]:
         name = files[row]
@@ -403,38 +414,114 @@ def _fingerprint(root: Path, names: list[str]) -> dict[str, Any]:
     return {"layout": CACHE_LAYOUT, "files": listed, "digests": digests}
 
 
-def _stats(root: Path, names: list[str]) -> np.ndarray | None:
+def _stats(root: Path, names: Sequence[str], workers: int | None = None) -> np.ndarray | None:
     """``(size, mtime_ns, ctime_ns)`` of every file, or None if one is gone.
 
-    Each folder's files are ``stat``-ed relative to the folder's descriptor (``dir_fd``): the
-    kernel then resolves one name per file, not the whole path (about a fifth faster at 100,000).
+    The ``stat`` calls are the whole cost of a cached read (100,000 take 0.25-0.6 s here, nearly
+    all in the kernel), so ``workers - 1`` forked children (``_workers``) take their share of the
+    names while this process does its own. A child has the names already and sends back only its
+    rows; threads would not help, since each call takes the interpreter's lock back. A share whose
+    child could not be forked or failed is done here.
     """
-    if os.stat not in os.supports_dir_fd:  # Windows
-        try:
-            return np.array([(s.st_size, s.st_mtime_ns, s.st_ctime_ns)
-                             for s in map(os.stat, [os.path.join(root, n) for n in names])], dtype=np.int64).reshape(-1, 3)
-        except OSError:
-            return None
-    rows: list[tuple[int, int, int]] = []
-    stat = os.stat
-    start = 0
+    workers = min(_workers(workers, len(names)), max(len(names), 1))
+    shares = list(itertools.pairwise(np.linspace(0, len(names), workers + 1).astype(int).tolist()))
+    children = [_fork_stats(root, names[a:b]) for a, b in shares[1:]]
+    results: list[tuple[bool, np.ndarray | None]] = []
     try:
-        while start < len(names):
-            cut = names[start].rfind("/") + 1
-            folder = names[start][:cut]
-            end = start
-            while end < len(names) and names[end].rfind("/") + 1 == cut and names[end].startswith(folder):
-                end += 1
-            descriptor = os.open(os.path.join(root, folder) if folder else root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                rows.extend([(s.st_size, s.st_mtime_ns, s.st_ctime_ns)
-                             for s in (stat(name[cut:], dir_fd=descriptor) for name in names[start:end])])
-            finally:
-                os.close(descriptor)
-            start = end
+        results.append((True, _stats_here(root, names[: shares[0][1]])))
+    finally:  # every child is waited for, also when this process's share was interrupted
+        results.extend((False, None) if child is None else _collect_stats(child, b - a)
+                       for child, (a, b) in zip(children, shares[1:]))
+    parts = []
+    for (a, b), (done, rows) in zip(shares, results):
+        if not done:
+            rows = _stats_here(root, names[a:b])
+        if rows is None:
+            return None
+        parts.append(rows)
+    return np.concatenate(parts)
+
+
+_GONE = 3  # a stat child's exit status when one of its files is gone
+
+
+def _fork_stats(root: Path, names: Sequence[str]) -> tuple[int, int] | None:
+    """A forked child that writes :func:`_stats_here` of ``names`` to a pipe: ``(pid, read end)``,
+    or None when no child could be forked."""
+    try:
+        read, write = os.pipe()
     except OSError:
         return None
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        return None
+    if pid == 0:  # the child: it only stats, writes and leaves (no cleanup of the parent's state)
+        status = 1
+        try:
+            os.close(read)
+            rows = _stats_here(root, names)
+            if rows is None:
+                status = _GONE
+            else:
+                view = memoryview(np.ascontiguousarray(rows)).cast("B")
+                while view:
+                    view = view[os.write(write, view) :]
+                status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def _collect_stats(child: tuple[int, int], count: int) -> tuple[bool, np.ndarray | None]:
+    """A stat child's ``count`` rows: ``(True, rows)``, ``(True, None)`` when a file is gone,
+    ``(False, None)`` when it failed."""
+    pid, read = child
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == _GONE:
+        return True, None
+    if code != 0 or len(data) != count * 24:
+        return False, None
+    return True, np.frombuffer(data, dtype=np.int64).reshape(-1, 3)
+
+
+def _stats_here(root: Path, names: Sequence[str]) -> np.ndarray | None:
+    """:func:`_stats` in this process.
+
+    Each folder's files are ``stat``-ed relative to the folder's descriptor (``dir_fd``): the kernel
+    then resolves one name per file, not the whole path. The three numbers of each go straight into
+    the array (``np.fromiter``): a list of 100,000 tuples of large integers would make the process
+    take fresh memory from the kernel, which doubled the first call's time here.
+    """
+    fields = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns")
+    if os.stat not in os.supports_dir_fd:  # Windows
+        groups = [("", [os.path.join(root, n) for n in names])]
+    else:
+        groups = [(folder, list(map(operator.itemgetter(2), group))) for folder, group
+                  in itertools.groupby(map(str.rpartition, names, itertools.repeat("/")), key=operator.itemgetter(0))]
+    parts = [np.zeros(0, dtype=np.int64)]
+    try:
+        for folder, group in groups:
+            descriptor = None if os.stat not in os.supports_dir_fd else \
+                os.open(os.path.join(root, folder) if folder else root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                stat = os.stat if descriptor is None else functools.partial(os.stat, dir_fd=descriptor)
+                parts.append(np.fromiter(itertools.chain.from_iterable(map(fields, map(stat, group))), dtype=np.int64,
+                                         count=3 * len(group)))
+            finally:
+                if descriptor is not None:
+                    os.close(descriptor)
+    except OSError:
+        return None
+    return np.concatenate(parts).reshape(-1, 3)
 
 
 def _parse_or_cached(root: Path, names: list[str], cache: bool, workers: int | None) -> tuple[_Parsed, str | None]:
@@ -445,7 +532,7 @@ def _parse_or_cached(root: Path, names: list[str], cache: bool, workers: int | N
         loaded = store.load()
         if loaded is not None:
             meta, arrays = loaded
-            stats = _stats(root, names)
+            stats = _stats(root, names, workers)
             if stats is not None and np.array_equal(stats, arrays["stats"]):
                 return _Parsed(
                     arrays["labels"], arrays["labeled"], Strings.from_arrays(arrays, "named_images"), arrays["box_counts"],
@@ -517,8 +604,8 @@ def read_kfashion(
 
     Labels: the 23 styles (always all 23, in ``STYLE_NAMES`` order unless ``label_names`` forces
     one). ``dataset.garment_boxes[i]`` holds record i's per-garment boxes. ``workers`` processes
-    parse a folder of ``PARALLEL_MIN_FILES`` files or more (default: one per core, at most 8; 1
-    parses in this process). ``cache=False`` neither reads nor writes the annotation cache.
+    parse a folder of ``PARALLEL_MIN_FILES`` files or more, and ``stat`` its files when it is read
+    from the cache (default: one per core, at most 8; 1 does both in this process). ``cache=False`` neither reads nor writes the annotation cache.
     """
     path_or_folder = Path(path_or_folder)
     if path_or_folder.is_dir():
@@ -532,13 +619,11 @@ def read_kfashion(
     else:
         raise DataError("expected a K-Fashion JSON file or a folder of them, found nothing", path=path_or_folder)
     notes: list[str] = []
-    kept = [i for i, f in enumerate(json_files) if not f.endswith(_EXTRACTED_SUFFIX)]
-    files = [json_files[i] for i in kept]
-    extracted = len(json_files) - len(files)
-    if extracted:
-        stem_images = [stem_images[i] for i in kept]
-    if extracted:
-        notes.append(f"ignored {extracted} derived *{_EXTRACTED_SUFFIX} file(s) (not annotations)")
+    files = json_files
+    if any(map(operator.methodcaller("endswith", _EXTRACTED_SUFFIX), json_files)):
+        kept = [i for i, f in enumerate(json_files) if not f.endswith(_EXTRACTED_SUFFIX)]
+        files, stem_images = [json_files[i] for i in kept], [stem_images[i] for i in kept]
+        notes.append(f"ignored {len(json_files) - len(files)} derived *{_EXTRACTED_SUFFIX} file(s) (not annotations)")
     if not files:
         raise DataError("expected K-Fashion *.json annotation files, found none", path=path_or_folder)
 
@@ -546,9 +631,9 @@ def read_kfashion(
     if cache_note:
         notes.append(cache_note)
     mask = np.repeat(parsed.labeled[:, None], len(STYLE_NAMES), axis=1).astype(np.uint8)
-    unlabeled = [files[i][files[i].rfind("/") + 1 :] for i in np.flatnonzero(~parsed.labeled)]
-    if unlabeled:
-        shown = ", ".join(unlabeled[:10]) + (" ..." if len(unlabeled) > 10 else "")
+    unlabeled = np.flatnonzero(~parsed.labeled)
+    if len(unlabeled):
+        shown = ", ".join(files[i].rpartition("/")[2] for i in unlabeled[:10].tolist()) + (" ..." if len(unlabeled) > 10 else "")
         notes.append(f"{len(unlabeled)} of {len(files)} image(s) have no style annotated (all 23 labels unknown): {shown}")
 
     labels, mask, vocabulary = force_vocabulary(parsed.labels, mask, STYLE_NAMES, label_names, path_or_folder, absent_is_unknown=True)
