@@ -12,7 +12,8 @@ written by AI-Hub's example script; they are not annotations and are ignored (wi
 K-Fashion has 1.2 M files. A folder of many of them is parsed by a pool of worker processes, the
 image beside each JSON is looked up in the folder listing (no ``stat`` per candidate name), and
 the parse is kept in the annotation cache (``fashionlens.data.cache``): it is used again while
-every JSON file keeps its size, ``mtime`` and ``ctime`` and a sample of them their content digest.
+every JSON file keeps its size, ``mtime`` and ``ctime`` (``stat``-ed by one forked process per core)
+and a sample of them their content digest.
 Measured in docs/benchmarks.md ("Readers at full size").
 """
 

@@ -27,10 +27,12 @@ dropped); UTF-16 is read when it starts with its byte-order mark; anything else 
 the line of the first byte that does not decode.
 
 A manifest of a million rows is parsed with pyarrow (CSV reader, JSON reader, string kernels);
-one in which that fast parse meets anything unusual (quotes, a bad row, a duplicate, a label in two
-roles, a path to check) is read again line by line, which is where every message comes from. The
-parse is kept in the annotation cache (``fashionlens.data.cache``) while the manifest keeps its size,
-times and content digest. Measured in docs/benchmarks.md ("Readers at full size").
+a CSV's labels are split once per distinct ``labels`` cell (a manifest repeats few label sets), and
+each row takes its cell's row of the label matrices. One in which that fast parse meets anything
+unusual (quotes, a bad row, a duplicate, a label in two roles, a path to check) is read again line
+by line, which is where every message comes from. The parse is kept in the annotation cache
+(``fashionlens.data.cache``) while the manifest keeps its size, times and content digest. Measured
+in docs/benchmarks.md ("Readers at full size").
 """
 
 from __future__ import annotations
