@@ -202,12 +202,12 @@ def _varied_rows(count: int) -> list[tuple[str, list[str], list[str]]]:
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
-@pytest.mark.parametrize("variant", ["plain", "spaces-crlf-blank-lines"])
+@pytest.mark.parametrize("variant", ["plain", "spaces-crlf-blank-lines", "no-final-newline"])
 def test_the_fast_parser_reads_what_the_line_by_line_reader_reads(folder: Path, kind: str, variant: str, monkeypatch) -> None:
     from fashionlens.data import manifest
 
     rows = [(image.replace("ABS", str(folder)), p, u) for image, p, u in _varied_rows(300)]
-    odd = variant != "plain"
+    odd = variant == "spaces-crlf-blank-lines"
     newline = "\r\n" if odd else "\n"
     path = folder / f"varied.{kind}"
     if kind == "csv":
@@ -218,7 +218,7 @@ def test_the_fast_parser_reads_what_the_line_by_line_reader_reads(folder: Path, 
         lines = [json.dumps({"image": image, "labels": p, **({"unknown": u} if u else {})}) for image, p, u in rows]
     if odd:
         lines[5:5] = ["", ""]
-    path.write_bytes(newline.join(lines).encode() + newline.encode())
+    path.write_bytes(newline.join(lines).encode() + (b"" if variant == "no-final-newline" else newline.encode()))
 
     taken = []
     fast = {"csv": manifest._fast_csv, "jsonl": manifest._fast_jsonl}[kind]
@@ -319,3 +319,19 @@ def test_a_cache_that_cannot_reach_the_disk_is_a_warning_and_leaves_nothing(fold
         dataset = READERS["csv"](path)
         cache.wait_for_writes()
     assert len(dataset) == 50 and not list((tmp_path / "cache").iterdir())
+
+
+def test_csv_line_numbers_take_the_short_way_only_when_no_line_is_blank() -> None:
+    from fashionlens.data import manifest
+
+    header = b"image,labels\n"
+    start = len(header)
+    assert manifest._csv_lines(header + b"a.jpg,x\nb.jpg,y\n", start, 2).tolist() == [2, 3]
+    assert manifest._csv_lines(header + b"a.jpg,x\nb.jpg,y", start, 2).tolist() == [2, 3]
+    assert manifest._csv_lines(header + b"a.jpg,x\n\nb.jpg,y", start, 2).tolist() == [2, 4]  # a blank line
+    assert manifest._csv_lines(header + b"a.jpg,x\tz\nb.jpg,y\n", start, 2).tolist() == [2, 3]  # a tab
+    assert manifest._csv_lines(header + b"a.jpg,x\r\n\r\nb.jpg,y\r\n", start, 2).tolist() == [2, 4]  # CRLF
+    assert manifest._csv_lines(header, start, 0).tolist() == []
+    for odd in (b"a.jpg,x\rb.jpg,y\n", b"a.jpg,x\x0b\nb.jpg,y\n"):  # a lone carriage return, a vertical tab
+        with pytest.raises(manifest._Unexpected):
+            manifest._csv_lines(header + odd, start, 2)
