@@ -138,7 +138,7 @@ def test_forked_stat_children_give_what_one_process_gives(tmp_path: Path, shared
     one = kfashion._stats(folder, names, workers=1)
     assert one.shape == (41, 3) and one[0, 0] == (folder / names[0]).stat().st_size
     assert one[:, 1].tolist() == [(folder / n).stat().st_mtime_ns for n in names]
-    for workers in (2, 3, 50):
+    for workers in (0, 2, 3, 50):  # 0 (or 1): this process alone
         assert np.array_equal(kfashion._stats(folder, names, workers=workers), one)
     reader = os.getpid()
     stats_here = kfashion._stats_here

@@ -202,11 +202,13 @@ def _varied_rows(count: int) -> list[tuple[str, list[str], list[str]]]:
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
-@pytest.mark.parametrize("variant", ["plain", "spaces-crlf-blank-lines", "no-final-newline"])
+@pytest.mark.parametrize("variant", ["plain", "spaces-crlf-blank-lines", "no-final-newline", "few-label-sets"])
 def test_the_fast_parser_reads_what_the_line_by_line_reader_reads(folder: Path, kind: str, variant: str, monkeypatch) -> None:
     from fashionlens.data import manifest
 
     rows = [(image.replace("ABS", str(folder)), p, u) for image, p, u in _varied_rows(300)]
+    if variant == "few-label-sets":  # the CSV reader splits each distinct cell once (else every row's)
+        rows = [(image, *rows[i % 7][1:]) for i, (image, _, _) in enumerate(rows)]
     odd = variant == "spaces-crlf-blank-lines"
     newline = "\r\n" if odd else "\n"
     path = folder / f"varied.{kind}"
@@ -335,3 +337,20 @@ def test_csv_line_numbers_take_the_short_way_only_when_no_line_is_blank() -> Non
     for odd in (b"a.jpg,x\rb.jpg,y\n", b"a.jpg,x\x0b\nb.jpg,y\n"):  # a lone carriage return, a vertical tab
         with pytest.raises(manifest._Unexpected):
             manifest._csv_lines(header + odd, start, 2)
+
+
+def test_without_a_thread_to_be_had_the_cache_is_committed_by_the_reader(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from fashionlens.data import cache
+
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
+
+    def no_thread(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    path = _write_manifest(folder, "csv", [f"img/{i}.jpg" for i in range(50)])
+    assert READERS["csv"](path).notes == []
+    assert len(list((tmp_path / "cache").glob("manifest-*.arrays"))) == 1 and not cache._COMMITS  # no waiting

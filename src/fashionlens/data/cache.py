@@ -237,9 +237,14 @@ class AnnotationCache:
                 return _not_written(error)
             raise
         commit = threading.Thread(target=_commit, args=(handle, Path(temporary), self.path), name="fashionlens-cache-commit")
-        with _COMMITS_LOCK:
+        with _COMMITS_LOCK:  # two threads storing the same file at once: either lands last, both are whole
             _COMMITS[self.path] = commit
-        commit.start()
+        try:
+            commit.start()
+        except RuntimeError:  # no thread to be had (a thread limit, the interpreter shutting down): here
+            with _COMMITS_LOCK:
+                _COMMITS.pop(self.path, None)
+            _commit(handle, Path(temporary), self.path)
         return None
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fashionlens.config import cpu_cores
 from fashionlens.data.base import FashionDataset, Record, force_vocabulary
 from fashionlens.data.cache import (
     AnnotationCache,
@@ -211,8 +212,8 @@ def _workers(workers: int | None, files: int) -> int:
     forked workers start at once with everything imported; elsewhere a worker would import torch
     again first, which costs more than it saves."""
     if workers is None:
-        workers = min(8, os.cpu_count() or 1) if files >= PARALLEL_MIN_FILES else 1
-    return workers if sys.platform.startswith("linux") else 1
+        workers = min(8, cpu_cores()) if files >= PARALLEL_MIN_FILES else 1
+    return max(1, workers) if sys.platform.startswith("linux") else 1
 
 
 def _parse_all(root: Path, names: list[str], workers: int | None) -> _Parsed:
@@ -426,13 +427,21 @@ def _stats(root: Path, names: Sequence[str], workers: int | None = None) -> np.n
     """
     workers = min(_workers(workers, len(names)), max(len(names), 1))
     shares = list(itertools.pairwise(np.linspace(0, len(names), workers + 1).astype(int).tolist()))
-    children = [_fork_stats(root, names[a:b]) for a, b in shares[1:]]
+    children: list[tuple[int, int] | None] = []
     results: list[tuple[bool, np.ndarray | None]] = []
     try:
+        for a, b in shares[1:]:
+            children.append(_fork_stats(root, names[a:b]))
         results.append((True, _stats_here(root, names[: shares[0][1]])))
-    finally:  # every child is waited for, also when this process's share was interrupted
-        results.extend((False, None) if child is None else _collect_stats(child, b - a)
-                       for child, (a, b) in zip(children, shares[1:]))
+    finally:  # every child is waited for, also when this process's share (or a fork) was interrupted
+        interrupted = None
+        for child, (a, b) in zip(children, shares[1:]):
+            try:
+                results.append((False, None) if child is None else _collect_stats(child, b - a))
+            except BaseException as error:  # noqa: BLE001 - reap the other children first, then raise it
+                interrupted = interrupted or error
+        if interrupted is not None:
+            raise interrupted
     parts = []
     for (a, b), (done, rows) in zip(shares, results):
         if not done:
@@ -443,12 +452,13 @@ def _stats(root: Path, names: Sequence[str], workers: int | None = None) -> np.n
     return np.concatenate(parts)
 
 
-_GONE = 3  # a stat child's exit status when one of its files is gone
+_ROWS_SENT, _FILE_GONE = b"\0", b"\3"  # the last byte a stat child sends
 
 
 def _fork_stats(root: Path, names: Sequence[str]) -> tuple[int, int] | None:
-    """A forked child that writes :func:`_stats_here` of ``names`` to a pipe: ``(pid, read end)``,
-    or None when no child could be forked."""
+    """A forked child that writes :func:`_stats_here` of ``names`` to a pipe, then one byte saying
+    whether it did (rows, then ``_ROWS_SENT``) or a file is gone (``_FILE_GONE`` alone): ``(pid,
+    read end)``, or None when no child could be forked."""
     try:
         read, write = os.pipe()
     except OSError:
@@ -460,38 +470,36 @@ def _fork_stats(root: Path, names: Sequence[str]) -> tuple[int, int] | None:
         os.close(write)
         return None
     if pid == 0:  # the child: it only stats, writes and leaves (no cleanup of the parent's state)
-        status = 1
         try:
             os.close(read)
             rows = _stats_here(root, names)
-            if rows is None:
-                status = _GONE
-            else:
-                view = memoryview(np.ascontiguousarray(rows)).cast("B")
-                while view:
-                    view = view[os.write(write, view) :]
-                status = 0
+            message = _FILE_GONE if rows is None else np.ascontiguousarray(rows).tobytes() + _ROWS_SENT
+            view = memoryview(message)
+            while view:
+                view = view[os.write(write, view) :]
         finally:
-            os._exit(status)
+            os._exit(0)
     os.close(write)
     return pid, read
 
 
 def _collect_stats(child: tuple[int, int], count: int) -> tuple[bool, np.ndarray | None]:
     """A stat child's ``count`` rows: ``(True, rows)``, ``(True, None)`` when a file is gone,
-    ``(False, None)`` when it failed."""
+    ``(False, None)`` when it failed (its message is cut short)."""
     pid, read = child
     try:
         with os.fdopen(read, "rb") as pipe:
             data = pipe.read()
     finally:
-        _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == _GONE:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already (a program that ignores SIGCHLD)
+            pass
+    if data == _FILE_GONE:
         return True, None
-    if code != 0 or len(data) != count * 24:
+    if len(data) != count * 24 + 1 or data[-1:] != _ROWS_SENT:
         return False, None
-    return True, np.frombuffer(data, dtype=np.int64).reshape(-1, 3)
+    return True, np.frombuffer(data, dtype=np.int64, count=count * 3).reshape(-1, 3)
 
 
 def _stats_here(root: Path, names: Sequence[str]) -> np.ndarray | None:
@@ -503,16 +511,15 @@ def _stats_here(root: Path, names: Sequence[str]) -> np.ndarray | None:
     take fresh memory from the kernel, which doubled the first call's time here.
     """
     fields = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns")
-    if os.stat not in os.supports_dir_fd:  # Windows
-        groups = [("", [os.path.join(root, n) for n in names])]
-    else:
-        groups = [(folder, list(map(operator.itemgetter(2), group))) for folder, group
-                  in itertools.groupby(map(str.rpartition, names, itertools.repeat("/")), key=operator.itemgetter(0))]
+    by_folder = os.stat in os.supports_dir_fd  # not on Windows: whole paths there
+    groups = [(folder, list(map(operator.itemgetter(2), group))) for folder, group
+              in itertools.groupby(map(str.rpartition, names, itertools.repeat("/")), key=operator.itemgetter(0))] \
+        if by_folder else [("", [os.path.join(root, n) for n in names])]
     parts = [np.zeros(0, dtype=np.int64)]
     try:
         for folder, group in groups:
-            descriptor = None if os.stat not in os.supports_dir_fd else \
-                os.open(os.path.join(root, folder) if folder else root, os.O_RDONLY | os.O_DIRECTORY)
+            descriptor = os.open(os.path.join(root, folder) if folder else root, os.O_RDONLY | os.O_DIRECTORY) \
+                if by_folder else None
             try:
                 stat = os.stat if descriptor is None else functools.partial(os.stat, dir_fd=descriptor)
                 parts.append(np.fromiter(itertools.chain.from_iterable(map(fields, map(stat, group))), dtype=np.int64,

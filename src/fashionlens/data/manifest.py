@@ -43,6 +43,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
@@ -307,12 +308,10 @@ def _may_need_normalising(images: pa.StringArray) -> bool:
     over the column's own buffer: numpy compares each byte with its successor several times faster
     than a regular expression per path.
     """
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         return False
-    offsets = np.frombuffer(images.buffers()[1], dtype=np.int32)[images.offset : images.offset + n + 1]
-    data = np.frombuffer(images.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    offsets = offsets - offsets[0]
+    data, offsets = _string_buffers(images)
+    data, offsets = data[offsets[0] : offsets[-1]], offsets - offsets[0]
     if (data[offsets[:-1]] == ord(".")).any() or (data[offsets[1:] - 1] == ord("/")).any():
         return True
     mark = (data | 1) == ord("/")  # '.' (46) or '/' (47)
@@ -360,10 +359,16 @@ def _fast_paths(images: pa.Array, base: Path, allow_outside_root: bool) -> tuple
         ordered = pc.take(full, pc.sort_indices(full))
         if pc.any(pc.equal(ordered.slice(1), ordered.slice(0, n - 1))).as_py():
             raise _Unexpected
-    images = images.cast(pa.large_string())
-    offsets = np.frombuffer(images.buffers()[1], dtype=np.int64)[images.offset : images.offset + n + 1]
-    data = np.frombuffer(images.buffers()[2], dtype=np.uint8) if images.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return Strings(data, offsets), prefix
+    data, offsets = _string_buffers(images)
+    return Strings(data, offsets.astype(np.int64)), prefix
+
+
+def _string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes and the ``len + 1`` offsets into them of an arrow string array, without a copy."""
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64 if pa.types.is_large_string(strings.type) else np.int32)
+    data = strings.buffers()[2]
+    return (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8),
+            offsets[strings.offset : strings.offset + len(strings) + 1])
 
 
 def _label_matrices(
@@ -449,16 +454,24 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
         )
     except pa.ArrowInvalid:  # a row with other than 2 columns (or a blank one with spaces)
         raise _Unexpected from None
-    lines = _csv_lines(data, start, table.num_rows)
     blanks = b" " in data or b"\t" in data
     images = table["image"].combine_chunks()
     if blanks:  # str.strip() of the cells, for the ASCII whitespace this file may have
         images = pc.utf8_trim(images, " \t")
-    cells = pc.dictionary_encode(table["labels"].combine_chunks())
-    vocabulary, cell_labels, cell_mask = _label_matrices(len(cells.dictionary), *_cell_pairs(cells.dictionary, blanks))
-    which = cells.indices.to_numpy()
-    paths, prefix = _fast_paths(images, base, allow_outside_root)
-    return _Rows(paths, lines, vocabulary, np.take(cell_labels, which, axis=0), np.take(cell_mask, which, axis=0), prefix)
+    # The paths and line numbers in a second thread while this one does the labels: numpy and
+    # pyarrow's kernels let go of the interpreter's lock, and each half takes the other core.
+    with ThreadPoolExecutor(1) as pool:
+        lines_and_paths = pool.submit(lambda: (_csv_lines(data, start, table.num_rows), *_fast_paths(images, base, allow_outside_root)))
+        cells = table["labels"].combine_chunks()
+        distinct = pc.dictionary_encode(cells)
+        if 2 * len(distinct.dictionary) <= len(cells):  # the usual manifest: few label sets, each split once
+            vocabulary, cell_labels, cell_mask = _label_matrices(len(distinct.dictionary), *_cell_pairs(distinct.dictionary, blanks))
+            which = distinct.indices.to_numpy()
+            labels, mask = np.take(cell_labels, which, axis=0), np.take(cell_mask, which, axis=0)
+        else:  # nearly every row its own set: no second copy of the matrices
+            vocabulary, labels, mask = _label_matrices(len(cells), *_cell_pairs(cells, blanks))
+        lines, paths, prefix = lines_and_paths.result()
+    return _Rows(paths, lines, vocabulary, labels, mask, prefix)
 
 
 _JSONL_SCHEMA = pa.schema([("image", pa.string()), ("labels", pa.list_(pa.string())), ("unknown", pa.list_(pa.string()))])
