@@ -339,10 +339,11 @@ def test_csv_line_numbers_take_the_short_way_only_when_no_line_is_blank() -> Non
             manifest._csv_lines(header + odd, start, 2)
 
 
-def test_without_a_thread_to_be_had_the_cache_is_committed_by_the_reader(folder: Path, tmp_path: Path, monkeypatch) -> None:
+def test_without_a_thread_to_be_had_the_reader_does_it_all_itself(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """No second thread for the CSV's paths, none for the cache's flush: the reader does both."""
     import threading
 
-    from fashionlens.data import cache
+    from fashionlens.data import cache, manifest
 
     monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
@@ -352,5 +353,11 @@ def test_without_a_thread_to_be_had_the_cache_is_committed_by_the_reader(folder:
 
     monkeypatch.setattr(threading.Thread, "start", no_thread)
     path = _write_manifest(folder, "csv", [f"img/{i}.jpg" for i in range(50)])
-    assert READERS["csv"](path).notes == []
+
+    def no_exact_read(*args):
+        raise AssertionError("the fast parse gave up")
+
+    monkeypatch.setattr(manifest, "_csv_entries", no_exact_read)
+    dataset = READERS["csv"](path)
+    assert dataset.notes == [] and [r.line for r in dataset.records][:2] == [2, 3]
     assert len(list((tmp_path / "cache").glob("manifest-*.arrays"))) == 1 and not cache._COMMITS  # no waiting

@@ -458,10 +458,16 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
     images = table["image"].combine_chunks()
     if blanks:  # str.strip() of the cells, for the ASCII whitespace this file may have
         images = pc.utf8_trim(images, " \t")
+    def lines_and_paths() -> tuple[np.ndarray, Strings, str]:
+        return _csv_lines(data, start, table.num_rows), *_fast_paths(images, base, allow_outside_root)
+
     # The paths and line numbers in a second thread while this one does the labels: numpy and
     # pyarrow's kernels let go of the interpreter's lock, and each half takes the other core.
     with ThreadPoolExecutor(1) as pool:
-        lines_and_paths = pool.submit(lambda: (_csv_lines(data, start, table.num_rows), *_fast_paths(images, base, allow_outside_root)))
+        try:
+            beside = pool.submit(lines_and_paths).result
+        except RuntimeError:  # no thread to be had (a thread limit, the interpreter shutting down)
+            beside = lines_and_paths
         cells = table["labels"].combine_chunks()
         distinct = pc.dictionary_encode(cells)
         if 2 * len(distinct.dictionary) <= len(cells):  # the usual manifest: few label sets, each split once
@@ -470,7 +476,7 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
             labels, mask = np.take(cell_labels, which, axis=0), np.take(cell_mask, which, axis=0)
         else:  # nearly every row its own set: no second copy of the matrices
             vocabulary, labels, mask = _label_matrices(len(cells), *_cell_pairs(cells, blanks))
-        lines, paths, prefix = lines_and_paths.result()
+        lines, paths, prefix = beside()
     return _Rows(paths, lines, vocabulary, labels, mask, prefix)
 
 
