@@ -613,7 +613,8 @@ def read_kfashion(
     Labels: the 23 styles (always all 23, in ``STYLE_NAMES`` order unless ``label_names`` forces
     one). ``dataset.garment_boxes[i]`` holds record i's per-garment boxes. ``workers`` processes
     parse a folder of ``PARALLEL_MIN_FILES`` files or more, and ``stat`` its files when it is read
-    from the cache (default: one per core, at most 8; 1 does both in this process). ``cache=False`` neither reads nor writes the annotation cache.
+    from the cache (default: one per core, at most 8; 1 does both in this process).
+    ``cache=False`` neither reads nor writes the annotation cache.
     """
     path_or_folder = Path(path_or_folder)
     if path_or_folder.is_dir():

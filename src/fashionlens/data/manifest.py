@@ -440,8 +440,8 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
     if not data.isascii() or b'"' in data:
         raise _Unexpected
     end = data.find(b"\n")
-    start = len(data) if end < 0 else end + 1  # the first row's byte
-    if [h.strip().lower() for h in data[:end if end >= 0 else len(data)].decode("ascii").split(",")] != ["image", "labels"]:
+    header, start = (data, len(data)) if end < 0 else (data[:end], end + 1)  # start: the first row's byte
+    if [h.strip().lower() for h in header.decode("ascii").split(",")] != ["image", "labels"]:
         raise _Unexpected
     try:
         table = pa_csv.read_csv(
@@ -458,6 +458,7 @@ def _fast_csv(data: bytes, base: Path, allow_outside_root: bool) -> _Rows:
     images = table["image"].combine_chunks()
     if blanks:  # str.strip() of the cells, for the ASCII whitespace this file may have
         images = pc.utf8_trim(images, " \t")
+
     def lines_and_paths() -> tuple[np.ndarray, Strings, str]:
         return _csv_lines(data, start, table.num_rows), *_fast_paths(images, base, allow_outside_root)
 
