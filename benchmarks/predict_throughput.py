@@ -5,7 +5,7 @@ Both in one run, on real photos (default: the 308 photos of
 ``garment-category-mnv2``):
 
 - ``model``: the photos decoded and preprocessed once, in this process, exactly as ``predict``'s
-  DataLoader workers do (``cli_predict.PhotoDataset``); then the model called on them in batches
+  loader does (``cli_predict.PhotoDataset`` and ``NormaliseBatch``); then the model called on them in batches
   of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
   second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
   into labels), for reference.
@@ -60,17 +60,16 @@ def photo_paths(folders: list[Path]) -> list[Path]:
 
 
 def preprocessed(predictor, paths: list[Path]) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
-    """The photos through predict's own dataset (decode, EXIF, resize, normalise), stacked."""
+    """The photos through predict's own dataset (decode, EXIF, resize) and normalisation, stacked."""
     from fashionlens.cli_predict import PhotoDataset
 
-    dataset = PhotoDataset(paths, {"image_size": predictor.image_size, "mean": predictor.mean.flatten().tolist(),
-                                   "std": predictor.std.flatten().tolist()})
+    dataset = PhotoDataset(paths, predictor.image_preprocess)
     items = [dataset[i] for i in range(len(dataset))]
     bad = [item["error"] for item in items if item["error"]]
     if bad:
         raise SystemExit(f"{len(bad)} photos did not decode, first: {bad[0]}")
-    return (torch.stack([item["image"] for item in items]), [(item["width"], item["height"]) for item in items],
-            [item["path"] for item in items])
+    return (predictor.image_preprocess.normalise(torch.stack([item["image"] for item in items])),
+            [(item["width"], item["height"]) for item in items], [item["path"] for item in items])
 
 
 def command(model: str, paths: list[Path], out: Path, batch_size: int, workers: int | None) -> float:
@@ -123,14 +122,14 @@ def main() -> None:
             end = start + args.batch_size
             predictor.predict_preprocessed(batch[start:end], sizes[start:end], sources[start:end])
 
-    from fashionlens.cli_predict import PhotoDataset
+    from fashionlens.cli_predict import NormaliseBatch, PhotoDataset
 
-    dataset = PhotoDataset(paths, {"image_size": predictor.image_size, "mean": predictor.mean.flatten().tolist(),
-                                   "std": predictor.std.flatten().tolist()})
+    dataset = PhotoDataset(paths, predictor.image_preprocess)
+    collate = NormaliseBatch(predictor.image_preprocess)
 
-    def preprocess_alone() -> None:
-        for i in range(len(dataset)):
-            dataset[i]
+    def preprocess_alone() -> None:  # what the loader does per batch, without the DataLoader
+        for start in starts:
+            collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
 
     from fashionlens.cli_predict import loader
     from fashionlens.config import default_predict_workers

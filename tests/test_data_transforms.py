@@ -109,3 +109,55 @@ def test_transform_accepts_a_sample_without_landmarks() -> None:
     assert tuple(out["image"].shape) == (3, 16, 16)
     assert 0.0 <= out["image"].min().item() and out["image"].max().item() <= 1.0  # mean 0, std 1: just [0, 1]
     assert sorted(out) == ["image", "index", "label_mask", "labels", "path"]
+
+
+# ------------------------------------------------------------------ ImagePreprocess (predict's loader)
+
+
+def _real_photos(shared_data, count: int) -> list[torch.Tensor]:
+    from fashionlens.inference import to_uint8_chw
+
+    folder = shared_data / "clothing-dataset-small" / "test"
+    paths = sorted(folder.rglob("*.jpg"))[:: 40][:count]
+    assert len(paths) == count, f"expected {count} photos under {folder}"
+    return [to_uint8_chw(path)[0] for path in paths]
+
+
+@pytest.mark.parametrize("size", [224, 64, 400])  # down, far down, up
+def test_image_preprocess_gives_the_eval_transforms_floats_bit_for_bit(shared_data, size) -> None:
+    from fashionlens.data.transforms import ImagePreprocess
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    reference = build_transforms(size, mean, std, train=False)
+    preprocess = ImagePreprocess(size, mean, std)
+    photos = _real_photos(shared_data, 6)
+    # The decoder hands over the HWC pixels permuted (channels-last memory); a contiguous copy too.
+    width = photos[0].shape[-1]
+    assert photos[0].stride() == (1, 3 * width, 3)
+    expected = torch.stack([reference(photo).as_subclass(torch.Tensor) for photo in photos])
+    for layout in (lambda photo: photo, lambda photo: photo.contiguous()):
+        resized = torch.stack([preprocess.resize(layout(photo)) for photo in photos])
+        assert resized.dtype == torch.uint8 and tuple(resized.shape) == (6, 3, size, size)
+        assert torch.equal(preprocess.normalise(resized), expected)
+        assert torch.equal(torch.stack([preprocess(layout(photo)) for photo in photos]), expected)
+
+
+def test_image_preprocess_of_a_photo_already_at_size_normalises_a_copy() -> None:
+    from fashionlens.data.transforms import ImagePreprocess
+
+    photo = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    photo[:, :16] = 255
+    before = photo.clone()
+    out = ImagePreprocess(32, [0.5] * 3, [0.25] * 3)(photo)
+    assert torch.equal(photo, before)  # no resize at size; normalising works on a copy
+    # Hand-worked: white (1 - 0.5) / 0.25 = 2, black (0 - 0.5) / 0.25 = -2.
+    assert out[:, :16].unique().tolist() == pytest.approx([2.0])
+    assert out[:, 16:].unique().tolist() == pytest.approx([-2.0])
+    assert torch.equal(out, build_transforms(32, [0.5] * 3, [0.25] * 3, train=False)(photo).as_subclass(torch.Tensor))
+
+
+def test_image_preprocess_refuses_a_zero_std() -> None:
+    from fashionlens.data.transforms import ImagePreprocess
+
+    with pytest.raises(ValueError, match="std .* has a zero"):
+        ImagePreprocess(32, [0.5] * 3, [0.25, 0.0, 0.25])

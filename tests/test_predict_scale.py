@@ -147,3 +147,30 @@ print(took, sorted(faults[1:])[2], min(faults[1:]))
         runs[mode] = done.stdout.split()
     assert runs["tuned"][0] == "True" and int(runs["tuned"][1]) < 1_000
     assert int(runs["default"][2]) > 40_000  # 77 MB + 77 MB of 4 KiB pages, every batch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_gives_predictors_own_preprocessing_and_an_error_row(style_dir, tmp_path, workers):
+    """Resized per photo (uint8), normalised per batch: the same floats as ``Predictor.preprocess``."""
+    import torch
+
+    from fashionlens.cli_predict import loader
+    from fashionlens.inference import load, to_uint8_chw
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(PHOTOS[0].read_bytes()[:200])
+    paths = [*PHOTOS[:4], broken, PHOTOS[4]]
+    predictor = load(style_dir)
+    batches = list(loader(paths, predictor, batch_size=4, workers=workers))
+    assert [len(batch["path"]) for batch in batches] == [4, 2]
+    images = torch.cat([batch["image"] for batch in batches])
+    errors = [error for batch in batches for error in batch["error"]]
+    assert images.dtype == torch.float32 and tuple(images.shape[1:]) == (3, predictor.image_size, predictor.image_size)
+    for row, path in enumerate(paths):
+        if path == broken:
+            assert str(broken) in errors[row]
+            continue
+        photo = to_uint8_chw(path)[0]
+        assert errors[row] == ""
+        assert torch.equal(images[row], predictor.preprocess(photo))
+        assert [int(batches[row // 4][key][row % 4]) for key in ("width", "height")] == [photo.shape[2], photo.shape[1]]

@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -35,34 +35,23 @@ from fashionlens.inference import (
 )
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
+if TYPE_CHECKING:
+    from fashionlens.data.transforms import ImagePreprocess
+
 ROWS_PER_SHARD = 10_000
 
 
 # ------------------------------------------------------------------------------------------ the photos
 
 
-class _Preprocess:
-    """The model's eval transform, picklable for DataLoader workers."""
-
-    def __init__(self, preprocessing: dict[str, Any]):
-        self.preprocessing = dict(preprocessing)
-        self._transform = None
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if self._transform is None:
-            from fashionlens.modeldir import eval_transform
-
-            self._transform = eval_transform(self.preprocessing)
-        return self._transform(image).as_subclass(torch.Tensor)
-
-
 class PhotoDataset(Dataset):
-    """Photos decoded (the project's one decoder) and preprocessed; a bad file becomes an error row."""
+    """Photos decoded (the project's one decoder) and resized, still uint8; a bad file becomes an error
+    row. :class:`NormaliseBatch` finishes the evaluation transform once per batch."""
 
-    def __init__(self, paths: Sequence[Path], preprocessing: dict[str, Any]):
+    def __init__(self, paths: Sequence[Path], preprocess: ImagePreprocess):
         self.paths = [str(path) for path in paths]
-        self.preprocess = _Preprocess(preprocessing)
-        self.size = int(preprocessing["image_size"])
+        self.preprocess = preprocess
+        self.size = preprocess.size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,10 +63,25 @@ class PhotoDataset(Dataset):
         try:
             image, _ = to_uint8_chw(path)
         except FashionlensError as error:
-            return {"image": torch.zeros(3, self.size, self.size), "width": 0, "height": 0, "path": path,
+            return {"image": torch.zeros(3, *self.size, dtype=torch.uint8), "width": 0, "height": 0, "path": path,
                     "error": str(error)}
-        return {"image": self.preprocess(image), "width": int(image.shape[-1]), "height": int(image.shape[-2]),
-                "path": path, "error": ""}
+        return {"image": self.preprocess.resize(image), "width": int(image.shape[-1]),
+                "height": int(image.shape[-2]), "path": path, "error": ""}
+
+
+class NormaliseBatch:
+    """The DataLoader's ``collate_fn``: the default collation, then the batch's uint8 photos to the
+    model's normalised floats (where the batch is collated: a worker, or the main process)."""
+
+    def __init__(self, preprocess: ImagePreprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(rows)
+        batch["image"] = self.preprocess.normalise(batch["image"])
+        return batch
 
 
 def reuse_freed_memory() -> bool:
@@ -108,10 +112,11 @@ def reuse_freed_memory() -> bool:
 
 
 def loader(paths: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(PhotoDataset(paths, {"image_size": predictor.image_size,
-                                           "mean": predictor.mean.flatten().tolist(),
-                                           "std": predictor.std.flatten().tolist()}),
-                      batch_size=batch_size, num_workers=workers, persistent_workers=False,
+    """Batches of ``paths`` through the predictor's evaluation transform: ``image`` (B, 3, S, S) float,
+    ``width``/``height`` (the photo's own size), ``path`` and ``error`` ("" or why it could not be read)."""
+    preprocess = predictor.image_preprocess
+    return DataLoader(PhotoDataset(paths, preprocess), batch_size=batch_size, num_workers=workers,
+                      collate_fn=NormaliseBatch(preprocess), persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
 

@@ -194,6 +194,12 @@ def _array_to_uint8_chw(array: np.ndarray, source: str, channels_first: bool) ->
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
+def _pil_to_chw(pil: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as ``(3, H, W)`` uint8 in channels-last memory (the ``HWC`` pixels, permuted,
+    not copied again): the layout the resize is fastest on."""
+    return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+
+
 def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
     """Turn any supported input into an upright 8-bit RGB ``(3, H, W)`` tensor and a source name.
 
@@ -204,12 +210,10 @@ def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
     """
     source = _source_name(image)
     if isinstance(image, (str, Path)):
-        pil = read_image(image)
-        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
+        return _pil_to_chw(read_image(image)), source
     if isinstance(image, Image.Image):
         load_opened(image, source)
-        pil = pil_to_rgb(upright(image), source)
-        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous(), source
+        return _pil_to_chw(pil_to_rgb(upright(image), source)), source
     if isinstance(image, np.ndarray):
         return _array_to_uint8_chw(image, source, channels_first=False), source
     if isinstance(image, torch.Tensor):
@@ -329,10 +333,11 @@ class Predictor:
         self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
         self.mean = torch.tensor(self.preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(self.preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(3, 1, 1)
-        from fashionlens.modeldir import eval_transform
+        from fashionlens.data.transforms import ImagePreprocess
 
-        self._transform = eval_transform({"image_size": self.image_size, "mean": self.mean.flatten().tolist(),
-                                          "std": self.std.flatten().tolist()})
+        # The evaluation transform in two steps (resize a photo, normalise a batch), for loaders too.
+        self.image_preprocess = ImagePreprocess(self.image_size, self.mean.flatten().tolist(),
+                                                self.std.flatten().tolist())
         self.label_names: list[str] = [str(name) for name in self.labels["label_names"]]
         display = self.labels.get("display_names") or self.label_names
         self.display_names: list[str] = [str(name) for name in display]
@@ -369,7 +374,11 @@ class Predictor:
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Upright uint8 ``(3, H, W)`` -> normalised float ``(3, S, S)``, the evaluation transform."""
-        return self._transform(image).as_subclass(torch.Tensor)
+        return self.image_preprocess(image)
+
+    def preprocess_batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`preprocess` of several photos, stacked: ``(B, 3, S, S)`` (the float work done once)."""
+        return self.image_preprocess.normalise(torch.stack([self.image_preprocess.resize(image) for image in images]))
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,
                  threshold: float | str | None = "auto") -> Prediction | list[Prediction]:
@@ -385,7 +394,7 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            batch = torch.stack([self.preprocess(image) for image in chunk])
+            batch = self.preprocess_batch(chunk)
             sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
             results += self.predict_preprocessed(batch, sizes, sources[start:start + len(chunk)], top_k, threshold)
         return results
@@ -450,7 +459,7 @@ class Predictor:
         results: list = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            batch = torch.stack([self.preprocess(image) for image in chunk])
+            batch = self.preprocess_batch(chunk)
             sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
             results += self.explain_preprocessed(batch, sizes, sources[start:start + len(chunk)], labels, num_top,
                                                  top_k, threshold)
@@ -509,8 +518,7 @@ class Predictor:
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
         items = [images] if single else list(images)
         loaded = [tensor for tensor, _ in (to_uint8_chw(item) for item in items)]
-        vectors = [self.embed_preprocessed(torch.stack([self.preprocess(image)
-                                                        for image in loaded[start:start + self.batch_size]]))
+        vectors = [self.embed_preprocessed(self.preprocess_batch(loaded[start:start + self.batch_size]))
                    for start in range(0, len(loaded), self.batch_size)]
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.embedding_dim), dtype=np.float32)
         return out[0] if single else out
