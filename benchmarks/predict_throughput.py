@@ -23,7 +23,10 @@ Both in one run, on real photos (default: the 308 photos of
   photos over the full wall time (process start, imports and model load included);
   ``command steady`` subtracts the small run: ``(N - n) / (T_N - T_n)``, the rate once started.
 
-Each round runs the three timings in a rotating order; medians over ``--rounds``. The target
+``--against SRC`` also times the command of another source tree (say a worktree of the commit before
+a change) in the same rounds, and prints the two commands' difference per round.
+
+Each round runs the timings in a rotating order; medians over ``--rounds``. The target
 (issue 17): ``command`` >= 0.8 x ``model`` on 2 cores. Quote the ratios (same run); absolute
 times on a shared box are noise.
 
@@ -72,14 +75,15 @@ def preprocessed(predictor, paths: list[Path]) -> tuple[torch.Tensor, list[tuple
             [(item["width"], item["height"]) for item in items], [item["path"] for item in items])
 
 
-def command(model: str, paths: list[Path], out: Path, batch_size: int, workers: int | None) -> float:
-    """Wall seconds of one ``fashionlens predict`` process over ``paths``."""
+def command(model: str, paths: list[Path], out: Path, batch_size: int, workers: int | None,
+            src: Path = REPO / "src") -> float:
+    """Wall seconds of one ``fashionlens predict`` process over ``paths``, running the package in ``src``."""
     shutil.rmtree(out, ignore_errors=True)
     arguments = [str(Path(sys.executable).parent / "fashionlens"), "predict", model, *map(str, paths), "--out", str(out),
                  "--batch-size", str(batch_size)]
     if workers is not None:
         arguments += ["--workers", str(workers)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     done = subprocess.run(arguments, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -99,6 +103,10 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=32, help="photos of the small run (startup subtracted)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", nargs="+", help="only these steps (default: all; model is always timed)")
+    parser.add_argument("--against", type=Path, metavar="SRC",
+                        help="also time the command of another source tree (its src/ folder, e.g. a git worktree of "
+                             "an older commit) in the same rounds: steps 'command (against)' and 'command small "
+                             "(against)'")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -168,6 +176,11 @@ def main() -> None:
         "command small": lambda: command(args.model, paths[:args.small], out / "small.parquet", args.batch_size,
                                          args.workers),
     }
+    if args.against:
+        steps["command (against)"] = lambda: command(args.model, paths, out / "against.parquet", args.batch_size,
+                                                     args.workers, args.against)
+        steps["command small (against)"] = lambda: command(args.model, paths[:args.small], out / "against-small.parquet",
+                                                           args.batch_size, args.workers, args.against)
     if args.steps:
         unknown = set(args.steps) - set(steps)
         if unknown:
@@ -192,9 +205,11 @@ def main() -> None:
     n, small = len(paths), min(args.small, len(paths))
     seconds = {name: median(values) for name, values in times.items()}
     rate = {("preprocess (1 process)" if name == "preprocess" else name): n / seconds[name]
-            for name in steps if name != "command small"}
-    if "command" in seconds and "command small" in seconds:
-        rate["command steady"] = (n - small) / (seconds["command"] - seconds["command small"])
+            for name in steps if not name.startswith("command small")}
+    for suffix in ("", " (against)"):
+        if f"command{suffix}" in seconds and f"command small{suffix}" in seconds:
+            rate[f"command steady{suffix}"] = (n - small) / (seconds[f"command{suffix}"]
+                                                             - seconds[f"command small{suffix}"])
     results = {
         "model": args.model, "photos": n, "photo_folders": [str(p) for p in args.photos], "batch_size": args.batch_size,
         "workers": args.workers, "small": small, "rounds": args.rounds, "machine": machine_summary(),
@@ -206,13 +221,19 @@ def main() -> None:
     }
     print(f"{args.model}, {n} photos, batch {args.batch_size}, medians of {args.rounds} rounds:")
     for name, value in rate.items():
-        print(f"  {name:22s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
+        print(f"  {name:26s} {value:7.1f} photos/s  ({value / rate['model']:.2f} x model)")
     if "preprocess" in cpu:
         # On C cores a pipeline that decodes and runs the model on the same cores can reach at most
         # model CPU / (model CPU + preprocessing CPU) of the model's own rate.
         results["bound_from_cpu"] = median(cpu["model"]) / (median(cpu["model"]) + median(cpu["preprocess"]))
         print(f"  CPU seconds: model {median(cpu['model']):.2f}, preprocessing {median(cpu['preprocess']):.2f}: "
               f"bound on 2 shared cores {results['bound_from_cpu']:.2f} x model")
+    if "command" in times and "command (against)" in times:
+        # Both commands ran in every round, minutes apart: their difference per round is the change,
+        # free of the machine's drift between rounds.
+        results["command_minus_against_s"] = [round(a - b, 3) for a, b in zip(times["command"],
+                                                                              times["command (against)"])]
+        print(f"  command - command (against), per round: {results['command_minus_against_s']} s")
     write_results(results, "predict_throughput.json", args.json)
 
 
