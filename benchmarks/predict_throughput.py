@@ -179,8 +179,9 @@ def main() -> None:
     if args.against:
         steps["command (against)"] = lambda: command(args.model, paths, out / "against.parquet", args.batch_size,
                                                      args.workers, args.against)
-        steps["command small (against)"] = lambda: command(args.model, paths[:args.small], out / "against-small.parquet",
-                                                           args.batch_size, args.workers, args.against)
+        steps["command small (against)"] = lambda: command(args.model, paths[:args.small],
+                                                           out / "against-small.parquet", args.batch_size,
+                                                           args.workers, args.against)
     if args.steps:
         unknown = set(args.steps) - set(steps)
         if unknown:

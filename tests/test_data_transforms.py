@@ -118,7 +118,7 @@ def _real_photos(shared_data, count: int) -> list[torch.Tensor]:
     from fashionlens.inference import to_uint8_chw
 
     folder = shared_data / "clothing-dataset-small" / "test"
-    paths = sorted(folder.rglob("*.jpg"))[:: 40][:count]
+    paths = sorted(folder.rglob("*.jpg"))[::40][:count]
     assert len(paths) == count, f"expected {count} photos under {folder}"
     return [to_uint8_chw(path)[0] for path in paths]
 
@@ -156,8 +156,23 @@ def test_image_preprocess_of_a_photo_already_at_size_normalises_a_copy() -> None
     assert torch.equal(out, build_transforms(32, [0.5] * 3, [0.25] * 3, train=False)(photo).as_subclass(torch.Tensor))
 
 
-def test_image_preprocess_refuses_a_zero_std() -> None:
+def test_image_preprocess_refuses_a_zero_std_and_anything_but_uint8_rgb() -> None:
     from fashionlens.data.transforms import ImagePreprocess
 
     with pytest.raises(ValueError, match="std .* has a zero"):
         ImagePreprocess(32, [0.5] * 3, [0.25, 0.0, 0.25])
+    preprocess = ImagePreprocess(32, [0.5] * 3, [0.25] * 3)
+    floats = torch.full((3, 32, 32), 0.5)
+    with pytest.raises(TypeError, match=r"expected uint8 RGB pixels .* got torch.float32 of shape \(3, 32, 32\)"):
+        preprocess(floats)
+    assert torch.equal(floats, torch.full((3, 32, 32), 0.5))  # not scaled in place on the way
+    with pytest.raises(TypeError, match=r"got torch.uint8 of shape \(1, 40, 40\)"):
+        preprocess.resize(torch.zeros(1, 40, 40, dtype=torch.uint8))
+
+
+def test_image_preprocess_output_is_contiguous_whatever_the_input_layout() -> None:
+    from fashionlens.data.transforms import ImagePreprocess
+
+    channels_last = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).permute(2, 0, 1)
+    out = ImagePreprocess(32, [0.5] * 3, [0.25] * 3)(channels_last)
+    assert out.is_contiguous() and out.dtype == torch.float32

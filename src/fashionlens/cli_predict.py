@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fashionlens.errors import FashionlensError
 from fashionlens.inference import (
@@ -77,8 +77,6 @@ class NormaliseBatch:
         self.preprocess = preprocess
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from torch.utils.data import default_collate
-
         batch = default_collate(rows)
         batch["image"] = self.preprocess.normalise(batch["image"])
         return batch

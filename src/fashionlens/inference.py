@@ -331,13 +331,13 @@ class Predictor:
         if self.task not in ("style", "clothing"):
             raise ModelDirError(f"{model_dir}/config.json: unknown task {self.task!r} (expected 'style' or 'clothing')")
         self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
-        self.mean = torch.tensor(self.preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(self.preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(3, 1, 1)
         from fashionlens.data.transforms import ImagePreprocess
 
         # The evaluation transform in two steps (resize a photo, normalise a batch), for loaders too.
-        self.image_preprocess = ImagePreprocess(self.image_size, self.mean.flatten().tolist(),
-                                                self.std.flatten().tolist())
+        self.image_preprocess = ImagePreprocess(self.image_size,
+                                                self.preprocessing.get("mean", (0.485, 0.456, 0.406)),
+                                                self.preprocessing.get("std", (0.229, 0.224, 0.225)))
+        self.mean, self.std = self.image_preprocess.mean, self.image_preprocess.std  # (3, 1, 1) float32
         self.label_names: list[str] = [str(name) for name in self.labels["label_names"]]
         display = self.labels.get("display_names") or self.label_names
         self.display_names: list[str] = [str(name) for name in display]
@@ -377,7 +377,7 @@ class Predictor:
         return self.image_preprocess(image)
 
     def preprocess_batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """:meth:`preprocess` of several photos, stacked: ``(B, 3, S, S)`` (the float work done once)."""
+        """:meth:`preprocess` of several photos, stacked: ``(B, 3, S, S)``."""
         return self.image_preprocess.normalise(torch.stack([self.image_preprocess.resize(image) for image in images]))
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,

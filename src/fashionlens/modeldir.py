@@ -53,8 +53,9 @@ class ModelBundle:
         return list(self.labels["label_names"])
 
     def eval_transform(self):
-        """The evaluation transform this model was trained with (the one training, `evaluate` and the
-        Predictor all apply): a square resize to ``image_size``, then the backbone's mean/std."""
+        """The evaluation transform this model was trained with (the one training and `evaluate`
+        apply; the Predictor's ``data.transforms.ImagePreprocess`` gives the same floats, tested): a
+        square resize to ``image_size``, then the backbone's mean/std."""
         return eval_transform(self.preprocessing)
 
 
