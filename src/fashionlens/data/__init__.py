@@ -18,11 +18,12 @@ from fashionlens.data.deepfashion import (
     weak_label_rows,
     write_deepfashion_lists,
 )
+from fashionlens.data.deepfashion_fine import read_deepfashion_fine
 from fashionlens.data.folders import read_class_folders
 from fashionlens.data.kfashion import STYLE_NAMES, read_kfashion
 from fashionlens.data.manifest import read_manifest_csv, read_manifest_jsonl
 from fashionlens.data.transforms import build_transforms
-from fashionlens.vocabulary import FORMATS, LANDMARK_NAMES
+from fashionlens.vocabulary import FORMATS, LANDMARK_NAMES, SPLIT_FORMATS
 
 _READERS: dict[str, Callable[..., FashionDataset]] = {
     "deepfashion": read_deepfashion,
@@ -32,6 +33,7 @@ _READERS: dict[str, Callable[..., FashionDataset]] = {
     "clothing-attributes": read_clothing_attributes,
     "folders": read_class_folders,
     "clothing-co-parsing": read_clothing_co_parsing,
+    "deepfashion-fine": read_deepfashion_fine,
 }
 
 
@@ -46,14 +48,15 @@ def open_dataset(
 ) -> FashionDataset:
     """Open ``path`` with the reader for ``format`` (one of ``FORMATS``).
 
-    ``split`` is only meaningful for "deepfashion" (the benchmark's own partition); other formats
-    are one file or folder per split, so passing one there is an error rather than ignored.
+    ``split`` is only meaningful for the formats with their own partition (``SPLIT_FORMATS``:
+    "deepfashion", "deepfashion-fine"); other formats are one file or folder per split, so passing
+    one there is an error rather than ignored.
     Extra keyword arguments go to the reader (e.g. ``crop_to_bbox`` for DeepFashion,
     ``images_root`` for manifests).
     """
     if format not in _READERS:
         raise ValueError(f"unknown dataset format {format!r}: expected one of {', '.join(FORMATS)}")
-    if format == "deepfashion":
+    if format in SPLIT_FORMATS:
         kw["split"] = split
     elif split is not None:
         raise ValueError(f"format {format!r} has no built-in splits; point at the split's own file or folder (got split={split!r})")
@@ -73,6 +76,7 @@ __all__ = [
     "read_clothing_attributes",
     "read_clothing_co_parsing",
     "read_deepfashion",
+    "read_deepfashion_fine",
     "read_kfashion",
     "read_manifest_csv",
     "read_manifest_jsonl",

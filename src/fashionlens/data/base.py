@@ -150,6 +150,8 @@ class FashionDataset(torch.utils.data.Dataset):
         skip_bad: validate every image now and move unreadable ones to ``.skipped`` instead of
             failing later inside a DataLoader worker.
         decode_on_validate: with ``skip_bad``, decode the pixel data too (catches truncated files).
+        exclusive_types: the attribute types whose labels are "exactly one of these" per image (a
+            class within a group, e.g. the sleeve length); each must be a value of ``attribute_types``.
         notes: reader remarks worth showing a user (files ignored, images with no labels, ...).
     """
 
@@ -167,6 +169,7 @@ class FashionDataset(torch.utils.data.Dataset):
         bbox_margin: float = 0.1,
         skip_bad: bool = False,
         decode_on_validate: bool = True,
+        exclusive_types: Sequence[str] = (),
         notes: Iterable[str] = (),
     ) -> None:
         self.records = list(records)
@@ -182,6 +185,11 @@ class FashionDataset(torch.utils.data.Dataset):
         ):
             if values is not None and len(values) != len(self.label_names):
                 raise ValueError(f"{what} has {len(values)} entries, expected one per label ({len(self.label_names)})")
+        self.exclusive_types = tuple(exclusive_types)
+        unknown = [kind for kind in self.exclusive_types if kind not in (self.attribute_types or ())]
+        if unknown:
+            raise ValueError(f"exclusive_types {unknown} are not attribute types: expected some of "
+                             f"{sorted(set(self.attribute_types or ()))}")
         self.transform = transform
         self.crop_to_bbox = crop_to_bbox
         self.bbox_margin = bbox_margin
