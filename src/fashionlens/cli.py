@@ -220,7 +220,10 @@ def _add_search_commands(commands) -> None:
                               "photo, with its name and score); top: each photo's highest-scoring label "
                               "(label:top: a label called top); repeat it for several labels (torch runtime)")
     predict.add_argument("--explain-dir", type=Path, default=Path("explain"),
-                         help="where --explain writes PHOTO.LABEL.png (default ./explain)")
+                         help="where --explain and --draw-landmarks write their PNGs (default ./explain)")
+    predict.add_argument("--draw-landmarks", action="store_true",
+                         help="a model with landmarks: write PHOTO.landmarks.png, the photo with its visible "
+                              "landmarks drawn and named (also written with --explain)")
 
 
 def build_parser() -> argparse.ArgumentParser:

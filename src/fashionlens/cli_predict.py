@@ -184,6 +184,21 @@ class OverlayWriter:
         self.written += len(paths)
         return paths
 
+    def write_landmarks(self, result: ClothingPrediction) -> Path | None:
+        """``DIR/<photo name>.landmarks.png``: the photo with its visible landmarks; None without any."""
+        from fashionlens.explain import draw_landmarks
+        from fashionlens.inference import read_image
+        from fashionlens.modeldir import atomic_write_bytes
+
+        if not result.landmarks:
+            return None
+        path = self.folder / f"{self._stem(result.source)}.landmarks.png"
+        buffer = io.BytesIO()
+        draw_landmarks(read_image(result.source), result.landmarks).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
+        self.written += 1
+        return path
+
 
 # --------------------------------------------------------------------------------------- output rows
 
@@ -195,7 +210,7 @@ def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
     if isinstance(result, StylePrediction):
         row.update(labels=[label.name for label in result.labels], scores=[label.score for label in result.labels],
                    predicted=[label.name for label in result.predicted], category=None, category_score=None,
-                   attributes=None, landmarks=None)
+                   attributes=None, attribute_groups=None, landmarks=None)
     else:
         top = result.category_top_k[0] if result.category_top_k else None
         row.update(labels=[label.name for labels in result.attributes_by_type.values() for label in labels],
@@ -205,6 +220,8 @@ def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
                    category=top.name if top else None, category_score=top.score if top else None,
                    attributes=json.dumps({kind: [label.to_dict() for label in labels]
                                           for kind, labels in result.attributes_by_type.items()}),
+                   attribute_groups=json.dumps(result.to_dict()["attribute_groups"]) if result.attribute_groups
+                   else None,
                    landmarks=json.dumps([landmark.to_dict() for landmark in result.landmarks]))
     return row
 
@@ -393,6 +410,8 @@ def predict_command(args: argparse.Namespace) -> int:
         except FashionlensError as error:
             print(f"fashionlens: error: {error}", file=sys.stderr)
             return 2
+    draw = getattr(args, "draw_landmarks", False) or bool(explain)
+    if explain or getattr(args, "draw_landmarks", False):
         overlays = OverlayWriter(Path(getattr(args, "explain_dir", None) or "explain"))
     lost = sum(1 for problem in problems if getattr(problem, "failed", True))
     failed, done = lost, 0
@@ -418,7 +437,7 @@ def predict_command(args: argparse.Namespace) -> int:
     progress = progress_bar(total=len(todo), desc="predicting", unit="photo", disable=len(todo) <= 4)
     try:
         for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
-            if overlays is not None:
+            if explain:
                 results, explanations, errors = explain_batch(predictor, batch, top_k, threshold, explain)
             else:
                 (results, errors), explanations = predict_batch(predictor, batch, top_k, threshold), []
@@ -434,7 +453,10 @@ def predict_command(args: argparse.Namespace) -> int:
                 done += 1
                 if overlays is not None:
                     try:
-                        overlays.write(explanations[row])
+                        if explain:
+                            overlays.write(explanations[row])
+                        if draw and isinstance(result, ClothingPrediction):
+                            overlays.write_landmarks(result)
                     except FashionlensError as error:  # the photo changed or went away since it was predicted
                         print(f"fashionlens: no overlay for {result.source}: {error}", file=sys.stderr)
                 if writer is not None:

@@ -151,6 +151,30 @@ def overlay(photo: np.ndarray | Image.Image, label_map: LabelMap, alpha: float =
     return image
 
 
+# Landmark colours, one per name in the order of the model's landmark names (as the web page's).
+LANDMARK_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+                    (240, 50, 230), (128, 128, 0))
+
+
+def draw_landmarks(photo: np.ndarray | Image.Image, landmarks: Sequence[Any]) -> Image.Image:
+    """The photo with its predicted landmarks (``inference.Landmark``, in the photo's pixels): a dot and
+    the name for each visible one, nothing for the others; an RGB PIL image of the photo's size."""
+    image = (photo.convert("RGB") if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo))).copy()
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    radius = max(3, round(min(width, height) / 60))
+    font = ImageFont.load_default(size=max(10, round(min(width, height) / 30)))
+    for index, landmark in enumerate(landmarks):
+        if not landmark.visible:
+            continue
+        colour = LANDMARK_COLOURS[index % len(LANDMARK_COLOURS)]
+        x, y = landmark.x, landmark.y
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(255, 255, 255), width=2)
+        draw.text((x + radius + 2, y - radius), landmark.name.replace("_", " "), fill=colour, font=font,
+                  stroke_width=2, stroke_fill=(255, 255, 255))
+    return image
+
+
 # -------------------------------------------------------------------------------------- pointing game
 
 

@@ -111,7 +111,12 @@ class StylePrediction:
 
 @dataclass
 class ClothingPrediction:
-    """Category, attributes (top-k per attribute type) and landmarks for one image."""
+    """Category, attributes (top-k per attribute type) and landmarks for one image.
+
+    ``attribute_groups`` holds, for each group of "exactly one of these" attributes (a model trained
+    on DeepFashion-fine has six: texture, sleeve, length, neckline, fabric, fit), the group's best
+    label with its softmax score; those groups' lists in ``attributes_by_type`` carry softmax scores too.
+    """
 
     source: str
     category_top_k: list[LabelScore]
@@ -119,14 +124,20 @@ class ClothingPrediction:
     landmarks: list[Landmark]
     width: int
     height: int
+    attribute_groups: dict[str, LabelScore] = field(default_factory=dict)
     task: str = field(default="clothing", init=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
-                "category_top_k": [label.to_dict() for label in self.category_top_k],
-                "attributes_by_type": {kind: [label.to_dict() for label in labels]
-                                       for kind, labels in self.attributes_by_type.items()},
-                "landmarks": [landmark.to_dict() for landmark in self.landmarks]}
+        out = {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
+               "category_top_k": [label.to_dict() for label in self.category_top_k],
+               "attributes_by_type": {kind: [label.to_dict() for label in labels]
+                                      for kind, labels in self.attributes_by_type.items()},
+               "landmarks": [landmark.to_dict() for landmark in self.landmarks]}
+        if self.attribute_groups:
+            out["attribute_groups"] = {group: {"name": label.name, "display_name": label.display_name,
+                                               "score": label.score}
+                                       for group, label in self.attribute_groups.items()}
+        return out
 
 
 Prediction = Union[StylePrediction, ClothingPrediction]
@@ -343,6 +354,10 @@ class Predictor:
         self.display_names: list[str] = [str(name) for name in display]
         self.category_names: list[str] = [str(n) for n in self.labels.get("category_names") or []]
         self.attribute_types: list[str] = [str(t) for t in self.labels.get("attribute_types") or []]
+        self.attribute_groups: list[str] = [str(g) for g in self.labels.get("attribute_groups") or []]
+        # Garment type -> the landmarks it has (DeepFashion: no collar on trousers): the others of the
+        # predicted type are reported not visible (the heatmap loss never sees an absent landmark).
+        self.landmarks_by_category: dict[str, list[str]] = dict(self.labels.get("landmarks_by_category") or {})
         self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or LANDMARK_NAMES]
         self._lock = threading.Lock()
 
@@ -551,9 +566,20 @@ class Predictor:
         by_type: dict[str, list[int]] = {}
         for index, kind in enumerate(types):
             by_type.setdefault(kind, []).append(index)
-        attributes = {kind: _ranked(self.label_names, self.display_names, attribute_scores, attribute_logits,
-                                    indices, k, threshold, self.per_label_thresholds)
-                      for kind, indices in by_type.items()}
+        attributes: dict[str, list[LabelScore]] = {}
+        groups: dict[str, LabelScore] = {}
+        for kind, indices in by_type.items():
+            if kind in self.attribute_groups:  # one of these: a softmax over the group, its best is the answer
+                scores = np.zeros_like(attribute_scores)
+                scores[indices] = _softmax(attribute_logits[indices])
+                ranked = _ranked(self.label_names, self.display_names, scores, attribute_logits, indices, k, None)
+                for rank, label in enumerate(ranked):
+                    label.predicted = rank == 0
+                groups[kind] = ranked[0]
+                attributes[kind] = ranked
+            else:
+                attributes[kind] = _ranked(self.label_names, self.display_names, attribute_scores, attribute_logits,
+                                           indices, k, threshold, self.per_label_thresholds)
         landmarks: list[Landmark] = []
         if "heatmaps" in outputs:
             from fashionlens.heatmaps import decode_heatmaps
@@ -564,11 +590,13 @@ class Predictor:
             # Input pixels of the square resize -> pixels of the original (same pixel-centre convention).
             scale = torch.tensor([width / size, height / size])
             original = (xy[0] + 0.5) * scale - 0.5
+            has = self.landmarks_by_category.get(categories[0].name) if categories else None
             for index, (x, y) in enumerate(original.tolist()):
                 name = self.landmark_names[index] if index < len(self.landmark_names) else f"landmark_{index}"
                 score = float(confidence[0, index])
-                landmarks.append(Landmark(name, float(x), float(y), score, score >= LANDMARK_VISIBLE_THRESHOLD))
-        return ClothingPrediction(source, categories, attributes, landmarks, width, height)
+                visible = score >= LANDMARK_VISIBLE_THRESHOLD and (has is None or name in has)
+                landmarks.append(Landmark(name, float(x), float(y), score, visible))
+        return ClothingPrediction(source, categories, attributes, landmarks, width, height, groups)
 
 
 # --------------------------------------------------------------------------------------------

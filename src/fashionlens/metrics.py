@@ -35,6 +35,7 @@ from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
 __all__ = [
     "ATTRIBUTE_TYPES",
     "LANDMARK_NAMES",
+    "attribute_group_metrics",
     "deepfashion_metrics",
     "landmark_metrics",
     "multilabel_metrics",
@@ -454,6 +455,50 @@ def deepfashion_metrics(
         if any(a is None for a in attribute_args):
             raise ValueError("attr_scores, attr_targets and attr_types: pass all three or none")
         result.update(_attribute_topk(attr_scores, attr_targets, attr_types, ks, attr_mask, int(mmfashion_top)))
+    return result
+
+
+def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[str, Sequence[int]],
+                            label_names: Sequence[str]) -> dict[str, Any]:
+    """Attribute groups of "exactly one of these" labels (DeepFashion-fine's texture, sleeve, ...):
+    each photo's prediction in a group is its highest-scoring label there (ties: the lower index).
+
+    Args:
+        scores, targets, mask: (N, A) as in :func:`multilabel_metrics`; a photo counts in a group
+            when the group's labels are all known and exactly one is positive.
+        groups: group name -> the column indices of its labels.
+        label_names: the A label names.
+
+    Returns (percent):
+
+    - ``<group>_accuracy``: share of the photos counted in the group whose prediction is right.
+    - ``recall_<label>``: per label, the share of its positive photos predicted as that label;
+      ``None`` when it has none.
+    - ``mean_class_accuracy``: the mean of those recalls over the labels with a positive (the
+      DeepFashion attribute prediction challenge's figure); ``mean_group_accuracy`` the mean of
+      the group accuracies.
+    """
+    scores, targets, mask = _scores_targets_mask(scores, targets, mask, ("scores", "targets", "mask"))
+    if len(label_names) != scores.shape[1]:
+        raise ValueError(f"label_names: expected {scores.shape[1]} names, found {len(label_names)}")
+    result: dict[str, Any] = {}
+    recalls: list[float] = []
+    accuracies: list[float] = []
+    for group, columns in groups.items():
+        columns = np.asarray(columns, dtype=np.int64)
+        known = mask[:, columns].all(axis=1) & (targets[:, columns].sum(axis=1) == 1)
+        truth = targets[known][:, columns].argmax(axis=1)
+        predicted = scores[known][:, columns].argmax(axis=1)
+        accuracies.append(_percent((truth == predicted).sum(), known.sum()))
+        result[f"{group}_accuracy"] = accuracies[-1]
+        for position, column in enumerate(columns):
+            positives = truth == position
+            recall = _percent((predicted[positives] == position).sum(), positives.sum()) if positives.any() else None
+            result[f"recall_{label_names[column]}"] = recall
+            if recall is not None:
+                recalls.append(recall)
+    result["mean_class_accuracy"] = float(np.mean(recalls)) if recalls else 0.0
+    result["mean_group_accuracy"] = float(np.mean(accuracies)) if accuracies else 0.0
     return result
 
 

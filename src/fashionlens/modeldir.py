@@ -292,6 +292,16 @@ def _check_labels(path: Path, labels: dict[str, Any]) -> None:
     for key in ("category_names", "landmark_names"):
         if labels.get(key) is not None:
             _check_string_list(path, key, labels[key])
+    groups = labels.get("attribute_groups") or []
+    _check_string_list(path, "attribute_groups", groups, unique=True)
+    unknown = sorted(set(groups) - set(labels.get("attribute_types") or []))
+    if unknown:
+        raise ModelDirError(f"{path}: 'attribute_groups': {unknown[:5]} are not in 'attribute_types'")
+    by_category = labels.get("landmarks_by_category") or {}
+    if not isinstance(by_category, dict):
+        raise _refuse(path, "landmarks_by_category", "an object of category name -> landmark names", by_category)
+    for category, landmark_names in by_category.items():
+        _check_string_list(path, f"landmarks_by_category.{category}", landmark_names)
 
 
 def _check_preprocessing(path: Path, preprocessing: dict[str, Any]) -> None:

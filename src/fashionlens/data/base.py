@@ -8,7 +8,7 @@ docs/design-contract.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +152,8 @@ class FashionDataset(torch.utils.data.Dataset):
         decode_on_validate: with ``skip_bad``, decode the pixel data too (catches truncated files).
         exclusive_types: the attribute types whose labels are "exactly one of these" per image (a
             class within a group, e.g. the sleeve length); each must be a value of ``attribute_types``.
+        landmarks_by_category: per category name, the landmark names a garment of that category has
+            (DeepFashion: trousers have no collar), for a model to report only those.
         notes: reader remarks worth showing a user (files ignored, images with no labels, ...).
     """
 
@@ -170,6 +172,7 @@ class FashionDataset(torch.utils.data.Dataset):
         skip_bad: bool = False,
         decode_on_validate: bool = True,
         exclusive_types: Sequence[str] = (),
+        landmarks_by_category: Mapping[str, Sequence[str]] | None = None,
         notes: Iterable[str] = (),
     ) -> None:
         self.records = list(records)
@@ -186,6 +189,7 @@ class FashionDataset(torch.utils.data.Dataset):
             if values is not None and len(values) != len(self.label_names):
                 raise ValueError(f"{what} has {len(values)} entries, expected one per label ({len(self.label_names)})")
         self.exclusive_types = tuple(exclusive_types)
+        self.landmarks_by_category = {str(k): list(v) for k, v in (landmarks_by_category or {}).items()}
         unknown = [kind for kind in self.exclusive_types if kind not in (self.attribute_types or ())]
         if unknown:
             raise ValueError(f"exclusive_types {unknown} are not attribute types: expected some of "

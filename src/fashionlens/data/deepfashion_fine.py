@@ -244,6 +244,8 @@ def read_deepfashion_fine(
         category_names=GARMENT_TYPES,
         attribute_types=types if typed else None,
         exclusive_types=exclusive,
+        landmarks_by_category={kind: [LANDMARK_NAMES[i] for i in SLOT_LANDMARKS[t]]
+                               for t, kind in enumerate(GARMENT_TYPES)},
         display_names=[name.replace("_", " ") for name in vocabulary],
         transform=options.get("transform"),
         crop_to_bbox=crop_to_bbox,

@@ -238,12 +238,16 @@ class LandmarkClothingNet(nn.Module):
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"conv4", "features"}`` (features: the fused map the heads see) plus ``"heatmaps"`` and
         ``"landmark_features"`` when the model has a landmark branch."""
-        conv4 = self.backbone(images)
+        return self.features_from_conv4(self.backbone(images), images.shape[-2:])
+
+    def features_from_conv4(self, conv4: torch.Tensor, image_hw: Sequence[int]) -> dict[str, torch.Tensor]:
+        """:meth:`forward_features` after the backbone: from its map ``conv4`` of an ``image_hw`` input
+        (what a frozen backbone's cached features feed)."""
         out = {"conv4": conv4}
         if self.has_landmarks:
             landmark_features = self.landmark_blocks(self.landmark_proj(conv4))
             out["landmark_features"] = landmark_features
-            out["heatmaps"] = self.upsampler(landmark_features, self.heatmap_size_for(images.shape[-2:]))
+            out["heatmaps"] = self.upsampler(landmark_features, self.heatmap_size_for(image_hw))
             out["features"] = torch.cat([landmark_features, conv4], dim=1)
         else:
             out["features"] = conv4
@@ -338,7 +342,8 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
                   lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0),
                   attr_pos_weight: float | torch.Tensor = 1.0, attr_neg_weight: float | torch.Tensor = 0.1,
                   heatmap_sigma: float = 8.0, heatmap_kind: str = "gaussian",
-                  category_present: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  category_present: torch.Tensor | None = None,
+                  attribute_groups: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``λ_cat · CE(category) + λ_attr · weighted BCE(attributes) + λ_lm · heatmap L2``.
 
     Defaults are Liu & Lu's weights (ECCV 2018 workshops, Sec. 3.4: 1 / 20 / 10) and class weights
@@ -351,17 +356,22 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
       logits down. ``category_present`` (bool, ``(num_categories,)``) optionally masks their logits out
       of the softmax instead; a target pointing at a masked category raises ``ValueError``.
     - Attributes: weighted BCE on ``labels`` with ``label_mask`` (unknown attributes contribute 0).
+      The attributes of ``attribute_groups`` (index tensors, one per group whose labels are "exactly
+      one of these", e.g. DeepFashion-fine's sleeve group) take a softmax cross-entropy per group
+      instead, weighted like the category (``λ_cat``) and averaged over the groups; a photo whose
+      group is not known (mask 0, or not exactly one positive) is left out of that group.
     - Landmarks: targets from ``landmarks`` (``(B, K, 2)`` pixels of ``image``) and
       ``landmark_visibility`` via :func:`gaussian_heatmaps` (``heatmap_sigma`` in image pixels), L2 over
       visible landmarks only (:func:`heatmap_loss`).
 
     A part whose outputs or batch keys are absent (e.g. ``landmarks="none"``, or a dataset without
-    landmarks) is 0. Returns ``(total, {"category", "attribute", "landmark"})`` (parts unweighted).
+    landmarks) is 0. Returns ``(total, {"category", "attribute", "groups", "landmark"})`` (parts
+    unweighted).
     """
     lam_cat, lam_attr, lam_lm = lambdas
     ref = outputs["category_logits"] if "category_logits" in outputs else outputs["attribute_logits"]
     zero = ref.sum() * 0.0
-    parts = {"category": zero, "attribute": zero, "landmark": zero}
+    parts = {"category": zero, "attribute": zero, "groups": zero, "landmark": zero}
 
     if "category_logits" in outputs and "category" in batch:
         logits = outputs["category_logits"]
@@ -376,13 +386,19 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
             parts["category"] = F.cross_entropy(logits, target, ignore_index=-1)
 
     if "attribute_logits" in outputs and "labels" in batch:
-        from fashionlens.losses import weighted_bce_with_logits
+        from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
 
         logits = outputs["attribute_logits"]
         labels = batch["labels"].to(logits.dtype)
         mask = batch.get("label_mask")
         mask = torch.ones_like(labels) if mask is None else mask.to(logits.dtype)
-        parts["attribute"] = weighted_bce_with_logits(logits, labels, mask, attr_pos_weight, attr_neg_weight)
+        if len(attribute_groups):
+            groups = [torch.as_tensor(group, device=logits.device) for group in attribute_groups]
+            parts["groups"] = torch.stack([single_label_cross_entropy(logits[:, g], labels[:, g], mask[:, g])
+                                           for g in groups]).mean()
+            mask = mask.index_fill(1, torch.cat(groups), 0.0)  # the grouped attributes leave the BCE
+        if bool(mask.sum() > 0):
+            parts["attribute"] = weighted_bce_with_logits(logits, labels, mask, attr_pos_weight, attr_neg_weight)
 
     if "heatmaps" in outputs and "landmarks" in batch and "landmark_visibility" in batch:
         pred = outputs["heatmaps"]
@@ -393,5 +409,6 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
                                    sigma=heatmap_sigma, kind=heatmap_kind)
         parts["landmark"] = heatmap_loss(pred, target, visibility)
 
-    total = lam_cat * parts["category"] + lam_attr * parts["attribute"] + lam_lm * parts["landmark"]
+    total = (lam_cat * (parts["category"] + parts["groups"]) + lam_attr * parts["attribute"]
+             + lam_lm * parts["landmark"])
     return total, parts

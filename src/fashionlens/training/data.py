@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from fashionlens.config import ClothingConfig, ConfigError, DataConfig, StyleConfig, default_workers
 from fashionlens.errors import FashionlensError
+from fashionlens.vocabulary import SPLIT_FORMATS
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -52,7 +53,7 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
     from fashionlens.data.merge import load_aliases, merge_datasets
 
     aliases = load_aliases(data.aliases) if data.aliases else None
-    parts = [open_dataset(s.path, s.format, split=split if s.format == "deepfashion" else None,
+    parts = [open_dataset(s.path, s.format, split=split if s.format in SPLIT_FORMATS else None,
                           skip_bad=data.skip_bad, transform=transform,
                           label_names=source_vocabulary.get(s.format) if source_vocabulary else None)
              for s in data.sources]
@@ -153,7 +154,7 @@ class TrainingData(L.LightningDataModule):
         self.workers = default_workers() if data.workers is None else data.workers
         seed = config.recipe.seed
         fmt = data.format
-        if config.task == "clothing" and fmt == "deepfashion":  # the benchmark's own partition
+        if config.task == "clothing" and fmt in SPLIT_FORMATS:  # the benchmark's own partition
             self.train_full = open_sources(data, self.train_transform, split="train")
             self.val_full = open_sources(data, self.eval_transform, split="val")
             self.train_idx = list(range(len(self.train_full)))

@@ -22,13 +22,17 @@ class ClothingTask(Task):
 
     monitor = "loss"
     monitor_mode = "min"
-    progress_keys = ("category_top3", "attr_mAP")
+    progress_keys = ("category_top3", "attr_mAP", "mean_class_accuracy", "normalized_error")
 
     def __init__(self, model: nn.Module, attribute_types: list[str], lambdas=(1.0, 20.0, 10.0),
                  attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
-                 heatmap_sigma: float | None = None, recipe=None, channels_last: bool = False):
+                 heatmap_sigma: float | None = None, recipe=None, channels_last: bool = False,
+                 attribute_groups: dict[str, list[int]] | None = None, label_names: list[str] | None = None):
         super().__init__(model, recipe, channels_last)
         self.attribute_types = list(attribute_types)
+        # Groups of "exactly one of these" attributes (name -> label indices): a softmax each.
+        self.attribute_groups = dict(attribute_groups or {})
+        self.label_names = list(label_names or [])
         self.lambdas = tuple(lambdas)
         self.heatmap_sigma = heatmap_sigma
         self.register_buffer("attr_pos_weight", attr_pos_weight if attr_pos_weight is not None else torch.ones(0))
@@ -45,7 +49,8 @@ class ClothingTask(Task):
             kwargs["heatmap_sigma"] = self.heatmap_sigma
         if self.attr_pos_weight.numel():  # else clothing_loss's defaults (Liu & Lu's 1 and 0.1)
             kwargs.update(attr_pos_weight=self.attr_pos_weight, attr_neg_weight=self.attr_neg_weight)
-        return clothing_loss(outputs, batch, lambdas=self.lambdas, **kwargs)
+        groups = [torch.tensor(columns) for columns in self.attribute_groups.values()]
+        return clothing_loss(outputs, batch, lambdas=self.lambdas, attribute_groups=groups, **kwargs)
 
     def training_loss(self, batch, batch_idx):
         return self.loss(self(self.images(batch)), batch)
@@ -86,23 +91,32 @@ class ClothingTask(Task):
         return record
 
     def metrics(self, outputs):
-        return clothing_metrics(outputs, self.attribute_types)
+        return clothing_metrics(outputs, self.attribute_types, self.attribute_groups, self.label_names)
 
 
-def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str]) -> dict[str, Any]:
+def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str],
+                     attribute_groups: dict[str, list[int]] | None = None,
+                     label_names: list[str] | None = None) -> dict[str, Any]:
     """Category top-1/3/5, DeepFashion attribute top-k (pooled per type), attribute mAP and, with
-    landmarks, the landmark error. Photos whose dataset annotates no attribute (class folders: every
-    attribute unknown) give category figures only: figures of 0 would read as a model that never finds one."""
+    landmarks, the landmark error. With ``attribute_groups`` (one label of each per photo) the groups'
+    accuracies and the mean class accuracy replace the top-k. Photos whose dataset annotates no
+    attribute (class folders: every attribute unknown) give category figures only: figures of 0
+    would read as a model that never finds one."""
     from fashionlens.metrics import (
+        attribute_group_metrics,
         deepfashion_metrics,
         landmark_metrics,
         multilabel_metrics,
     )
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
-    if bool(outputs["mask"].sum() > 0):
+    if bool(outputs["mask"].sum() > 0) and attribute_groups:
+        metrics.update(attribute_group_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"],
+                                               attribute_groups, label_names))
+    elif bool(outputs["mask"].sum() > 0):
         metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
                                            attr_mask=outputs["mask"]))
+    if bool(outputs["mask"].sum() > 0):
         # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
         metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
     if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
@@ -142,15 +156,19 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
         network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
     pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
+    exclusive = getattr(base, "exclusive_types", ())
+    groups = {kind: [i for i, t in enumerate(attribute_types) if t == kind] for kind in exclusive}
     task = ClothingTask(model, attribute_types, lambdas=config.model.lambdas,
                         attr_pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32),
                         attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
                         heatmap_sigma=config.model.heatmap_sigma, recipe=config.recipe,
-                        channels_last=config.backbone.channels_last)
+                        channels_last=config.backbone.channels_last, attribute_groups=groups,
+                        label_names=attribute_names)
     labels_json = {"label_names": attribute_names,
                    "display_names": [data.display_name(i) for i in range(len(attribute_names))],
                    "attribute_types": attribute_types, "category_names": category_names,
-                   "landmark_names": list(LANDMARK_NAMES)}
+                   "landmark_names": list(LANDMARK_NAMES), "attribute_groups": list(groups),
+                   "landmarks_by_category": getattr(base, "landmarks_by_category", None) or {}}
     # The network's own config: every key, defaults included, so a later default cannot change it.
     return {"task": task, "network": {**model.config, **network}, "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square", "crop_to_bbox": True}}

@@ -1,0 +1,105 @@
+"""Attribute groups ("exactly one of these", DeepFashion-fine's six): the loss, the metrics and the
+Predictor's output, against hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fashionlens.inference import Predictor
+from fashionlens.metrics import attribute_group_metrics
+from fashionlens.models.landmark_net import clothing_loss
+
+
+def test_group_metrics_hand_worked():
+    groups = {"a": [0, 1, 2], "b": [3, 4]}
+    names = ["x", "y", "z", "p", "q"]
+    targets = np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1], [1, 0, 0, 0, 1], [0, 0, 1, 0, 0]])
+    mask = np.ones_like(targets)
+    mask[3, 3:] = 0  # photo 3's group b is unknown: it counts in group a only
+    scores = np.array([[0.9, 0.1, 0.0, 0.2, 0.8],   # a: x right, b: q wrong
+                       [0.2, 0.7, 0.1, 0.1, 0.9],   # a: y right, b: q right
+                       [0.3, 0.6, 0.1, 0.4, 0.6],   # a: y wrong, b: q right
+                       [0.5, 0.2, 0.3, 0.9, 0.1]])  # a: x wrong
+    result = attribute_group_metrics(scores, targets, mask, groups, names)
+    assert result["a_accuracy"] == pytest.approx(50.0)
+    assert result["b_accuracy"] == pytest.approx(200 / 3)
+    assert [result[f"recall_{n}"] for n in names] == pytest.approx([50.0, 100.0, 0.0, 0.0, 100.0])
+    assert result["mean_class_accuracy"] == pytest.approx(50.0)
+    assert result["mean_group_accuracy"] == pytest.approx((50.0 + 200 / 3) / 2)
+
+
+def test_group_metrics_label_without_positive_is_left_out_of_the_mean():
+    result = attribute_group_metrics(np.array([[0.9, 0.1, 0.0]]), np.array([[1, 0, 0]]), None, {"g": [0, 1, 2]},
+                                     ["x", "y", "z"])
+    assert result["recall_y"] is None and result["recall_z"] is None
+    assert result["mean_class_accuracy"] == pytest.approx(100.0)
+
+
+def test_group_metrics_names_count_is_checked():
+    with pytest.raises(ValueError, match="label_names"):
+        attribute_group_metrics(np.zeros((1, 3)), np.zeros((1, 3)), None, {"g": [0, 1, 2]}, ["x"])
+
+
+def test_grouped_attributes_take_a_softmax_and_leave_the_bce():
+    # Group [0, 1] with logits (0, ln 3), target 1: -log(3/4); group [2, 3, 4] with equal logits,
+    # target 2: ln 3; their mean is ln 2. Column 5 is independent: BCE at logit 0 is ln 2 (weights 1).
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0, 0.0, 0.0, 0.0]])
+    batch = {"labels": torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 1.0]]), "label_mask": torch.ones(1, 6)}
+    groups = [torch.tensor([0, 1]), torch.tensor([2, 3, 4])]
+    total, parts = clothing_loss({"attribute_logits": logits}, batch, attribute_groups=groups,
+                                 attr_pos_weight=torch.ones(6), attr_neg_weight=torch.ones(6))
+    assert parts["groups"].item() == pytest.approx(math.log(2.0))
+    assert parts["attribute"].item() == pytest.approx(math.log(2.0))
+    assert total.item() == pytest.approx(1.0 * math.log(2.0) + 20.0 * math.log(2.0))
+
+
+def test_a_photo_with_an_unknown_group_is_left_out_of_that_group():
+    logits = torch.tensor([[0.0, math.log(3.0)], [5.0, -5.0]])
+    batch = {"labels": torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "label_mask": torch.tensor([[1.0, 1.0], [0.0, 0.0]])}
+    _, parts = clothing_loss({"attribute_logits": logits}, batch, attribute_groups=[torch.tensor([0, 1])])
+    assert parts["groups"].item() == pytest.approx(-math.log(0.75))
+    assert parts["attribute"].item() == 0.0
+
+
+def _predictor() -> Predictor:
+    labels = {"label_names": ["long_sleeve", "sleeveless", "solid", "floral", "shiny"],
+              "display_names": ["long sleeve", "sleeveless", "solid", "floral", "shiny"],
+              "attribute_types": ["sleeve", "sleeve", "texture", "texture", "finish"],
+              "attribute_groups": ["sleeve", "texture"], "category_names": ["upper_body", "lower_body"],
+              "landmark_names": ["left_collar", "left_waistline"],
+              "landmarks_by_category": {"upper_body": ["left_collar"], "lower_body": ["left_waistline"]}}
+    heatmaps = np.zeros((2, 4, 4), dtype=np.float32)
+    heatmaps[0, 1, 2] = 0.9  # left collar at cell (2, 1)
+    heatmaps[1, 3, 0] = 0.8  # a confident waistline: not a landmark of an upper-body garment
+
+    def runtime(batch):
+        return {"category_logits": np.array([[2.0, 0.0]], dtype=np.float32),
+                "attribute_logits": np.array([[math.log(3.0), 0.0, 0.0, 0.0, 0.0]], dtype=np.float32),
+                "heatmaps": heatmaps[None]}
+
+    return Predictor(runtime, {"task": "clothing", "image_size": 8}, labels, {"image_size": 8})
+
+
+def test_predictions_carry_the_groups_with_softmax_scores():
+    result = _predictor()(torch.zeros(3, 8, 16, dtype=torch.uint8)).to_dict()
+    assert result["attribute_groups"]["sleeve"]["name"] == "long_sleeve"
+    assert result["attribute_groups"]["sleeve"]["score"] == pytest.approx(0.75)
+    assert result["attribute_groups"]["texture"]["score"] == pytest.approx(0.5)  # a tie: the first label
+    assert result["attribute_groups"]["texture"]["name"] == "solid"
+    assert "finish" not in result["attribute_groups"]  # an independent attribute keeps its sigmoid
+    assert result["attributes_by_type"]["finish"][0]["score"] == pytest.approx(0.5)
+    sleeve = result["attributes_by_type"]["sleeve"]
+    assert [label["score"] for label in sleeve] == pytest.approx([0.75, 0.25])
+
+
+def test_landmarks_the_predicted_garment_type_lacks_are_not_visible():
+    result = _predictor()(torch.zeros(3, 8, 16, dtype=torch.uint8))
+    collar, waistline = result.landmarks
+    assert collar.visible and not waistline.visible
+    # Cell (2, 1) of a 4 x 4 heatmap is input pixel ((2 + 0.5) * 2 - 0.5, (1 + 0.5) * 2 - 0.5) = (4.5, 2.5)
+    # of the 8 x 8 input (no subpixel shift: its neighbours are 0); the photo is 16 wide, 8 high.
+    assert (collar.x, collar.y) == pytest.approx(((4.5 + 0.5) * 2 - 0.5, 2.5))
