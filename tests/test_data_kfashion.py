@@ -124,6 +124,7 @@ def test_worker_processes_read_what_one_process_reads(tmp_path: Path, shared_dat
             read_kfashion(folder, workers=workers, cache=False)
 
 
+@pytest.mark.slow
 def test_forked_stat_children_give_what_one_process_gives(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     """A cached read stats every file; children share the work, and a child that fails has its share
     done by the reader itself."""

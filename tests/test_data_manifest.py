@@ -284,6 +284,7 @@ def test_the_scan_for_paths_to_normalise_finds_every_mark():
     assert not manifest._may_need_normalising(pa.array(["./a.jpg", *clean]).slice(1))
 
 
+@pytest.mark.slow
 def test_the_cache_reaches_the_disk_after_the_read_returns_and_before_the_process_ends(folder: Path, tmp_path: Path) -> None:
     """The flush and rename run in a background thread: a process that exits right after the read
     still leaves the complete cache file (the next process reads it without parsing), and nothing

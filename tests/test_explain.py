@@ -203,6 +203,7 @@ def test_label_map_to_dict_is_json():
 RELEASED_GARMENT = ("scarf", ["scarf"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (RELEASED / "model.safetensors").is_file() or not (CCP / "annotations").is_dir(),
                     reason="the released model or Clothing Co-Parsing's masks are missing")
 def test_released_model_points_at_the_scarf_on_real_photos():

@@ -265,7 +265,7 @@ def test_predict_command_skips_a_bad_file_and_exits_1(style_dir, tmp_path, capsy
 # ---------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("head", ["linear", "mlgcn"])
+@pytest.mark.parametrize("head", ["linear", pytest.param("mlgcn", marks=pytest.mark.slow)])
 def test_onnx_matches_torch_on_real_photos(head, tmp_path):
     directory = _style_model_dir(tmp_path / head, head)
     torch_predictor = load(directory)
@@ -288,6 +288,7 @@ def test_onnx_matches_torch_on_real_photos(head, tmp_path):
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_clothing_model(tmp_path):
     directory = clothing_model_dir(tmp_path / "clothing")
     out = export_onnx(directory, tmp_path / "clothing.onnx")

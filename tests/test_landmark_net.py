@@ -32,7 +32,8 @@ def _small_mobilenet(**overrides) -> dict:
 
 
 @pytest.mark.parametrize("landmarks", ["glem", "convs", "none"])
-@pytest.mark.parametrize("backbone,pretrained,width", [("vgg19", "none", None), ("mobilenet_v2", "shipped", 32)])
+@pytest.mark.parametrize("backbone,pretrained,width", [pytest.param("vgg19", "none", None, marks=pytest.mark.slow),
+                                                       ("mobilenet_v2", "shipped", 32)])
 def test_output_shapes_per_ablation(backbone, pretrained, width, landmarks):
     torch.manual_seed(0)
     model = build_clothing_model({"backbone": backbone, "pretrained": pretrained, "landmarks": landmarks,
@@ -333,6 +334,7 @@ def _overfit(shared_data: Path, count: int, size: int, steps: int, lr: float, wi
             "collar_error": error[:, :2][visible[:, :2]], "visible_error": error[visible]}
 
 
+@pytest.mark.slow
 def test_overfit_four_real_images(shared_data):
     # Measured (CPU, seed 0): heatmap loss 0.151 -> 0.00028 (empty maps: 0.0040); collar error 0.002 mean,
     # 0.005 max (argmax alone: 0.017), as a fraction of the 96 px side.

@@ -120,6 +120,7 @@ def test_threshold_auto_marks_labels_against_their_calibrated_thresholds(style_d
         load(calibrated)
 
 
+@pytest.mark.slow
 def test_the_batch_commands_keep_freed_memory_for_reuse():
     """A forward pass whose activations (77 MB) are above any mmap threshold: from the second batch
     on, tuned, the kernel faults in no new pages in most batches (now and then the heap grows by a

@@ -52,6 +52,7 @@ def test_each_release_loads_and_has_its_card_and_heldout_list(name: str):
     assert load(model_dir).task in ("style", "clothing")
 
 
+@pytest.mark.slow
 def test_style_release_predicts_sensible_labels_on_unseen_real_photos(tmp_path: Path, capsys):
     model_dir = RELEASES["clothing-attributes-lite0"]
     folder = _heldout_folder(model_dir, tmp_path / "photos")
@@ -71,6 +72,7 @@ def test_style_release_predicts_sensible_labels_on_unseen_real_photos(tmp_path: 
     assert np.mean(labels[np.arange(len(rows)), top1] & mask[np.arange(len(rows)), top1]) > 0.8
 
 
+@pytest.mark.slow
 def test_clothing_release_names_category_and_attributes_by_type_on_unseen_real_photos(tmp_path: Path, capsys):
     from fashionlens.data.clothing_attributes import (
         CATEGORY_NAMES,

@@ -108,6 +108,7 @@ def test_report_of_bare_run_skips_with_notes(tmp_path):
     assert "41.50" in text and "No run.json" in text
 
 
+@pytest.mark.slow
 def test_compare_folder_table_bolds_best_variant(tmp_path, shared_data):
     compare = tmp_path / "compare"
     results = {}
@@ -192,6 +193,7 @@ def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):
     assert width > height  # 5 columns by 4 rows
 
 
+@pytest.mark.slow
 def test_clothing_run_report_has_confusion_landmarks_and_gallery(tmp_path, shared_data):
     paths, true_xy, visibility = report.read_landmark_annotations(shared_data / "landmarks")
     rng = np.random.default_rng(0)

@@ -84,6 +84,7 @@ def test_training_writes_a_complete_run_directory(style_run: Path):
     assert all(Path(p).is_file() for p in predictions["paths"])
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_evaluates_to_the_same_metrics(style_run: Path, tmp_path: Path):
     bundle = load_model_dir(style_run / "model")
     assert bundle.task == "style"
@@ -189,7 +190,7 @@ def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path
     assert 0.0 <= metrics["normalized_error"] < 2.0
 
 
-@pytest.mark.parametrize("attr_head", ["linear", "mlgcn"])
+@pytest.mark.parametrize("attr_head", ["linear", pytest.param("mlgcn", marks=pytest.mark.slow)])
 def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path, attr_head: str):
     """Category head over the 7 categories, 30 typed attributes, no landmarks; evaluate on the saved model."""
     out = train_clothing(_clothing_config(tmp_path / "run", MINI, "clothing-attributes", {
@@ -338,6 +339,7 @@ def test_epoch_lines_and_history_report_each_epochs_own_values(tmp_path: Path, c
         assert row["train_loss"] == pytest.approx(logged[row["epoch"]], rel=1e-6), (row, logged)
 
 
+@pytest.mark.slow
 def test_drop_empty_labels_leaves_the_same_labels_out_of_every_head(tmp_path: Path):
     """--drop-empty-labels drops the labels without training positives for the linear head too, so
     the variants of one split are scored on the same labels (it used to apply to ML-GCN only)."""
