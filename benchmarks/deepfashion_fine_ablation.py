@@ -105,11 +105,15 @@ def evaluate(predicted: dict, data: dict, groups: dict, label_names: list[str], 
     return result
 
 
-def train_variant(variant: str, seed: int, train: dict, groups: dict, args, image_size: int, num_categories: int):
+def train_variant(variant: str, seed: int, train: dict, flipped: dict, groups: dict, args, image_size: int,
+                  num_categories: int):
+    """The heads on the cached features; each epoch sees every training photo once, as itself or
+    mirrored (a coin toss per photo), as a flip in the data pipeline would."""
     torch.manual_seed(seed)
     config = {"backbone": args.backbone, "pretrained": "none", "stage": args.stage, "landmarks": variant,
               "num_categories": num_categories, "num_attributes": len(train["labels"][0]),
-              "num_landmarks": len(LANDMARK_NAMES), "image_size": image_size}
+              "num_landmarks": len(LANDMARK_NAMES), "image_size": image_size, "head_width": args.head_width,
+              "upsample_width": args.upsample_width}
     model = build_clothing_model(config)
     model.backbone.requires_grad_(False)
     head = [p for p in model.parameters() if p.requires_grad]
@@ -122,15 +126,16 @@ def train_variant(variant: str, seed: int, train: dict, groups: dict, args, imag
     model.train()
     for _ in range(args.epochs):
         order = torch.randperm(len(train["features"]), generator=generator)
+        mirror = torch.rand(len(order), generator=generator) < 0.5
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            rows = order[start:start + args.batch_size]
-            feats = model.features_from_conv4(train["features"][rows].float(), (image_size, image_size))
+            rows, flip = order[start:start + args.batch_size], mirror[start:start + args.batch_size]
+            batch = {key: torch.where(flip.view(-1, *[1] * (value.dim() - 1)), flipped[key][rows], value[rows])
+                     for key, value in train.items()}
+            feats = model.features_from_conv4(batch.pop("features").float(), (image_size, image_size))
             outputs = model.forward_head(feats["features"])
             if "heatmaps" in feats:
                 outputs["heatmaps"] = feats["heatmaps"]
-            batch = {"image": image, "category": train["category"][rows], "labels": train["labels"][rows],
-                     "label_mask": train["label_mask"][rows], "landmarks": train["landmarks"][rows],
-                     "landmark_visibility": train["landmark_visibility"][rows]}
+            batch["image"] = image
             loss, _ = clothing_loss(outputs, batch, lambdas=tuple(args.lambdas), attribute_groups=group_columns)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,11 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lambdas", type=float, nargs=3, default=(1.0, 20.0, 10.0))
+    parser.add_argument("--head-width", type=int, default=128)
+    parser.add_argument("--upsample-width", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--holdout", type=int, default=0,
                         help="score on the last N training photos (and train on the rest) instead of val: for tuning")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     reference = open_dataset(args.data, "deepfashion-fine", split="val")
     groups, label_names = groups_of(reference), list(reference.label_names)
@@ -214,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         val = {key: value[rows:] for key, value in train.items()}
         train = {key: value[:rows] for key, value in train.items()}
         flipped = {key: value[:rows] for key, value in flipped.items()}
-    both = {key: torch.cat([train[key], flipped[key]]) for key in train}
 
     results: list[dict] = []
     reference_xy = mean_shape(train, val, num_categories)
@@ -226,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for variant in args.variants:
             start = time.perf_counter()
-            model = train_variant(variant, seed, both, groups, args, args.image_size, num_categories)
+            model = train_variant(variant, seed, train, flipped, groups, args, args.image_size, num_categories)
             row = {"variant": variant, "seed": seed,
                    **evaluate(scores(model, val, args.image_size), val, groups, label_names, args.image_size),
                    "train_seconds": time.perf_counter() - start}

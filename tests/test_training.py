@@ -355,6 +355,19 @@ def test_drop_empty_labels_leaves_the_same_labels_out_of_every_head(tmp_path: Pa
     assert set(everything) - set(names["linear"]) == {"color_purple"}  # no positive in these 30 photos
 
 
+def test_default_mlgcn_head_keeps_a_label_without_positives_as_a_node_without_edges(tmp_path: Path):
+    """A default is a promise: the ML-GCN head used to stop on any label with no training positive
+    ("no positive training examples for label(s) 'color_purple'"); it now trains, keeps the label
+    without graph edges and says so in one warning."""
+    with pytest.warns(UserWarning, match=r"kept without edges.*color_purple"):
+        run = train_style(_config(tmp_path, {"head.kind": "mlgcn", "recipe.cache_features": True,
+                                             "data.limit": 40, "data.drop_empty_labels": False}))
+    names = json.loads((run / "model" / "labels.json").read_text())["label_names"]
+    assert "color_purple" in names
+    edges = json.loads((run / "model" / "graph.json").read_text())["edges"]
+    assert edges and not [e for e in edges if "color_purple" in (e["source"], e["target"])]
+
+
 def test_feature_cache_is_shared_by_heads_that_keep_different_labels(tmp_path: Path, monkeypatch):
     """The backbone features do not depend on the label columns: a linear head on every label and an
     ML-GCN head that drops the empty ones extract them once, and each gets its own columns' labels."""

@@ -49,7 +49,8 @@ TRAINING_FLAGS: dict[str, str] = {
     "t": "graph.t", "p": "graph.p", "min_lift": "graph.min_lift",
     "calibrate": "calibration.method",
     "stage": "model.stage", "landmarks": "model.landmarks", "heatmap_size": "model.heatmap_size",
-    "heatmap_sigma": "model.heatmap_sigma", "lambdas": "model.lambdas",
+    "heatmap_sigma": "model.heatmap_sigma", "lambdas": "model.lambdas", "head_width": "model.head_width",
+    "upsample_width": "model.upsample_width",
 }
 
 
@@ -254,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clothing = tasks.add_parser("clothing", help="category + attributes + landmarks (GLEM)",
                                 description="Train the landmark-driven clothing network (Lee et al. 2020): "
-                                            "deepfashion (the benchmark layout, its own partition) or "
+                                            "deepfashion (the benchmark layout, its own partition), "
+                                            "deepfashion-fine (the attribute challenge's layout: garment type, "
+                                            "six attribute groups, 8 landmarks, its own train/val) or "
                                             "clothing-attributes (7 categories + 30 typed attributes, no landmarks).")
     _add_common_training_arguments(clothing, CLOTHING_DEFAULTS, CLOTHING_FORMATS)
     m = CLOTHING_DEFAULTS.model
@@ -270,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     clothing.add_argument("--attr-head", choices=("linear", "mlgcn", "plain"), default=S,
                           help=f"the attribute head (default {CLOTHING_DEFAULTS.head.kind}; plain = linear)")
     clothing.add_argument("--heatmap-size", type=int, default=S, help=f"default {m.heatmap_size}")
+    clothing.add_argument("--head-width", type=int, default=S,
+                          help=f"channels of the category and attribute branches (default {m.head_width})")
+    clothing.add_argument("--upsample-width", type=int, default=S,
+                          help=f"channels of the heatmap upsampler (default {m.upsample_width})")
     clothing.add_argument("--heatmap-sigma", type=float, default=S, help="Gaussian sigma in heatmap pixels")
     clothing.add_argument("--lambdas", type=float, nargs=3, default=S, metavar=("CAT", "ATTR", "LM"),
                           help="loss weights (default " + " ".join(f"{v:g}" for v in m.lambdas) + ", Liu & Lu)")

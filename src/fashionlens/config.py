@@ -190,6 +190,8 @@ class ClothingModelConfig:
     heatmap_size: int = 56
     heatmap_sigma: float | None = None  # Gaussian sigma in heatmap pixels; None: the heatmaps module's
     lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
+    head_width: int = 256  # channels of the category and attribute branches
+    upsample_width: int = 64  # channels of the heatmap upsampler (its transposed convs cost width squared)
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,10 @@ def validate(config: TaskConfig) -> TaskConfig:
             raise ConfigError(f"calibration.method: {error}") from None
     if config.backbone.image_size < 16:
         raise ConfigError(f"backbone.image_size: must be at least 16 px, got {config.backbone.image_size}")
+    if isinstance(config, ClothingConfig):
+        for key in ("head_width", "upsample_width"):
+            if not 1 <= getattr(config.model, key) <= 4096:
+                raise ConfigError(f"model.{key}: must be from 1 to 4096 channels, got {getattr(config.model, key)}")
     return config
 
 

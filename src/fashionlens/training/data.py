@@ -143,12 +143,14 @@ class TrainingData(L.LightningDataModule):
 
     def __init__(self, config: StyleConfig | ClothingConfig, mean, std):
         super().__init__()
-        from fashionlens.data.transforms import build_transforms
+        from fashionlens.data.transforms import BOX_CROP_SCALES, build_transforms
 
         self.config = config
         data = config.data
         size = config.backbone.image_size
-        self.train_transform = build_transforms(size, mean, std, train=True)
+        boxed = config.task == "clothing" and data.format in SPLIT_FORMATS  # photos cropped to the garment
+        self.train_transform = build_transforms(size, mean, std, train=True,
+                                                **({"scales": BOX_CROP_SCALES} if boxed else {}))
         self.eval_transform = build_transforms(size, mean, std, train=False)
         self.batch_size = data.batch_size
         self.workers = default_workers() if data.workers is None else data.workers

@@ -144,6 +144,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
                "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
                "num_categories": len(category_names), "num_attributes": len(attribute_names),
                "num_landmarks": len(LANDMARK_NAMES), "heatmap_size": config.model.heatmap_size,
+               "head_width": config.model.head_width, "upsample_width": config.model.upsample_width,
                "image_size": config.backbone.image_size}
     attr_embeddings = attr_adjacency = graph_json = None
     if config.head.kind == "mlgcn":

@@ -247,7 +247,7 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
         words = words_for_labels(data.train_full)
         embeddings, adjacency, graph, graph_kept = build_label_graph_inputs(
             train_labels[:, kept], train_mask[:, kept], [label_names[i] for i in kept],
-            [words[data.columns[i]] for i in kept], config.graph, on_empty="error", hidden_dim=config.head.hidden_dim)
+            [words[data.columns[i]] for i in kept], config.graph, on_empty="isolate", hidden_dim=config.head.hidden_dim)
         kept = [kept[i] for i in graph_kept]
         graph_json = json.loads(graph.to_json())
     kept_names = [label_names[i] for i in kept]
