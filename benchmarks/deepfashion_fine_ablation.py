@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lambdas", type=float, nargs=3, default=(1.0, 20.0, 10.0))
+    parser.add_argument("--lambdas", type=float, nargs=3, default=(1.0, 20.0, 100.0))
     parser.add_argument("--head-width", type=int, default=128)
     parser.add_argument("--upsample-width", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -211,7 +211,8 @@ def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path
 
 def test_clothing_network_refuses_a_format_without_categories(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"data.sources: the clothing network needs a dataset with typed "
-                                          r"attributes \(deepfashion or clothing-attributes\)"):
+                                          r"attributes \(deepfashion or clothing-attributes or "
+                                          r"deepfashion-fine\)"):
         train_clothing(_clothing_config(tmp_path / "run", MINI, "folders", {}))
     with pytest.raises(ConfigError, match=r"data.sources\[0\].format: 'manifest' cannot train `clothing`"):
         train_clothing(_clothing_config(tmp_path / "run", MINI, "manifest", {}))

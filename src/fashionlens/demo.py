@@ -54,6 +54,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
           "GloVe-50d inputs trail the linear head here.")
     _print_what_it_learned(out / "mlgcn-glove", results["mlgcn-glove"]["metrics"])
     _print_released_models(data)
+    _show_landmarks(data, out / "landmarks")
     elapsed = time.perf_counter() - started
     print(f"\ndemo finished in {elapsed / 60:.1f} min. Models: {out}/<variant>/model")
     print(f"try: fashionlens evaluate {out}/mlgcn-glove/model --data {data} --format clothing-attributes")
@@ -138,3 +139,24 @@ def _print_released_models(data: Path, count: int = 3) -> None:
                 said = f"category {category.name} {category.score:.2f}; " + ", ".join(tops)
             truth = [name for name, y, known in zip(dataset.label_names, record.labels, record.label_mask) if y and known]
             print(f"  {Path(record.image).name}: {said}  [{', '.join(truth)}]")
+
+
+def _show_landmarks(data: Path, folder: Path) -> None:
+    """The released landmark model on one demo photo (a whole street photo it never saw): its garment
+    type, attribute groups and landmarks, drawn into ``folder``."""
+    from fashionlens.explain import draw_landmarks
+    from fashionlens.inference import load, read_image
+
+    photo = sorted((data / "images").glob("*.jpg"))[:1]
+    for model_dir in released_model_dirs():
+        predictor = load(model_dir)
+        if not photo or predictor.task != "clothing" or predictor.config.get("landmarks", "none") == "none":
+            continue
+        result = predictor(photo[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{photo[0].stem}.{model_dir.name}.png"
+        draw_landmarks(read_image(photo[0]), result.landmarks).save(path)
+        groups = ", ".join(f"{group} {label.name} {label.score:.2f}" for group, label in result.attribute_groups.items())
+        seen = ", ".join(f"{lm.name} ({lm.x:.0f}, {lm.y:.0f})" for lm in result.landmarks if lm.visible)
+        print(f"\nreleased model {model_dir.name} on {photo[0].name}: {result.category_top_k[0].name} "
+              f"{result.category_top_k[0].score:.2f}; {groups}\n  landmarks: {seen or 'none visible'}\n  drawn: {path}")

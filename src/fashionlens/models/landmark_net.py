@@ -54,7 +54,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_glem": 2,
     "landmark_width": None,  # None: keep the backbone's channels (512 for VGG conv4)
     "upsample_width": 64,
-    "upsample": "deconv",  # "deconv" (transposed convs, x2 each) or "bilinear" (+ 3x3 conv)
+    # "bilinear" (+ 3x3 conv) or "deconv" (transposed convs, x2 each, as Liu & Lu and GLEM): on 64 real
+    # DeepFashion-fine crops (frozen MobileNetV2 stride 16, 150 Adam steps) bilinear fitted the landmarks to
+    # NE 0.025 where deconv stayed at the all-zero loss (NE 0.54, chance): docs/results.md section 2b.
+    "upsample": "bilinear",
     "head_width": 256,
     "dropout": 0.0,
     "hidden_dim": 1024,  # the ML-GCN attribute head's hidden width (same name as the style model's)
