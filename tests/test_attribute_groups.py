@@ -103,3 +103,15 @@ def test_landmarks_the_predicted_garment_type_lacks_are_not_visible():
     # Cell (2, 1) of a 4 x 4 heatmap is input pixel ((2 + 0.5) * 2 - 0.5, (1 + 0.5) * 2 - 0.5) = (4.5, 2.5)
     # of the 8 x 8 input (no subpixel shift: its neighbours are 0); the photo is 16 wide, 8 high.
     assert (collar.x, collar.y) == pytest.approx(((4.5 + 0.5) * 2 - 0.5, 2.5))
+
+
+def test_labels_json_groups_must_be_attribute_types(tmp_path):
+    from fashionlens.errors import ModelDirError
+    from fashionlens.modeldir import _check_labels
+
+    labels = {"label_names": ["long_sleeve", "solid"], "attribute_types": ["sleeve", "texture"]}
+    _check_labels(tmp_path / "labels.json", {**labels, "attribute_groups": ["sleeve"]})
+    with pytest.raises(ModelDirError, match=r"labels.json: 'attribute_groups': \['fit'\] are not in 'attribute_types'"):
+        _check_labels(tmp_path / "labels.json", {**labels, "attribute_groups": ["sleeve", "fit"]})
+    with pytest.raises(ModelDirError, match="landmarks_by_category"):
+        _check_labels(tmp_path / "labels.json", {**labels, "landmarks_by_category": ["left_collar"]})
