@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--stage", default="stride16")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--cache", type=Path, default=Path("runs/deepfashion_fine_features.pt"))
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="default runs/deepfashion_fine_<backbone>_<stage>_<size>.pt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--epochs", type=int, default=12)
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="score on the last N training photos (and train on the rest) instead of val: for tuning")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.cache is None:
+        args.cache = Path(f"runs/deepfashion_fine_{args.backbone}_{args.stage}_{args.image_size}.pt")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -115,3 +115,38 @@ def test_labels_json_groups_must_be_attribute_types(tmp_path):
         _check_labels(tmp_path / "labels.json", {**labels, "attribute_groups": ["sleeve", "fit"]})
     with pytest.raises(ModelDirError, match="landmarks_by_category"):
         _check_labels(tmp_path / "labels.json", {**labels, "landmarks_by_category": ["left_collar"]})
+
+
+@pytest.mark.slow
+def test_a_deepfashion_fine_model_trains_evaluates_and_predicts_groups_and_landmarks(shared_data, tmp_path):
+    """The whole path on the real files: 48 training photos, 64 px, one epoch; evaluate (which once
+    crashed on the group names) and predict --json give the six groups and the eight named landmarks."""
+    import json
+    import subprocess
+    import sys
+
+    from fashionlens.config import ClothingConfig, DataSource, override
+    from fashionlens.training import train_clothing
+    from fashionlens.training.evaluate import evaluate_model_dir
+
+    root = shared_data / "deepfashion-fine"
+    config = override(ClothingConfig(), {
+        "out": tmp_path / "run", "data.sources": [DataSource(root, "deepfashion-fine")], "data.limit": 48,
+        "data.workers": 0, "data.batch_size": 16, "backbone.image_size": 64, "backbone.pretrained": "shipped",
+        "recipe.epochs": 1, "model.head_width": 16, "model.upsample_width": 8})
+    run = train_clothing(config)
+    labels = json.loads((run / "model" / "labels.json").read_text())
+    assert labels["attribute_groups"] == ["texture", "sleeve", "length", "neckline", "fabric", "fit"]
+    assert labels["landmarks_by_category"]["lower_body"] == ["left_waistline", "right_waistline", "left_hem",
+                                                             "right_hem"]
+    metrics = evaluate_model_dir(run / "model", root, "deepfashion-fine", split="val", batch_size=64)
+    assert metrics["num_images"] == 500 and metrics["mean_class_accuracy_classes"] == 25  # no square neckline in val
+    assert 0.0 <= metrics["mean_class_accuracy"] <= 100.0 and metrics["normalized_error"] > 0.0
+    photo = root / "img" / "00000.jpg"
+    out = subprocess.run([sys.executable, "-m", "fashionlens.cli", "predict", str(run / "model"), str(photo), "--json",
+                          "--top-k", "0", "--draw-landmarks", "--explain-dir", str(tmp_path / "png")],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.splitlines()[0])
+    assert list(result["attribute_groups"]) == labels["attribute_groups"]
+    assert [lm["name"] for lm in result["landmarks"]] == labels["landmark_names"]
+    assert (tmp_path / "png" / "00000.landmarks.png").is_file()

@@ -223,8 +223,8 @@ def _add_search_commands(commands) -> None:
     predict.add_argument("--explain-dir", type=Path, default=Path("explain"),
                          help="where --explain and --draw-landmarks write their PNGs (default ./explain)")
     predict.add_argument("--draw-landmarks", action="store_true",
-                         help="a model with landmarks: write PHOTO.landmarks.png, the photo with its visible "
-                              "landmarks drawn and named (also written with --explain)")
+                         help="a model with landmarks: write PHOTO.landmarks.png into --explain-dir, the photo "
+                              "with its visible landmarks drawn and named")
 
 
 def build_parser() -> argparse.ArgumentParser:

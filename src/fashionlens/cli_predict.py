@@ -410,8 +410,11 @@ def predict_command(args: argparse.Namespace) -> int:
         except FashionlensError as error:
             print(f"fashionlens: error: {error}", file=sys.stderr)
             return 2
-    draw = getattr(args, "draw_landmarks", False) or bool(explain)
-    if explain or getattr(args, "draw_landmarks", False):
+    draw = getattr(args, "draw_landmarks", False)
+    if draw and (predictor.task != "clothing" or predictor.config.get("landmarks", "glem") == "none"):
+        print(f"fashionlens: error: --draw-landmarks: {args.model_dir} predicts no landmarks", file=sys.stderr)
+        return 2
+    if explain or draw:
         overlays = OverlayWriter(Path(getattr(args, "explain_dir", None) or "explain"))
     lost = sum(1 for problem in problems if getattr(problem, "failed", True))
     failed, done = lost, 0

@@ -191,7 +191,7 @@ class ClothingModelConfig:
     heatmap_sigma: float | None = None  # Gaussian sigma in heatmap pixels; None: the heatmaps module's
     lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
     head_width: int = 256  # channels of the category and attribute branches
-    upsample_width: int = 64  # channels of the heatmap upsampler (its transposed convs cost width squared)
+    upsample_width: int = 64  # channels of the heatmap upsampler (its convs cost width squared)
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,10 @@ def _show_landmarks(data: Path, folder: Path) -> None:
 
     photo = sorted((data / "images").glob("*.jpg"))[:1]
     for model_dir in released_model_dirs():
-        predictor = load(model_dir)
-        if not photo or predictor.task != "clothing" or predictor.config.get("landmarks", "none") == "none":
+        config = json.loads((model_dir / "config.json").read_text())
+        if not photo or config.get("task") != "clothing" or config.get("landmarks", "none") == "none":
             continue
-        result = predictor(photo[0])
+        result = load(model_dir)(photo[0])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{photo[0].stem}.{model_dir.name}.png"
         draw_landmarks(read_image(photo[0]), result.landmarks).save(path)

@@ -151,7 +151,7 @@ def overlay(photo: np.ndarray | Image.Image, label_map: LabelMap, alpha: float =
     return image
 
 
-# Landmark colours, one per name in the order of the model's landmark names (as the web page's).
+# Landmark colours, one per name in the order of the model's landmark names.
 LANDMARK_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
                     (240, 50, 230), (128, 128, 0))
 

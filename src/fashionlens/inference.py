@@ -134,9 +134,7 @@ class ClothingPrediction:
                                       for kind, labels in self.attributes_by_type.items()},
                "landmarks": [landmark.to_dict() for landmark in self.landmarks]}
         if self.attribute_groups:
-            out["attribute_groups"] = {group: {"name": label.name, "display_name": label.display_name,
-                                               "score": label.score}
-                                       for group, label in self.attribute_groups.items()}
+            out["attribute_groups"] = {group: label.to_dict() for group, label in self.attribute_groups.items()}
         return out
 
 
@@ -572,11 +570,11 @@ class Predictor:
             if kind in self.attribute_groups:  # one of these: a softmax over the group, its best is the answer
                 scores = np.zeros_like(attribute_scores)
                 scores[indices] = _softmax(attribute_logits[indices])
-                ranked = _ranked(self.label_names, self.display_names, scores, attribute_logits, indices, k, None)
+                ranked = _ranked(self.label_names, self.display_names, scores, attribute_logits, indices, None, None)
                 for rank, label in enumerate(ranked):
                     label.predicted = rank == 0
                 groups[kind] = ranked[0]
-                attributes[kind] = ranked
+                attributes[kind] = ranked[:max(0, k)]
             else:
                 attributes[kind] = _ranked(self.label_names, self.display_names, attribute_scores, attribute_logits,
                                            indices, k, threshold, self.per_label_thresholds)
@@ -590,7 +588,7 @@ class Predictor:
             # Input pixels of the square resize -> pixels of the original (same pixel-centre convention).
             scale = torch.tensor([width / size, height / size])
             original = (xy[0] + 0.5) * scale - 0.5
-            has = self.landmarks_by_category.get(categories[0].name) if categories else None
+            has = self.landmarks_by_category.get(names[int(np.argmax(category_logits))])  # the predicted type
             for index, (x, y) in enumerate(original.tolist()):
                 name = self.landmark_names[index] if index < len(self.landmark_names) else f"landmark_{index}"
                 score = float(confidence[0, index])

@@ -471,12 +471,14 @@ def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[s
 
     Returns (percent):
 
-    - ``<group>_accuracy``: share of the photos counted in the group whose prediction is right.
+    - ``<group>_accuracy``: share of the photos counted in the group whose prediction is right
+      (``None`` when the group has no such photo).
     - ``recall_<label>``: per label, the share of its positive photos predicted as that label;
       ``None`` when it has none.
     - ``mean_class_accuracy``: the mean of those recalls over the labels with a positive (the
-      DeepFashion attribute prediction challenge's figure); ``mean_group_accuracy`` the mean of
-      the group accuracies.
+      DeepFashion attribute prediction challenge's figure), ``mean_class_accuracy_classes`` how many
+      labels that is (a label without a positive photo is left out); ``mean_group_accuracy`` the mean
+      of the group accuracies.
     """
     scores, targets, mask = _scores_targets_mask(scores, targets, mask, ("scores", "targets", "mask"))
     if len(label_names) != scores.shape[1]:
@@ -489,8 +491,9 @@ def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[s
         known = mask[:, columns].all(axis=1) & (targets[:, columns].sum(axis=1) == 1)
         truth = targets[known][:, columns].argmax(axis=1)
         predicted = scores[known][:, columns].argmax(axis=1)
-        accuracies.append(_percent((truth == predicted).sum(), known.sum()))
-        result[f"{group}_accuracy"] = accuracies[-1]
+        result[f"{group}_accuracy"] = _percent((truth == predicted).sum(), known.sum()) if known.any() else None
+        if known.any():
+            accuracies.append(result[f"{group}_accuracy"])
         for position, column in enumerate(columns):
             positives = truth == position
             recall = _percent((predicted[positives] == position).sum(), positives.sum()) if positives.any() else None
@@ -498,6 +501,7 @@ def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[s
             if recall is not None:
                 recalls.append(recall)
     result["mean_class_accuracy"] = float(np.mean(recalls)) if recalls else 0.0
+    result["mean_class_accuracy_classes"] = len(recalls)
     result["mean_group_accuracy"] = float(np.mean(accuracies)) if accuracies else 0.0
     return result
 

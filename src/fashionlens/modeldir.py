@@ -302,6 +302,10 @@ def _check_labels(path: Path, labels: dict[str, Any]) -> None:
         raise _refuse(path, "landmarks_by_category", "an object of category name -> landmark names", by_category)
     for category, landmark_names in by_category.items():
         _check_string_list(path, f"landmarks_by_category.{category}", landmark_names)
+        unknown = sorted(set(landmark_names) - set(labels.get("landmark_names") or landmark_names))
+        if unknown:
+            raise ModelDirError(f"{path}: 'landmarks_by_category.{category}': {unknown[:5]} are not in "
+                                f"'landmark_names'")
 
 
 def _check_preprocessing(path: Path, preprocessing: dict[str, Any]) -> None:

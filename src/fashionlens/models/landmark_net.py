@@ -56,7 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "upsample_width": 64,
     # "bilinear" (+ 3x3 conv) or "deconv" (transposed convs, x2 each, as Liu & Lu and GLEM): on 64 real
     # DeepFashion-fine crops (frozen MobileNetV2 stride 16, 150 Adam steps) bilinear fitted the landmarks to
-    # NE 0.025 where deconv stayed at the all-zero loss (NE 0.54, chance): docs/results.md section 2b.
+    # NE 0.025 where deconv stayed at the all-zero loss (NE 0.54, chance): docs/results.md section 2a.
     "upsample": "bilinear",
     "head_width": 256,
     "dropout": 0.0,
@@ -303,6 +303,7 @@ class LandmarkClothingNet(nn.Module):
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A network config with the keys and values of older model directories renamed to today's."""
     cfg = {_RENAMED_KEYS.get(key, key): value for key, value in dict(config).items()}
+    cfg.setdefault("upsample", "deconv")  # every saved config has it; one written by hand before bilinear
     cfg["landmarks"] = _RENAMED_LANDMARK_MODES.get(cfg.get("landmarks"), cfg.get("landmarks", "glem"))
     return cfg
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from fashionlens.config import ClothingConfig
 from fashionlens.training.task import Task
-from fashionlens.vocabulary import LANDMARK_NAMES
+from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
 
 
 class ClothingTask(Task):
@@ -113,7 +113,8 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
     if bool(outputs["mask"].sum() > 0) and attribute_groups:
         metrics.update(attribute_group_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"],
                                                attribute_groups, label_names))
-    elif bool(outputs["mask"].sum() > 0):
+    elif bool(outputs["mask"].sum() > 0) and set(attribute_types) <= set(ATTRIBUTE_TYPES):
+        # DeepFashion's top-k per type (its five types only: the groups of other data, merged, have none).
         metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
                                            attr_mask=outputs["mask"]))
     if bool(outputs["mask"].sum() > 0):
