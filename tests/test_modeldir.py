@@ -202,3 +202,20 @@ def test_a_symbolic_link_leading_outside_the_directory_is_refused(style_dir: Pat
 def test_a_model_directory_reached_through_a_link_loads(style_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "latest").symlink_to(style_dir)  # e.g. models/latest -> runs/x/model
     assert load_model_dir(tmp_path / "latest").labels["label_names"] == NAMES
+
+
+def test_a_repeated_label_in_a_huge_labels_json_is_refused_at_once(tmp_path):
+    """Issue 27 item 7: 10^6 labels with one repeat ran past 120 s (a count per name); 40,000 labels
+    with a repeat took 30 s. Sizes are checked first and repeats found in linear time."""
+    import time
+
+    from fashionlens.errors import ModelDirError
+    from fashionlens.modeldir import _check_labels
+
+    names = [f"label_{i}" for i in range(40_000)] + ["label_7"]
+    start = time.perf_counter()
+    with pytest.raises(ModelDirError, match=r"expected unique names, found repeated \['label_7'\]"):
+        _check_labels(tmp_path / "labels.json", {"label_names": names})
+    with pytest.raises(ModelDirError, match=r"'label_names': 1000001 entries, more than 65536"):
+        _check_labels(tmp_path / "labels.json", {"label_names": [f"x{i}" for i in range(1_000_000)] + ["x1"]})
+    assert time.perf_counter() - start < 5.0

@@ -270,12 +270,18 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
 
 def _check_string_list(path: Path, key: str, value: Any, length: int | None = None, unique: bool = False,
                        per: str = "model output") -> None:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if not isinstance(value, list):
+        raise _refuse(path, key, "a list of strings", value)
+    if len(value) > MAX_SIZE:  # first: every later check is linear, but a million names is no model
+        raise ModelDirError(f"{path}: {key!r}: {len(value)} entries, more than {MAX_SIZE}")
+    if not all(isinstance(item, str) for item in value):
         raise _refuse(path, key, "a list of strings", value)
     if length is not None and len(value) != length:
         raise ModelDirError(f"{path}: {key!r}: expected {length} entries (one per {per}), found {len(value)}")
     if unique and len(set(value)) != len(value):
-        repeated = sorted({item for item in value if value.count(item) > 1})[:5]
+        from collections import Counter
+
+        repeated = sorted(item for item, count in Counter(value).items() if count > 1)[:5]
         raise ModelDirError(f"{path}: {key!r}: expected unique names, found repeated {repeated}")
 
 
