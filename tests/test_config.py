@@ -137,3 +137,23 @@ def test_a_saved_config_yaml_reproduces_its_run(tmp_path: Path):
     original = json.loads((first / "metrics.json").read_text())
     assert runs[0] == runs[1] == original
     assert 0.0 < original["mAP"] <= 100.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "garment-tagger-lite0", "x.jpg", "--top-k", "0"], "argument --top-k: must be at least 1, got 0"),
+    (["predict", "garment-tagger-lite0", "x.jpg", "--top-k", "-1"], "argument --top-k: must be at least 1, got -1"),
+    (["predict", "garment-tagger-lite0", "x.jpg", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["search", "x.index", "y.jpg", "--k", "-1"], "argument --k: must be at least 1, got -1"),
+    (["train", "style", "--data", "x", "--lr", "inf"], "argument --lr: must be a finite number above 0, got inf"),
+    (["train", "style", "--data", "x", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["evaluate", "m", "--data", "x", "--batch-size", "two"], "argument --batch-size: expected a whole number, got 'two'"),
+])
+def test_numbers_on_the_command_line_are_checked_where_they_are_read(argv, message, capsys):
+    """Issue 27 item 13: --top-k 0/-1 and search --k -1 were accepted (search returned 1 result), batch
+    size 0 did not name the flag, --lr inf trained until the loss was NaN."""
+    from fashionlens.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

@@ -19,7 +19,9 @@ from fashionlens.config import (
     StyleConfig,
     load_yaml,
     override,
+    positive_number,
     validate,
+    whole_number,
 )
 from fashionlens.errors import FashionlensError
 from fashionlens.rundir import RunDir
@@ -78,11 +80,11 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
                              "| none | PATH")
     parser.add_argument("--image-size", type=int, default=S,
                         help=f"square input size (default {d.backbone.image_size})")
-    parser.add_argument("--epochs", type=int, default=S, help=f"default {d.recipe.epochs}")
-    parser.add_argument("--batch-size", type=int, default=S, help=f"default {d.data.batch_size}")
+    parser.add_argument("--epochs", type=whole_number(1), default=S, help=f"default {d.recipe.epochs}")
+    parser.add_argument("--batch-size", type=whole_number(1), default=S, help=f"default {d.data.batch_size}")
     parser.add_argument("--optimizer", choices=CHOICES["recipe.optimizer"], default=S,
                         help=f"default {d.recipe.optimizer}")
-    parser.add_argument("--lr", type=float, default=S,
+    parser.add_argument("--lr", type=positive_number, default=S,
                         help="learning rate of the heads (default per optimiser: "
                              + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     parser.add_argument("--lrp", type=float, default=S,
@@ -99,11 +101,11 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--num-nodes", type=int, default=S)
     parser.add_argument("--accelerator", default=S, help="auto | cpu | gpu")
     parser.add_argument("--precision", default=S, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
-    parser.add_argument("--workers", type=int, default=S,
+    parser.add_argument("--workers", type=whole_number(0), default=S,
                         help="DataLoader workers (default: cores - 1, at most 8, with a GPU; at most 2 on a CPU)")
     parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
     parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
-    parser.add_argument("--limit", type=int, default=S, help="use only N samples (smoke runs; style: a seeded random N)")
+    parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N)")
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
                              f"(default {d.data.val_split})")
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", required=True, choices=FORMATS)
     evaluate.add_argument("--split", default=None, help="train | val | test (DeepFashion partition)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=whole_number(1), default=32)
     evaluate.add_argument("--skip-bad", action="store_true")
 
     compare = commands.add_parser("compare", help="train the baselines and ML-GCN variants on one split, one table",
@@ -310,13 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=None,
                          help="write sharded Parquet (a folder, e.g. preds.parquet): one row per photo; a rerun "
                               "skips the photos already written")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=whole_number(1), default=5)
     predict.add_argument("--threshold", default="auto",
                          help="auto (default: each label against its threshold calibrated at training time) or "
                               "one probability for all labels (labels below it are left out)")
     predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
-    predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--workers", type=int, default=None,
+    predict.add_argument("--batch-size", type=whole_number(1), default=16)
+    predict.add_argument("--workers", type=whole_number(0), default=None,
                          help="decoding worker processes (default: none on a CPU of 1-2 cores, which decodes "
                               "between batches; else as train's --workers)")
     predict.add_argument("--devices", default="1", help="Lightning devices; > 1 predicts with one rank per device")

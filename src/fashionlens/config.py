@@ -14,6 +14,7 @@ the reference's SGD at lr 0.1 diverged on real photos: held-out mAP 27, falling 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -411,6 +412,36 @@ def validate(config: TaskConfig) -> TaskConfig:
             if not 1 <= getattr(config.model, key) <= 4096:
                 raise ConfigError(f"model.{key}: must be from 1 to 4096 channels, got {getattr(config.model, key)}")
     return config
+
+
+# ------------------------------------------------------------------------- command-line flag values
+
+
+def whole_number(low: int):
+    """An argparse type: an integer of at least ``low``; anything else is a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (a learning rate of inf or nan trains into NaN)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------ YAML

@@ -418,6 +418,8 @@ def model_dir_for(index: SearchIndex, model: str | Path | None = None) -> Path:
 
 def add_search_commands(commands) -> None:
     """The ``embed``, ``index`` and ``search`` subcommands."""
+    from fashionlens.config import whole_number
+
     embed = commands.add_parser("embed", help="embed photos (L2-normalised pooled features) into Parquet",
                                 description="Write one row per photo (path, model, model_sha256, vector: the "
                                             "L2-normalised pooled feature the model's head sees) to a folder of "
@@ -425,8 +427,8 @@ def add_search_commands(commands) -> None:
     embed.add_argument("model_dir", type=Path)
     embed.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     embed.add_argument("--out", type=Path, required=True, help="output folder, e.g. vectors.parquet")
-    embed.add_argument("--batch-size", type=int, default=32)
-    embed.add_argument("--workers", type=int, default=None,
+    embed.add_argument("--batch-size", type=whole_number(1), default=32)
+    embed.add_argument("--workers", type=whole_number(0), default=None,
                        help="decoding worker processes (default: as predict's)")
 
     index = commands.add_parser("index", help="build a FAISS similarity index from embeddings",
@@ -442,7 +444,7 @@ def add_search_commands(commands) -> None:
                                              "items (cosine similarity).")
     search.add_argument("index", type=Path, help="the folder `fashionlens index --out` wrote")
     search.add_argument("photos", nargs="+", help="query photos")
-    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--k", type=whole_number(1), default=10)
     search.add_argument("--model", type=Path, default=None,
                         help="the model directory that embedded the catalogue (default: the index's model by name)")
     search.add_argument("--json", action="store_true", help="print JSON lines")
