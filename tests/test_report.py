@@ -222,3 +222,17 @@ def test_clothing_run_report_has_confusion_landmarks_and_gallery(tmp_path, share
     assert "plain canvas" not in index.read_text()  # the 224x224 photos are the network input itself
     for name in pngs:
         _check_png(run / "report" / name)
+
+
+def test_a_dollar_in_a_label_name_is_drawn_as_text(tmp_path):
+    """Issue 27 item 12: "$100 dress" and "50$ top" made mathtext raise, and the figure was skipped."""
+    aps = {"$100 dress": 80.0, "50$ top": 40.0, **{f"label_{k}": 3.0 * k for k in range(20)}}
+    _check_png(report.plot_per_label_ap(aps, tmp_path / "ap.png"))
+
+
+def test_the_page_lists_the_runs_options_from_its_config(tmp_path):
+    """Issue 27 item 12: every report said "all 0 options" (it read run["options"]; run.json keeps "config")."""
+    from fashionlens.report.page import _run_meta_html
+
+    text = _run_meta_html({"seed": 0, "config": {"recipe": {"lr": 0.001, "epochs": 6}, "task": "style"}})
+    assert "all 3 options" in text and "recipe.lr" in text and "recipe.epochs" in text

@@ -126,6 +126,17 @@ def _attempt(page: _Page, heading: str, caption: str, missing: str | None, draw)
         page.figure(heading, None, skipped=f"{type(error).__name__}: {error}")
 
 
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """``{"recipe": {"lr": 0.001}}`` -> ``{"recipe.lr": 0.001}``."""
+    flat: dict = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _run_meta_html(run: dict | None) -> str:
     if not run:
         return '<p class="note">No run.json in this folder: options, seed and versions unknown.</p>'
@@ -134,7 +145,7 @@ def _run_meta_html(run: dict | None) -> str:
                 "train_size", "val_size"):
         if key in run:
             rows.append((key, run[key]))
-    options = run.get("options", {})
+    options = _flatten(run.get("config") or run.get("options") or {})  # run.json keeps the run's config
     meta = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     opts = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in sorted(options.items()))

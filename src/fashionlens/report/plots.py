@@ -31,9 +31,13 @@ STYLE_TABLE_KEYS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1_top3", "OF
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    import matplotlib
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    # Label names are text, never TeX: a "$" in one ("$100 dress") made mathtext fail the whole figure.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
 
 
