@@ -390,3 +390,22 @@ def test_a_client_disconnecting_mid_upload_is_one_log_line(strict_app, caplog, c
         f"announced received)")]
     assert records[0].exc_info is None
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_only_the_bound_address_and_localhost_are_answered(model_dir):
+    """Issue 27 item 14: the server answered any Host header, so a page whose name was re-pointed at
+    127.0.0.1 (DNS rebinding) could read predictions and catalogue thumbnails."""
+    from fashionlens.server.app import create_app, local_hosts
+
+    hosts = local_hosts("127.0.0.1")
+    assert hosts == ["127.0.0.1", "localhost", "::1"]
+    assert local_hosts("0.0.0.0") is None and local_hosts("127.0.0.1", ["*"]) is None
+    assert local_hosts("127.0.0.1", ["shop.lan"])[-1] == "shop.lan"
+    app = create_app(model_dir, allowed_hosts=hosts)
+    with TestClient(app, base_url="http://localhost:8000") as client:
+        assert client.get("/health").status_code == 200
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+    with TestClient(app, base_url="http://attacker.example:8000") as client:
+        assert client.get("/health").status_code == 400
+        assert client.get("/").status_code == 400

@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", type=Path, default=None,
                        help="a similarity index of the same model (`fashionlens index`): POST /similar and a "
                             "'similar items' strip on the page")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this Host name (a proxy's, a LAN name); '*' answers any. "
+                            "By default only the bound address and localhost are answered (DNS rebinding)")
 
     models = commands.add_parser(
         "models", help="list the released models: their names work wherever a model directory goes",
@@ -446,7 +449,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fashionlens.server.app import serve
 
         return serve(args.model_dir, host=args.host, port=args.port, runtime=args.runtime,
-                     max_upload_mb=args.max_upload_mb, index=args.index)
+                     max_upload_mb=args.max_upload_mb, index=args.index, allow_hosts=args.allow_host)
     if args.command == "models":
         from fashionlens import hub
 

@@ -36,7 +36,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -150,12 +150,16 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
                upload_timeout_s: float = UPLOAD_TIMEOUT_S, max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
                max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
                draft_side: int | None = images.SERVER_DRAFT_SIDE,
-               index: str | Path | SearchIndex | None = None) -> FastAPI:
+               index: str | Path | SearchIndex | None = None,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The FastAPI application for a model directory (loaded with ``runtime``) or a ready Predictor.
 
     ``draft_side=None`` decodes every pixel of every upload (the same pixels as ``predict``); otherwise
     a large JPEG keeps at least ``draft_side`` pixels, and twice the model's input, on its long side.
     ``index`` (a ``fashionlens index`` folder built from this model's vectors) enables ``POST /similar``.
+    ``allowed_hosts``: the ``Host`` headers answered (Starlette's TrustedHostMiddleware; any other gets
+    400), so that a web page whose name was re-pointed at this machine (DNS rebinding) cannot read it;
+    None answers every host (``serve`` passes the bound address and localhost).
     """
     predictor = model if isinstance(model, Predictor) else load(model, runtime=runtime)
     search_index = SearchIndex.load(index) if isinstance(index, (str, Path)) else index
@@ -174,6 +178,10 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
     app = FastAPI(title="fashionlens", version=_version(), docs_url=None, redoc_url=None,
                   description="Fashion image recognition: styles, or category, attributes and landmarks. "
                               "POST a photo to /predict as multipart/form-data (field `file`).")
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.predictor = predictor
     app.state.max_upload_bytes = max_bytes
     app.state.decoding = decoding
@@ -420,7 +428,9 @@ def _similar_bytes(predictor: Predictor, index: SearchIndex, data: bytes, filena
         raise _NonFiniteScores()
     matches = index.search(vector, k)[0]
     return {"source": filename, "image": {"width": full_size[0], "height": full_size[1]},
-            "items": [{**match.to_dict(), "photo": f"similar/{match.id}/photo"} for match in matches]}
+            # The photo's file name, never its path: the catalogue's folders are the server's business.
+            "items": [{**match.to_dict(), "path": Path(match.path).name, "photo": f"similar/{match.id}/photo"}
+                      for match in matches]}
 
 
 def _thumbnail(path: Path, side: int) -> bytes:
@@ -450,12 +460,21 @@ def _version() -> str:
     return __version__
 
 
+def local_hosts(host: str, extra: Sequence[str] = ()) -> list[str] | None:
+    """The Host headers a server bound to ``host`` answers: that address and localhost's names, plus
+    ``extra``; None (every host) when it listens on every address or ``extra`` holds ``*``."""
+    if host in ("0.0.0.0", "::", "") or "*" in extra:
+        return None
+    return list(dict.fromkeys([host, "localhost", "127.0.0.1", "::1", *extra]))
+
+
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          max_upload_mb: float = 10.0, index: str | Path | None = None) -> int:
+          max_upload_mb: float = 10.0, index: str | Path | None = None, allow_hosts: Sequence[str] = ()) -> int:
     """Run the server with uvicorn until interrupted (binds to localhost unless ``host`` says otherwise)."""
     import uvicorn
 
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, runtime=runtime, index=index)
+    app = create_app(model_dir, max_upload_mb=max_upload_mb, runtime=runtime, index=index,
+                     allowed_hosts=local_hosts(host, allow_hosts))
     shown = f"[{host}]" if ":" in host else host
     print(f"fashionlens: serving {model_dir} at http://{shown}:{port}/ (API docs at /docs); Ctrl+C stops it")
     uvicorn.run(app, host=host, port=port, log_level="info")
