@@ -360,3 +360,19 @@ def test_predict_on_a_folder_reports_every_skipped_input(style_dir, tmp_path, ca
         (folder / name).unlink()
     assert main(["predict", str(style_dir), str(folder), "--json"]) == 0
     assert "3 other paths lead to the same file, skipped as duplicates" in capsys.readouterr().err
+
+
+def test_predict_names_a_wrong_kind_of_output_path_in_one_line(tmp_path, capsys):
+    """Issue 27 item 13: --out EXISTING_FILE was a FileExistsError traceback, --csv A_FOLDER an
+    IsADirectoryError; --explain with --devices was never refused (the check came after the return)."""
+    from fashionlens.cli import main
+
+    photo = sorted((REPO / "examples" / "clothing-attributes-mini" / "images").glob("*.jpg"))[0]
+    (tmp_path / "preds.parquet").write_text("not a folder")
+    assert main(["predict", "garment-attributes-lite0", str(photo), "--out", str(tmp_path / "preds.parquet")]) == 2
+    assert "a file is there; --out names a folder" in capsys.readouterr().err
+    assert main(["predict", "garment-attributes-lite0", str(photo), "--csv", str(tmp_path)]) == 2
+    assert "a folder is there; --csv names the file" in capsys.readouterr().err
+    assert main(["predict", "garment-attributes-lite0", str(photo), "--explain", "top", "--devices", "2",
+                 "--out", str(tmp_path / "shards")]) == 2
+    assert "--explain runs on one device" in capsys.readouterr().err

@@ -388,6 +388,18 @@ def predict_command(args: argparse.Namespace) -> int:
 
         workers = default_predict_workers()
     out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        print(f"fashionlens: error: --out {out}: a file is there; --out names a folder of Parquet shards",
+              file=sys.stderr)
+        return 2
+    if getattr(args, "csv", None) and Path(args.csv).is_dir():
+        print(f"fashionlens: error: --csv {args.csv}: a folder is there; --csv names the file to write",
+              file=sys.stderr)
+        return 2
+    if explain_requested := getattr(args, "explain", None):
+        if _distributed(args):
+            print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
+            return 2
     if _distributed(args):
         if out is None:
             print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
@@ -395,10 +407,7 @@ def predict_command(args: argparse.Namespace) -> int:
             return 2
         return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
 
-    explain = getattr(args, "explain", None)
-    if explain and _distributed(args):
-        print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
-        return 2
+    explain = explain_requested
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
     overlays = None
     if explain:
