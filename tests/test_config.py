@@ -157,3 +157,14 @@ def test_numbers_on_the_command_line_are_checked_where_they_are_read(argv, messa
         main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_image_size_past_1024_is_refused_before_training(tmp_path, capsys):
+    """Issue 27 item 9: --image-size 4096 trained into an allocator traceback after 36 s."""
+    from fashionlens.cli import main
+
+    code = main(["train", "style", "--data", str(REPO / "examples" / "clothing-attributes-mini"), "--format",
+                 "clothing-attributes", "--image-size", "4096", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "backbone.image_size: must be from 16 to 1024 px, got 4096" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -85,7 +85,7 @@ STYLE_CASES = [
     ("preprocessing without image_size", "preprocessing.json", _drop("image_size"),
      r"preprocessing\.json: 'image_size' is missing"),
     ("image_size 100000", "preprocessing.json", _set("image_size", 100000),
-     r"preprocessing\.json: 'image_size': expected an integer from 16 to 2048 \(pixels\), found 100000 \(a number\)"),
+     r"preprocessing\.json: 'image_size': expected an integer from 16 to 1024 \(pixels\), found 100000 \(a number\)"),
     ("image_size 0", "preprocessing.json", _set("image_size", 0), r"'image_size': expected an integer from 16"),
     ("image_size -5", "preprocessing.json", _set("image_size", -5), r"'image_size': expected an integer from 16"),
     ("image_size as text", "preprocessing.json", _set("image_size", "224"), r"found '224' \(a string\)"),

@@ -28,6 +28,11 @@ from fashionlens.errors import FashionlensError
 T = TypeVar("T")
 
 
+#: The square input side a model may have, in pixels, for training and in a model directory: 2048 px
+#: took 2.5 GB for one photo, 4096 px trained into an allocator traceback.
+IMAGE_SIZE_RANGE = (16, 1024)
+
+
 class ConfigError(FashionlensError):
     """A configuration that cannot be used; the message names the key (and the file)."""
 
@@ -405,8 +410,10 @@ def validate(config: TaskConfig) -> TaskConfig:
             parse_method(config.calibration.method)
         except ValueError as error:
             raise ConfigError(f"calibration.method: {error}") from None
-    if config.backbone.image_size < 16:
-        raise ConfigError(f"backbone.image_size: must be at least 16 px, got {config.backbone.image_size}")
+    low, high = IMAGE_SIZE_RANGE
+    if not low <= config.backbone.image_size <= high:
+        raise ConfigError(f"backbone.image_size: must be from {low} to {high} px, got {config.backbone.image_size} "
+                          f"(the papers train at 224-448; activations grow with the square of the side)")
     if isinstance(config, ClothingConfig):
         for key in ("head_width", "upsample_width"):
             if not 1 <= getattr(config.model, key) <= 4096:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fashionlens.config import IMAGE_SIZE_RANGE
 from fashionlens.errors import ModelDirError
 
 FORMAT_VERSION = 1
@@ -130,7 +131,6 @@ KNOWN_FORMAT_VERSIONS = (1,)
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 MAX_SIZE = 65536  # any width, count or embedding size; the real ones are at most a few thousand
-IMAGE_SIZE_RANGE = (16, 2048)
 RESIZE_MODES = ("square",)
 
 # config.json keys by kind; keys not listed are kept as they are (the model builders read them).
