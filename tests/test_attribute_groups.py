@@ -144,9 +144,20 @@ def test_a_deepfashion_fine_model_trains_evaluates_and_predicts_groups_and_landm
     assert 0.0 <= metrics["mean_class_accuracy"] <= 100.0 and metrics["normalized_error"] > 0.0
     photo = root / "img" / "00000.jpg"
     out = subprocess.run([sys.executable, "-m", "fashionlens.cli", "predict", str(run / "model"), str(photo), "--json",
-                          "--top-k", "0", "--draw-landmarks", "--explain-dir", str(tmp_path / "png")],
+                          "--top-k", "1", "--draw-landmarks", "--explain-dir", str(tmp_path / "png")],
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.splitlines()[0])
     assert list(result["attribute_groups"]) == labels["attribute_groups"]
+    assert all(len(labels_of_type) == 1 for labels_of_type in result["attributes_by_type"].values())  # --top-k 1
     assert [lm["name"] for lm in result["landmarks"]] == labels["landmark_names"]
     assert (tmp_path / "png" / "00000.landmarks.png").is_file()
+
+
+def test_trimmed_lists_keep_the_groups_and_the_garment_type():
+    """top_k=0 raised IndexError (the group winner was the trimmed list's first), and a threshold above
+    the top category switched the landmark hiding off; both now read every score."""
+    predictor = _predictor()
+    result = predictor(torch.zeros(3, 8, 16, dtype=torch.uint8), top_k=0)
+    assert result.attribute_groups["sleeve"].name == "long_sleeve" and result.attributes_by_type["sleeve"] == []
+    result = predictor(torch.zeros(3, 8, 16, dtype=torch.uint8), threshold=0.99)
+    assert [lm.visible for lm in result.landmarks] == [True, False]
