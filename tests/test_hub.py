@@ -23,7 +23,7 @@ MODELS = REPO / "models"
 # Held out by garment-attributes-lite0 and garment-category-mnv2, the releases the tests load it with.
 PHOTO = REPO / "examples" / "clothing-attributes-mini" / "images" / "000016.jpg"
 RELEASED = {"garment-attributes-lite0": "clothing-attributes-lite0", "garment-category-mnv2": "garment-category-mnv2",
-            "garment-tagger-lite0": "garment-tagger-lite0"}
+            "garment-tagger-lite0": "garment-tagger-lite0", "garment-landmarks-mnv2": "garment-landmarks-mnv2"}
 SMALL = "garment-category-mnv2"  # 8.8 MB: the one the tests copy about
 
 
@@ -72,7 +72,8 @@ def test_each_release_answers_to_its_short_name_and_its_folder_name():
     assert set(package) == set(RELEASED)
     # A release answers to its folder name too, and a replaced release's folder name stays an alias.
     aliases = {"garment-attributes-lite0": ("clothing-attributes-lite0",),
-               "garment-category-mnv2": ("clothing-category-attributes-mnv2",), "garment-tagger-lite0": ()}
+               "garment-category-mnv2": ("clothing-category-attributes-mnv2",), "garment-tagger-lite0": (),
+               "garment-landmarks-mnv2": ()}
     for name, folder in RELEASED.items():
         assert package[name].aliases == aliases[name]
         for alias in aliases[name]:
@@ -200,7 +201,7 @@ def test_the_released_manifests_and_cards_are_up_to_date():
         assert card == {**card, **hub.card_for_release(directory, card["name"], card["summary"],
                                                        tuple(card["aliases"]))}
         assert card["heldout"]["images"] == {"garment-attributes-lite0": 297, "garment-category-mnv2": 843,
-                                             "garment-tagger-lite0": 1178}[card["name"]]
+                                             "garment-tagger-lite0": 1178, "garment-landmarks-mnv2": 500}[card["name"]]
 
 
 @pytest.mark.parametrize("case", ["changed", "truncated", "missing", "added"])

@@ -353,8 +353,9 @@ class Predictor:
         self.category_names: list[str] = [str(n) for n in self.labels.get("category_names") or []]
         self.attribute_types: list[str] = [str(t) for t in self.labels.get("attribute_types") or []]
         self.attribute_groups: list[str] = [str(g) for g in self.labels.get("attribute_groups") or []]
-        # Garment type -> the landmarks it has (DeepFashion: no collar on trousers): the others of the
-        # predicted type are reported not visible (the heatmap loss never sees an absent landmark).
+        # Garment type -> the landmarks it has (DeepFashion: no collar on trousers): a model that knows
+        # them reports exactly the predicted type's landmarks visible (the heatmap loss never sees an
+        # absent landmark, so its peak heights say nothing about absence).
         self.landmarks_by_category: dict[str, list[str]] = dict(self.labels.get("landmarks_by_category") or {})
         self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or LANDMARK_NAMES]
         self._lock = threading.Lock()
@@ -592,7 +593,10 @@ class Predictor:
             for index, (x, y) in enumerate(original.tolist()):
                 name = self.landmark_names[index] if index < len(self.landmark_names) else f"landmark_{index}"
                 score = float(confidence[0, index])
-                visible = score >= LANDMARK_VISIBLE_THRESHOLD and (has is None or name in has)
+                # With the garment types' landmarks known, the type decides: the heatmap loss never saw an
+                # absent landmark, so a low peak means an unsure place, not an absent one (the DeepFashion-fine
+                # model's peaks are mostly 0.2-0.5). Without them, the peak height is all there is.
+                visible = score >= LANDMARK_VISIBLE_THRESHOLD if has is None else name in has
                 landmarks.append(Landmark(name, float(x), float(y), score, visible))
         return ClothingPrediction(source, categories, attributes, landmarks, width, height, groups)
 
