@@ -396,10 +396,10 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"fashionlens: error: --csv {args.csv}: a folder is there; --csv names the file to write",
               file=sys.stderr)
         return 2
-    if explain_requested := getattr(args, "explain", None):
-        if _distributed(args):
-            print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
-            return 2
+    explain = getattr(args, "explain", None)
+    if explain and _distributed(args):
+        print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
+        return 2
     if _distributed(args):
         if out is None:
             print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
@@ -407,7 +407,6 @@ def predict_command(args: argparse.Namespace) -> int:
             return 2
         return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
 
-    explain = explain_requested
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
     overlays = None
     if explain:

@@ -48,7 +48,5 @@ def task_module(bundle):
         return StyleTask(bundle.model, bundle.label_names)
     from fashionlens.training.tasks.clothing import ClothingTask
 
-    types = list(bundle.labels["attribute_types"])
-    groups = {group: [i for i, kind in enumerate(types) if kind == group]
-              for group in bundle.labels.get("attribute_groups") or []}
-    return ClothingTask(bundle.model, types, attribute_groups=groups, label_names=bundle.label_names)
+    return ClothingTask(bundle.model, bundle.labels["attribute_types"],
+                        attribute_groups=bundle.labels.get("attribute_groups") or (), label_names=bundle.label_names)

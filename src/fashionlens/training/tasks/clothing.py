@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,11 +28,13 @@ class ClothingTask(Task):
     def __init__(self, model: nn.Module, attribute_types: list[str], lambdas=(1.0, 20.0, 10.0),
                  attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
                  heatmap_sigma: float | None = None, recipe=None, channels_last: bool = False,
-                 attribute_groups: dict[str, list[int]] | None = None, label_names: list[str] | None = None):
+                 attribute_groups: Sequence[str] = (), label_names: list[str] | None = None):
         super().__init__(model, recipe, channels_last)
         self.attribute_types = list(attribute_types)
-        # Groups of "exactly one of these" attributes (name -> label indices): a softmax each.
-        self.attribute_groups = dict(attribute_groups or {})
+        # The attribute types that are "exactly one of these" groups -> their label indices: a softmax each.
+        self.attribute_groups = {group: [i for i, kind in enumerate(self.attribute_types) if kind == group]
+                                 for group in attribute_groups}
+        self._group_columns = [torch.tensor(columns) for columns in self.attribute_groups.values()]
         self.label_names = list(label_names or [])
         self.lambdas = tuple(lambdas)
         self.heatmap_sigma = heatmap_sigma
@@ -49,8 +52,7 @@ class ClothingTask(Task):
             kwargs["heatmap_sigma"] = self.heatmap_sigma
         if self.attr_pos_weight.numel():  # else clothing_loss's defaults (Liu & Lu's 1 and 0.1)
             kwargs.update(attr_pos_weight=self.attr_pos_weight, attr_neg_weight=self.attr_neg_weight)
-        groups = [torch.tensor(columns) for columns in self.attribute_groups.values()]
-        return clothing_loss(outputs, batch, lambdas=self.lambdas, attribute_groups=groups, **kwargs)
+        return clothing_loss(outputs, batch, lambdas=self.lambdas, attribute_groups=self._group_columns, **kwargs)
 
     def training_loss(self, batch, batch_idx):
         return self.loss(self(self.images(batch)), batch)
@@ -110,14 +112,15 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
     )
 
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
-    if bool(outputs["mask"].sum() > 0) and attribute_groups:
+    annotated = bool(outputs["mask"].sum() > 0)
+    if annotated and attribute_groups:
         metrics.update(attribute_group_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"],
                                                attribute_groups, label_names))
-    elif bool(outputs["mask"].sum() > 0) and set(attribute_types) <= set(ATTRIBUTE_TYPES):
+    elif annotated and set(attribute_types) <= set(ATTRIBUTE_TYPES):
         # DeepFashion's top-k per type (its five types only: the groups of other data, merged, have none).
         metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
                                            attr_mask=outputs["mask"]))
-    if bool(outputs["mask"].sum() > 0):
+    if annotated:
         # Threshold-free and independent of k and of the group sizes: the attribute ranking per attribute.
         metrics["attr_mAP"] = multilabel_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"])["mAP"]
     if "pred_xy" in outputs and (outputs["visibility"] == 0).any():
@@ -158,8 +161,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
         network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
     model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
     pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
-    exclusive = getattr(base, "exclusive_types", ())
-    groups = {kind: [i for i, t in enumerate(attribute_types) if t == kind] for kind in exclusive}
+    groups = list(getattr(base, "exclusive_types", ()))  # the attribute types that are one-of groups
     task = ClothingTask(model, attribute_types, lambdas=config.model.lambdas,
                         attr_pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32),
                         attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
