@@ -40,7 +40,7 @@ def test_class_folders(folders: Path) -> None:
 
 def test_open_dataset_dispatch(folders: Path) -> None:
     assert FORMATS == ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders",
-                       "clothing-co-parsing", "deepfashion-fine")
+                       "clothing-co-parsing", "deepfashion-fine", "clothing-dataset")
     assert len(open_dataset(folders, "folders")) == 3
     with pytest.raises(ValueError, match="unknown dataset format 'coco': expected one of deepfashion, manifest, jsonl, kfashion, clothing-attributes, folders"):
         open_dataset(folders, "coco")

@@ -30,11 +30,12 @@ ATTRIBUTE_TYPE_IDS: dict[int, str] = {index + 1: name for index, name in enumera
 
 #: Every dataset format `open_dataset` reads, and the subsets each task trains on.
 FORMATS: tuple[str, ...] = ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders",
-                            "clothing-co-parsing", "deepfashion-fine")
+                            "clothing-co-parsing", "deepfashion-fine", "clothing-dataset")
 #: The formats with their own partition (``split``): the clothing network's benchmarks, not style data.
 SPLIT_FORMATS: tuple[str, ...] = ("deepfashion", "deepfashion-fine")
 STYLE_FORMATS: tuple[str, ...] = tuple(name for name in FORMATS if name not in SPLIT_FORMATS)
 #: The clothing network trains on typed attributes (all but folders); class folders may join them as
 #: photos that only name a category.
-CLOTHING_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes", "folders", "deepfashion-fine")
+CLOTHING_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes", "folders", "deepfashion-fine",
+                                     "clothing-dataset")
 TYPED_ATTRIBUTE_FORMATS: tuple[str, ...] = ("deepfashion", "clothing-attributes", "deepfashion-fine")

@@ -12,6 +12,7 @@ from typing import Any
 from fashionlens.data.base import FashionDataset, Record
 from fashionlens.data.clothing_attributes import read_clothing_attributes
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
+from fashionlens.data.clothing_dataset import read_clothing_dataset
 from fashionlens.data.deepfashion import (
     DeepFashionRow,
     read_deepfashion,
@@ -34,6 +35,7 @@ _READERS: dict[str, Callable[..., FashionDataset]] = {
     "folders": read_class_folders,
     "clothing-co-parsing": read_clothing_co_parsing,
     "deepfashion-fine": read_deepfashion_fine,
+    "clothing-dataset": read_clothing_dataset,
 }
 
 
