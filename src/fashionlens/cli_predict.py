@@ -208,8 +208,10 @@ def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
     row: dict[str, Any] = {"path": result.source, "model": model, "task": result.task,
                            "width": result.width, "height": result.height}
     if isinstance(result, StylePrediction):
+        category = result.category
         row.update(labels=[label.name for label in result.labels], scores=[label.score for label in result.labels],
-                   predicted=[label.name for label in result.predicted], category=None, category_score=None,
+                   predicted=[label.name for label in result.predicted],
+                   category=category.name if category else None, category_score=category.score if category else None,
                    attributes=None, attribute_groups=None, landmarks=None)
     else:
         top = result.category_top_k[0] if result.category_top_k else None
@@ -278,6 +280,16 @@ def already_written(folder: Path) -> set[str]:
 
 def text_block(result: Prediction) -> str:
     lines = [result.source]
+    if isinstance(result, StylePrediction) and result.category is not None:
+        # A garment tagger: the garment first, then what is predicted of each group.
+        lines.append(f"  {result.category.display_name} {result.category.score:.3f}  (category)")
+        for group, labels in result.groups.items():
+            shown = [label for label in labels if label.predicted is not False]
+            if shown:
+                lines.append(f"  {group}: " + ", ".join(f"{label.display_name} {label.score:.2f}" for label in shown))
+        if any(label.predicted is not None for label in result.labels):
+            lines.append("  (labels above their calibrated thresholds; --json gives every score)")
+        return "\n".join(lines)
     if isinstance(result, StylePrediction):
         width = max((len(label.display_name) for label in result.labels), default=0)
         for label in result.labels:
@@ -301,7 +313,7 @@ def text_block(result: Prediction) -> str:
 
 def csv_header(predictor: Predictor, top_k: int) -> list[str]:
     if predictor.task == "style":
-        header = ["path"]
+        header = ["path"] + (["category", "category_score"] if predictor.category_indices else [])
         for rank in range(1, top_k + 1):
             header += [f"label_{rank}", f"score_{rank}"]
         return header + ["predicted"]
@@ -317,6 +329,8 @@ def csv_header(predictor: Predictor, top_k: int) -> list[str]:
 def csv_row(result: Prediction, header: list[str]) -> list[Any]:
     row: dict[str, Any] = {"path": result.source}
     if isinstance(result, StylePrediction):
+        if result.category is not None:
+            row["category"], row["category_score"] = result.category.name, f"{result.category.score:.6f}"
         for rank, label in enumerate(result.labels, start=1):
             row[f"label_{rank}"], row[f"score_{rank}"] = label.name, f"{label.score:.6f}"
         row["predicted"] = "; ".join(label.name for label in result.predicted)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fashionlens.catalogue import CATEGORY, GARMENTS
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
 from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
@@ -90,12 +91,21 @@ class Landmark:
 
 @dataclass
 class StylePrediction:
-    """Style (multi-label) prediction for one image; ``labels`` sorted by score, highest first."""
+    """Style (multi-label) prediction for one image; ``labels`` sorted by score, highest first.
+
+    A model that knows its garment classes (labels.json ``groups``, see :mod:`fashionlens.catalogue`)
+    also names the ``category`` (the best-scored garment class, whatever its threshold) and lists the
+    other labels by ``groups`` (``garments``, ``color``, ``sleeve``, ...); an attribute that applies to
+    none of the photo's garments (the category and the garment classes above their thresholds:
+    sleeves on shoes) is never ``predicted``.
+    """
 
     source: str
     labels: list[LabelScore]
     width: int
     height: int
+    category: LabelScore | None = None
+    groups: dict[str, list[LabelScore]] = field(default_factory=dict)
     task: str = field(default="style", init=False)
 
     @property
@@ -104,9 +114,14 @@ class StylePrediction:
         return [label for label in self.labels if label.predicted]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
-                "labels": [label.to_dict() for label in self.labels],
-                "predicted": [label.name for label in self.predicted]}
+        out = {"task": self.task, "source": self.source, "image": {"width": self.width, "height": self.height},
+               "labels": [label.to_dict() for label in self.labels],
+               "predicted": [label.name for label in self.predicted]}
+        if self.category is not None:
+            out["category"] = {"name": self.category.name, "display_name": self.category.display_name,
+                               "score": self.category.score}
+            out["groups"] = {group: [label.to_dict() for label in labels] for group, labels in self.groups.items()}
+        return out
 
 
 @dataclass
@@ -358,6 +373,12 @@ class Predictor:
         # absent landmark, so its peak heights say nothing about absence).
         self.landmarks_by_category: dict[str, list[str]] = dict(self.labels.get("landmarks_by_category") or {})
         self.landmark_names: list[str] = [str(n) for n in self.labels.get("landmark_names") or LANDMARK_NAMES]
+        # A style model's garment classes and which attributes apply to which (fashionlens.catalogue).
+        self.label_groups: dict[str, list[str]] = {str(g): list(m) for g, m in (self.labels.get("groups") or {}).items()}
+        self.label_position = index = {name: i for i, name in enumerate(self.label_names)}
+        self.category_indices = [index[name] for name in self.label_groups.get(CATEGORY, [])]
+        self.group_of = {name: group for group, members in self.label_groups.items() for name in members}
+        self.applies_to = {index[name]: set(fits) for name, fits in (self.labels.get("applies_to") or {}).items()}
         self._lock = threading.Lock()
 
     @property
@@ -511,6 +532,10 @@ class Predictor:
             chosen = list(named)
             if TOP_LABELS in wanted:
                 ranked = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+                category = getattr(prediction, "category", None)
+                if category is not None:  # the garment first: it is what a catalogue asks about
+                    first = self.label_position[category.name]
+                    ranked = [first] + [i for i in ranked if i != first]
                 chosen += [i for i in ranked[:max(0, int(num_top))] if i not in chosen]
             maps = [LabelMap(self.label_names[i], self.display_names[i], float(scores[i]), float(logits[row][i]),
                              grids[row, i].astype(np.float32), width, height) for i in chosen]
@@ -551,9 +576,26 @@ class Predictor:
             logits = outputs["logits"]
             # A single-label model (trained with a softmax) reports probabilities that sum to 1.
             probabilities = _softmax(logits) if self.config.get("activation") == "softmax" else _sigmoid(logits)
-            return StylePrediction(source, _ranked(self.label_names, self.display_names, probabilities, logits,
-                                                   range(len(logits)), top_k, threshold, self.per_label_thresholds),
-                                   width, height)
+            ranked = _ranked(self.label_names, self.display_names, probabilities, logits, range(len(logits)), top_k,
+                             threshold, self.per_label_thresholds)
+            if not self.category_indices:
+                return StylePrediction(source, ranked, width, height)
+            best = max(self.category_indices, key=lambda i: (float(probabilities[i]), -i))
+            category = _ranked(self.label_names, self.display_names, probabilities, logits, [best], None,
+                               None if threshold is None else "auto", self.per_label_thresholds)[0]
+            # The garments the photo shows: the category and every garment class above its threshold (a
+            # street photo's sleeves belong to its shirt, not to the shoes that scored highest).
+            garments = {self.label_names[best]} | {label.name for label in ranked
+                                                    if label.predicted and self.group_of.get(label.name) == CATEGORY}
+            groups: dict[str, list[LabelScore]] = {}
+            for label in ranked:
+                i = self.label_position[label.name]
+                if label.predicted and i in self.applies_to and not garments & self.applies_to[i]:
+                    label.predicted = False
+                if i != best:
+                    group = self.group_of.get(label.name, GARMENTS)
+                    groups.setdefault(GARMENTS if group == CATEGORY else group, []).append(label)
+            return StylePrediction(source, ranked, width, height, category, groups)
         k = 5 if top_k is None else top_k
         category_logits = outputs["category_logits"]
         names = self.category_names or [f"category_{i}" for i in range(len(category_logits))]

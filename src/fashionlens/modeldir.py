@@ -303,6 +303,25 @@ def _check_labels(path: Path, labels: dict[str, Any]) -> None:
     unknown = sorted(set(groups) - set(labels.get("attribute_types") or []))
     if unknown:
         raise ModelDirError(f"{path}: 'attribute_groups': {unknown[:5]} are not in 'attribute_types'")
+    groups_by_name = labels.get("groups") or {}
+    if not isinstance(groups_by_name, dict):
+        raise _refuse(path, "groups", "an object of group name -> label names", groups_by_name)
+    grouped: list[str] = []
+    for group, members in groups_by_name.items():
+        _check_string_list(path, f"groups.{group}", members)
+        grouped += members
+    unknown = sorted(set(grouped) - set(names))
+    if unknown or len(grouped) != len(set(grouped)):
+        raise ModelDirError(f"{path}: 'groups': every name must be one of 'label_names', in one group at most "
+                            f"({unknown[:5] or 'a repeated name'})")
+    applies_to = labels.get("applies_to") or {}
+    if not isinstance(applies_to, dict):
+        raise _refuse(path, "applies_to", "an object of label name -> category label names", applies_to)
+    categories = set(groups_by_name.get("category") or [])
+    for name, fits in applies_to.items():
+        _check_string_list(path, f"applies_to.{name}", fits)
+        if name not in names or not set(fits) <= categories:
+            raise ModelDirError(f"{path}: 'applies_to.{name}': expected a label and names of the 'category' group")
     by_category = labels.get("landmarks_by_category") or {}
     if not isinstance(by_category, dict):
         raise _refuse(path, "landmarks_by_category", "an object of category name -> landmark names", by_category)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashionlens.catalogue import catalogue_labels
 from fashionlens.config import StyleConfig
 from fashionlens.training.task import Task
 
@@ -259,5 +260,8 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     words = words_for_labels(data.train_full)
     labels_json = {"label_names": kept_names, "display_names": [data.display_name(k) for k in range(len(kept))],
                    "words": [words[data.columns[k]] for k in range(len(kept))]}
+    # The category apart from the attributes, and which attributes apply to which garment (catalogue.py).
+    labels_json.update(catalogue_labels(kept_names, getattr(data.train_full, "category_names", None) or [],
+                                        train_labels[:, kept], train_mask[:, kept]))
     return {"task": task, "network": network, "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square"}}
