@@ -12,7 +12,8 @@ Then, on the catalogue's unseen ``test/`` split (clothing-dataset-small, never t
   configs/garment-aliases.yaml;
 - **attribute filter**: the attribute tags marked (above their calibrated thresholds) that the filter
   removes, split by whether the photo's true garment can have them at all (sleeves on shoes: a wrong
-  tag removed) or can (removed only because the category was wrong: a tag that may have been right).
+  tag removed) or can (removed only because the category was wrong: a tag that may have been right);
+  and the impossible tags (the true garment's region never had them in training) before and after.
 And on the Clothing Attribute Dataset photos the model held out (its attributes are annotated): the
 marked attribute tags the filter removes that were right, and those that were wrong.
 """
@@ -72,7 +73,7 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path) -> dict:
     first_old = first_new = 0
     per_class: Counter[str] = Counter()
     totals: Counter[str] = Counter()
-    removed_wrong = removed_maybe_right = marked_before = 0
+    removed_wrong = removed_maybe_right = marked_before = impossible_before = impossible_after = 0
     for start in range(0, len(dataset.records), 32):
         chunk = dataset.records[start:start + 32]
         predictor.applies_to = {}
@@ -89,8 +90,12 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path) -> dict:
             true_name = next((n for n in predictor.label_names if canonical(n) == canonical(truth)), truth)
             marked_attributes = {name for name in _marked(old) if name in applies}
             marked_before += len(marked_attributes)
+            impossible = {name for name in marked_attributes
+                          if regions.get(true_name) is not None and true_name not in applies[name]}
+            impossible_before += len(impossible)
+            impossible_after += len(impossible & _marked(new))
             for name in marked_attributes - _marked(new):
-                if regions.get(true_name) is not None and true_name not in applies[name]:
+                if name in impossible:
                     removed_wrong += 1
                 else:
                     removed_maybe_right += 1
@@ -98,7 +103,8 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path) -> dict:
     return {"photos": photos, "first_tag_right_before": 100.0 * first_old / photos,
             "category_right": 100.0 * first_new / photos,
             "per_class": {name: 100.0 * per_class[name] / totals[name] for name in sorted(totals)},
-            "attribute_tags_marked_before": marked_before, "removed_wrong": removed_wrong,
+            "attribute_tags_marked_before": marked_before, "impossible_before": impossible_before,
+            "impossible_after": impossible_after, "removed_wrong": removed_wrong,
             "removed_maybe_right": removed_maybe_right}
 
 
