@@ -47,8 +47,8 @@ MANIFEST_VERSION = 1
 CARD_VERSION = 1
 # What a manifest covers: every file loading reads (the JSON files and the weights), so that a file
 # added after release is noticed too. Documentation (README.md, heldout_images.txt) is left out, so
-# that a wording fix in a model card does not stop the model loading; model.onnx is the cache that
-# load(runtime="onnx") writes next to the weights.
+# that a wording fix in a model card does not stop the model loading; a model.onnx there is run by
+# load(runtime="onnx") only when the manifest lists it or, without a manifest, when it names the weights' SHA-256.
 COVERED_SUFFIXES = (".json", ".safetensors")
 # What a Hub download fetches: a model directory's files, not whatever else a repository holds.
 HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.txt"]
@@ -98,6 +98,19 @@ def cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fashionlens" / "models"
+
+
+def derived_path(folder: str, name: str) -> Path:
+    """Where a file derived from a model lives (an ONNX export, named by the SHA-256 of the weights):
+    ``<cache>/.<folder>/<name>``, the folder created. Never a model directory (which may be the
+    package's or someone else's), never through a link out of the cache."""
+    path = cache_dir() / f".{folder}" / name
+    elsewhere = _link_out_of(cache_dir(), path)
+    if elsewhere is not None:
+        raise ModelDirError(f"{path}: a link to {elsewhere}, outside the model cache {cache_dir()}: not followed "
+                            f"(remove it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def hub_offline() -> bool:
