@@ -296,7 +296,7 @@ def _edit_meta(folder: Path, **changes) -> None:
     ("ivf", {"params_nprobe": "abc"}, "'params.nprobe': expected an integer from 1 to 4, found \"abc\""),
     ("ivf", {"params_nlist": True}, "'params.nlist': expected an integer from 1 to 200, found true"),
     ("flat", {"params": "x"}, "'params': expected an object of the index's parameters, found \"x\""),
-    ("flat", {"params_ef_search": 10}, "'params.ef_search': expected one of none for a flat index, found 10"),
+    ("flat", {"params_ef_search": 10}, "'params.ef_search': expected no parameters for a flat index, found 10"),
     ("flat", {"kind": "lsh"}, "'kind': expected 'flat' or 'ivf' or 'hnsw', found \"lsh\""),
     ("flat", {"dim": 10**9}, "'dim': expected an integer from 1 to 65536, found 1000000000"),
 ])

@@ -70,7 +70,7 @@ HNSW_EF_SEARCH = 128
 MAX_EF = 65_536
 MAX_HNSW_M = 512
 MAX_DIM = 65_536
-MAX_COUNT = 2**31 - 1  # FAISS HNSW and IVF store ids as int32 or int64; fashionlens keeps them in int32 range
+MAX_COUNT = 2**31 - 1  # FAISS's HNSW graph holds its neighbours as int32
 
 
 class SearchError(FashionlensError):
@@ -295,7 +295,8 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
               "hnsw": {"m": MAX_HNSW_M, "ef_construction": MAX_EF, "ef_search": MAX_EF}}[meta["kind"]]
     for key, value in params.items():
         if key not in bounds:
-            raise refuse(f"params.{key}", f"one of {sorted(bounds) or 'none'} for a {meta['kind']} index", value)
+            expected = f"one of {', '.join(sorted(bounds))}" if bounds else "no parameters"
+            raise refuse(f"params.{key}", f"{expected} for a {meta['kind']} index", value)
         high = bounds[key] if whole(bounds[key], 1, MAX_COUNT) else meta["count"]
         if not whole(value, 1, high):
             raise refuse(f"params.{key}", f"an integer from 1 to {high}", value)
