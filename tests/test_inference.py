@@ -333,8 +333,16 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
     assert predictor.runtime.source.endswith(f"; {mine / 'model.onnx'} is not in {mine / 'manifest.json'}, so it is "
                                              f"not used")
     assert max(abs(expected[name] - value) for name, value in logits(predictor).items()) < 1e-4
-    # --onnx FILE: run when it was exported from these weights, else one line saying so.
+    # `serve --runtime onnx` says the same line.
+    import uvicorn
+
+    from fashionlens.server.app import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     capsys.readouterr()
+    assert serve(mine, runtime="onnx") == 0
+    assert capsys.readouterr().out.splitlines()[0] == predictor.runtime.source
+    # --onnx FILE: run when it was exported from these weights, else one line saying so.
     assert main(["predict", str(mine), photo, "--onnx", str(planted)]) == 2
     assert capsys.readouterr().err == (f"fashionlens: error: {planted}: exported from the weights "
                                        f"{hub.file_sha256(other / 'model.safetensors')[:12]}, not from those of {mine} "
