@@ -8,8 +8,9 @@ Each step happens before the next one costs anything:
    unknown format is "not an image", whatever its name says.
 2. Pillow reads the header only (size and mode, no pixel data).
 3. ``width x height`` is checked against :func:`pixel_limit` (:data:`MAX_PIXELS`, or Pillow's own
-   limit when that is lower) explicitly, and the decoded bytes (pixels x bands x bytes per sample:
-   a float or 32-bit TIFF costs four times a grey photo of its size) against :func:`byte_limit`.
+   limit when that is lower) explicitly, and, for more than 8 bits a sample, the decoded bytes
+   (pixels x bands x bytes per sample: a float or 32-bit TIFF costs four times a grey photo of its
+   size) against :func:`byte_limit`.
    The checks do not go through warning filters: those are process-wide and
    ``warnings.catch_warnings`` is not thread-safe, so under concurrent requests a filter set by one
    thread could be undone by another and let a bomb through.
@@ -61,8 +62,9 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 # (a 7700 x 5200 photo, 120 MB as RGB) is far more than any of them uses, and far below Pillow's
 # 89 M default.
 MAX_PIXELS = 40_000_000
-# Decoded bytes (pixels x bands x bytes per sample): an 8-bit RGB photo at the pixel limit. A 16-bit
-# grey image may have as many pixels; a float or 32-bit integer one (4 bytes a pixel) three quarters.
+# Decoded bytes (pixels x bands x bytes per sample) of an image with more than 8 bits a sample: at most
+# an 8-bit RGB photo at the pixel limit. A 16-bit grey image may have as many pixels, a float or 32-bit
+# integer one three quarters of them. 8-bit images (RGBA and CMYK print files too) are bounded by pixels.
 BYTES_PER_PIXEL_LIMIT = 3
 # Converted to RGB this many pixels at a time (step 7); decodes past LARGE_DECODE_BYTES give their
 # freed memory back to the system afterwards.
@@ -148,7 +150,8 @@ def pixel_limit() -> int:
 
 
 def byte_limit() -> int:
-    """The most decoded bytes (pixels x bands x bytes per sample): an 8-bit RGB photo at :func:`pixel_limit`."""
+    """The most decoded bytes (pixels x bands x bytes per sample) of an image of more than 8 bits a sample:
+    an 8-bit RGB photo at :func:`pixel_limit`."""
     return BYTES_PER_PIXEL_LIMIT * pixel_limit()
 
 
@@ -281,7 +284,7 @@ def _check_size(image: Image.Image, name: str | Path) -> None:
     if width <= 0 or height <= 0:
         raise DataError(f"corrupt image: the header says {width}x{height} pixels", path=name)
     size = decoded_bytes(image)
-    if size > byte_limit():
+    if int(ImageMode.getmode(image.mode).typestr[2:]) > 1 and size > byte_limit():
         raise DataError(f"image too large to decode safely: the header says {width}x{height} pixels of mode "
                         f"{image.mode} = {size} bytes decoded, more than the limit of {byte_limit()} (possible "
                         f"decompression bomb)", path=name)
