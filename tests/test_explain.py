@@ -168,7 +168,7 @@ def test_pointing_hit_and_scoring():
 
 
 @pytest.mark.skipif(not PHOTOS, reason=f"Clothing Co-Parsing photos not found under {CCP}")
-def test_predict_explain_writes_overlays(tmp_path, capsys):
+def test_predict_explain_writes_overlays(tmp_path, capsys, monkeypatch):
     from fashionlens.cli import main
 
     model_dir = style_model_dir(tmp_path / "style")
@@ -185,6 +185,7 @@ def test_predict_explain_writes_overlays(tmp_path, capsys):
         assert picture.size == original.size
     assert main(["predict", str(model_dir), str(PHOTOS[0]), "--explain", "skirtt", "--workers", "0"]) == 2
     assert "no label 'skirtt'" in capsys.readouterr().err
+    monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))  # where the ONNX export goes
     assert main(["predict", str(model_dir), str(PHOTOS[0]), "--explain", "top", "--runtime", "onnx",
                  "--workers", "0"]) == 2
     assert "needs the torch runtime" in capsys.readouterr().err

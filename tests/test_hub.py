@@ -190,6 +190,74 @@ def test_a_tampered_hub_blob_is_caught_by_the_manifest(_isolated: Path, tmp_path
         load_model_dir("hf://someone/hub-garments")
 
 
+def _as_another_user(script: str) -> None:
+    """Run a shell script as the user nobody where this test runs as root (a second user on the machine),
+    else as this user: the attacker's side of a shared cache."""
+    import os
+    import subprocess
+
+    command = ["su", "nobody", "-s", "/bin/sh", "-c", script] if os.geteuid() == 0 and shutil.which("su") \
+        else ["sh", "-c", script]
+    subprocess.run(command, check=True, timeout=30)
+
+
+def test_a_planted_link_in_a_shared_cache_never_reaches_outside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import tempfile
+    import warnings
+
+    victim = tmp_path / "victim"
+    (victim / "0123456789abcdef0123456789abcdef01234567").mkdir(parents=True)
+    (victim / "0123456789abcdef0123456789abcdef01234567" / "precious.txt").write_text("mine")
+    model = _copy(SMALL, tmp_path / "upload")
+    shared = Path(tempfile.mkdtemp(prefix="fashionlens-shared-cache-"))
+    try:
+        shared.chmod(0o1777)
+        monkeypatch.setenv("FASHIONLENS_CACHE", str(shared))
+        # The attacker: a Hub-style snapshot of links into blobs/, and .snapshots/models--evil--m linking to the
+        # victim's folder, so that building the folder of hard links would rmtree the victim's one of that name.
+        stage = Path(tempfile.mkdtemp(prefix="fashionlens-attacker-"))
+        stage.chmod(0o755)
+        _hub_cache(stage, "evil/m", model)
+        _as_another_user(f"cp -a {stage}/models--evil--m {shared}/ && mkdir {shared}/.snapshots && "
+                         f"ln -s {victim} {shared}/.snapshots/models--evil--m")
+        shutil.rmtree(stage)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # A package model never reads the cache: no warning, nothing written.
+            assert hub.resolve_model_dir("garment-category-mnv2") == hub.package_models_dir() / SMALL
+            assert not caught
+            assert main(["models"]) == 0
+            with pytest.raises(ModelDirError, match=r"models--evil--m/0123456789abcdef0123456789abcdef01234567: "
+                                                    r"a link to .*victim.*, outside the model cache .*: not followed"):
+                hub.resolve_model_dir("hf://evil/m")
+        assert [str(w.message) for w in caught][0].startswith(f"{shared}: the model cache is writable by other "
+                                                              f"users (mode drwxrwxrwt")
+        assert sorted(path.name for path in victim.rglob("*")) == ["0123456789abcdef0123456789abcdef01234567",
+                                                                   "precious.txt"]
+        assert (victim / "0123456789abcdef0123456789abcdef01234567" / "precious.txt").read_text() == "mine"
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_a_cache_folder_linking_out_of_the_cache_is_listed_not_loaded(_isolated: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]):
+    outside = _copy(SMALL, tmp_path / "elsewhere")
+    _isolated.mkdir()
+    (_isolated / "linked-model").symlink_to(outside)
+    assert main(["models"]) == 0
+    assert f"linked-model: {_isolated / 'linked-model'}: a link to {outside}, outside the cache: not used" in \
+        capsys.readouterr().out
+    with pytest.raises(ModelDirError, match="outside the cache: not used"):
+        hub.resolve_model_dir("linked-model")
+
+
+def test_a_ref_naming_a_path_is_not_a_snapshot(_isolated: Path, tmp_path: Path):
+    snapshot = _hub_cache(_isolated, "someone/hub-garments", _copy(SMALL, tmp_path / "upload"))
+    _copy(SMALL, tmp_path / "outside")  # models--someone--hub-garments/snapshots/../../../outside
+    (snapshot.parents[1] / "refs" / "main").write_text("../../../outside")
+    assert [entry.name for entry in hub.released_models() if entry.source == "hub"] == []
+
+
 # --- the integrity manifest -----------------------------------------------------------------------
 
 def test_the_released_manifests_and_cards_are_up_to_date():

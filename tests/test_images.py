@@ -220,7 +220,83 @@ def test_draft_decodes_a_large_jpeg_at_reduced_scale_keeping_at_least_draft_side
     # The same picture, at half the resolution.
     halved = np.asarray(full.image.resize((1065, 1600), Image.Resampling.BOX), np.int16)
     assert np.abs(np.asarray(reduced.image, np.int16) - halved).mean() < 3
-    # draft_side is a floor: a photo under twice it, or in another format, is decoded in full.
+    # draft_side is a floor: a photo under twice it is decoded in full.
     assert images.decode_image(real_jpeg, draft_side=1024).image.size == (213, 320)
+    # Another format is decoded in full, then box-averaged 3 x 3 (Image.reduce) as it is converted, in strips.
     png = _encode(full.image, "PNG", compress_level=1)
-    assert images.decode_image(png, draft_side=1024).image.size == (2130, 3200)
+    reduced = images.decode_image(png, draft_side=1024)
+    assert (reduced.image.size, reduced.full_size, reduced.scale) == ((710, 1067), (2130, 3200), 3)
+    assert reduced.image.tobytes() == images.decode_image(png).image.reduce(3).tobytes()
+
+
+# --- image bombs under the pixel limit (issue 27 item 5) ------------------------------------------------------
+
+
+def test_decoded_bytes_are_bounded_not_only_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_PIXELS", 40_000)  # 120,000 decoded bytes: an RGB photo of 40,000 pixels
+    for mode, dtype in (("F", np.float32), ("I", np.int32)):  # 4 bytes a pixel: 32,000 pixels are too many
+        tiff = _encode(Image.fromarray(np.zeros((160, 200), dtype=dtype), mode=mode), "TIFF",
+                       compression="tiff_adobe_deflate")
+        with pytest.raises(DataError) as error:
+            images.decode_image(tiff, "bomb.tif")
+        assert str(error.value) == (f"bomb.tif: image too large to decode safely: the header says 200x160 pixels of "
+                                    f"mode {mode} = 128000 bytes decoded, more than the limit of 120000 (possible "
+                                    f"decompression bomb)")
+    assert images.decode_image(_encode(Image.new("RGB", (200, 200)), "PNG")).image.size == (200, 200)
+    # 8-bit images are bounded by their pixels alone: a CMYK print file at the pixel limit (160,000 bytes) is fine.
+    assert images.decode_image(_encode(Image.new("CMYK", (200, 200)), "JPEG")).image.size == (200, 200)
+    grey16 = Image.fromarray(np.full((200, 200), 65535, dtype=np.uint16))
+    assert images.decode_image(_encode(grey16, "PNG")).image.getextrema() == ((255, 255),) * 3
+
+
+def test_a_16_bit_grey_png_is_converted_in_strips_without_full_size_float_copies() -> None:
+    import tracemalloc
+
+    # 1000 x 1000 16-bit grey, a 2 KB file: whole-image float64 arithmetic held 3 x 8 MB at once.
+    bomb = _encode(Image.fromarray(np.arange(1_000_000, dtype=np.uint32).reshape(1000, 1000).astype(np.uint16)),
+                   "PNG")
+    tracemalloc.start()
+    try:
+        decoded = images.decode_image(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000  # numpy's share: a few strips of 2^18 pixels
+    expected = np.floor(np.arange(1_000_000).reshape(1000, 1000) % 65536 / 65535 * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(decoded.image)[..., 1], expected)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "LA", "RGBA", "P", "L", "CMYK", "1"])
+def test_conversion_in_strips_gives_the_pixels_of_the_whole_image(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), mode="RGBA")
+    values = rng.integers(0, 65536, (37, 53))
+    if mode in ("I;16", "I", "F"):  # Pillow's modes of these arrays; F in 0..1
+        image = Image.fromarray({"I;16": values.astype(np.uint16), "I": values.astype(np.int32),
+                                 "F": (values / 65535).astype(np.float32)}[mode])
+        assert image.mode == mode
+    elif mode == "P":
+        image = rgba.convert("RGB").quantize(64)
+        image.info["transparency"] = 3
+    else:
+        image = rgba.convert(mode)
+    whole = images.pil_to_rgb(image, "x")
+    monkeypatch.setattr(images, "STRIP_PIXELS", 100)  # strips of one row (53 pixels wide)
+    assert images.pil_to_rgb(image, "x").tobytes() == whole.tobytes()
+    assert images.pil_to_rgb(image, "x", reduce=4).tobytes() == whole.reduce(4).tobytes()
+
+
+def test_a_gif_declaring_a_huge_width_is_reduced_by_the_server_and_memory_given_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = Image.new("P", (20_000, 30), 0)
+    frame.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    gif = _encode(frame, "GIF", transparency=1)
+    assert len(gif) < 3_000
+    released = []
+    monkeypatch.setattr(images, "LARGE_DECODE_BYTES", 500_000)
+    monkeypatch.setattr(images, "_release_memory", lambda: released.append(True))
+    decoded = images.decode_image(gif, draft_side=1024)
+    assert (decoded.image.size, decoded.full_size, decoded.scale) == ((1053, 2), (20_000, 30), 19)
+    assert decoded.image.getpixel((0, 0)) == (255, 0, 0) and released == [True]
+    images.decode_image(_encode(Image.new("RGB", (64, 64)), "PNG"))
+    assert released == [True]  # small decodes do not call it

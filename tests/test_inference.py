@@ -266,12 +266,14 @@ def test_predict_command_skips_a_bad_file_and_exits_1(style_dir, tmp_path, capsy
 
 
 @pytest.mark.parametrize("head", ["linear", pytest.param("mlgcn", marks=pytest.mark.slow)])
-def test_onnx_matches_torch_on_real_photos(head, tmp_path):
+def test_onnx_matches_torch_on_real_photos(head, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))
     directory = _style_model_dir(tmp_path / head, head)
     torch_predictor = load(directory)
+    onnx_predictor = load(directory, runtime="onnx")  # exports on demand, into the cache
     assert not (directory / "model.onnx").exists()
-    onnx_predictor = load(directory, runtime="onnx")  # exports on demand
-    assert (directory / "model.onnx").is_file()
+    exported = onnx_predictor.runtime.path
+    assert exported.parent == tmp_path / "cache" / ".onnx" and exported.name.endswith("-128px-opset17.onnx")
     photos = list(PHOTOS[:5])
     expected = torch_predictor(photos)
     got = onnx_predictor(photos)  # a batch of 5 through the dynamic batch axis
@@ -282,10 +284,71 @@ def test_onnx_matches_torch_on_real_photos(head, tmp_path):
 
     import onnx
 
-    model = onnx.load(str(directory / "model.onnx"))
+    model = onnx.load(str(exported))
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
+
+
+def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_nothing_into_the_model(
+        tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from fashionlens import hub
+    from fashionlens.cli import main
+
+    monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))
+    mine = _style_model_dir(tmp_path / "mine", "linear")
+    other = Path(shutil.copytree(mine, tmp_path / "other"))
+    weights = load_file(other / "model.safetensors")
+    save_file({name: value + 0.5 if value.ndim == 2 else value for name, value in weights.items()},
+              other / "model.safetensors")
+    planted = export_onnx(other, tmp_path / "other.onnx")
+    photo = str(PHOTOS[0])
+    expected = {label.name: label.logit for label in load(mine)(photo).labels}
+
+    def logits(predictor) -> dict[str, float]:
+        return {label.name: label.logit for label in predictor(photo).labels}
+
+    # Nothing given: an export of its own in the cache, named by the weights' SHA-256; the second load reuses it.
+    assert main(["predict", str(mine), photo, "--runtime", "onnx", "--json"]) == 0
+    cached = tmp_path / "cache" / ".onnx" / f"{hub.file_sha256(mine / 'model.safetensors')}-128px-opset17.onnx"
+    assert capsys.readouterr().err.splitlines() == [f"onnx: running {cached}, exported from {mine} into the cache"]
+    assert not (mine / "model.onnx").exists()
+    modified = cached.stat().st_mtime_ns
+    assert load(mine, runtime="onnx").runtime.path == cached and cached.stat().st_mtime_ns == modified
+    # A model.onnx exported from other weights, in a directory without a manifest: not used.
+    shutil.copyfile(planted, mine / "model.onnx")
+    predictor = load(mine, runtime="onnx")
+    assert predictor.runtime.source.endswith(f"; {mine / 'model.onnx'} was exported from other weights, so it is "
+                                             f"not used")
+    assert max(abs(expected[name] - value) for name, value in logits(predictor).items()) < 1e-4
+    # A file exported from these weights (as `export --onnx` writes it) in its own model directory is used.
+    shutil.copyfile(cached, mine / "model.onnx")
+    assert load(mine, runtime="onnx").runtime.source == f"onnx: running {mine / 'model.onnx'}, exported from these weights"
+    # A released directory (with a manifest) runs model.onnx only when the manifest lists it.
+    hub.write_manifest(mine)
+    shutil.copyfile(planted, mine / "model.onnx")
+    predictor = load(mine, runtime="onnx")
+    assert predictor.runtime.source.endswith(f"; {mine / 'model.onnx'} is not in {mine / 'manifest.json'}, so it is "
+                                             f"not used")
+    assert max(abs(expected[name] - value) for name, value in logits(predictor).items()) < 1e-4
+    # `serve --runtime onnx` says the same line.
+    import uvicorn
+
+    from fashionlens.server.app import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    capsys.readouterr()
+    assert serve(mine, runtime="onnx") == 0
+    assert capsys.readouterr().out.splitlines()[0] == predictor.runtime.source
+    # --onnx FILE: run when it was exported from these weights, else one line saying so.
+    assert main(["predict", str(mine), photo, "--onnx", str(planted)]) == 2
+    assert capsys.readouterr().err == (f"fashionlens: error: {planted}: exported from the weights "
+                                       f"{hub.file_sha256(other / 'model.safetensors')[:12]}, not from those of {mine} "
+                                       f"({hub.file_sha256(mine / 'model.safetensors')[:12]}): export it again with "
+                                       f"`fashionlens export {mine} --onnx {planted}`\n")
+    assert load(other, onnx=planted).runtime.source == f"onnx: running {planted}, exported from the weights of {other}"
 
 
 @pytest.mark.slow

@@ -263,3 +263,80 @@ def test_post_similar(catalogue, model_dir):
         assert client.get("/health").json()["similar"] is None
         response = client.post("/similar", files={"file": (query.name, query.read_bytes(), "image/jpeg")})
         assert response.status_code == 404 and "--index" in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------- index files and index.json
+
+
+def _saved_index(folder: Path, kind: str) -> Path:
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(200, 8))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    built = SearchIndex.build(Vectors([f"item{i}.jpg" for i in range(200)], vectors, "m", "0" * 64, ""), kind=kind,
+                              base=folder)
+    if kind == "ivf":  # 4 lists: quick to train
+        built.index, _, built.meta["params"] = build_faiss_index(vectors, "ivf", nlist=4)
+    return built.save(folder / kind)
+
+
+def _edit_meta(folder: Path, **changes) -> None:
+    meta = json.loads((folder / "index.json").read_text())
+    for key, value in changes.items():
+        if key.startswith("params_"):
+            meta["params"][key[len("params_"):]] = value
+        else:
+            meta[key] = value
+    (folder / "index.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("kind", "changes", "expected"), [
+    ("hnsw", {"params_ef_search": 2e9}, "'params.ef_search': expected an integer from 1 to 65536, found 2000000000.0"),
+    ("hnsw", {"params_ef_search": 10**12}, "'params.ef_search': expected an integer from 1 to 65536, found 1000000000000"),
+    ("ivf", {"params_nprobe": -5}, "'params.nprobe': expected an integer from 1 to 4, found -5"),
+    ("ivf", {"params_nprobe": "abc"}, "'params.nprobe': expected an integer from 1 to 4, found \"abc\""),
+    ("ivf", {"params_nlist": True}, "'params.nlist': expected an integer from 1 to 200, found true"),
+    ("flat", {"params": "x"}, "'params': expected an object of the index's parameters, found \"x\""),
+    ("flat", {"params_ef_search": 10}, "'params.ef_search': expected no parameters for a flat index, found 10"),
+    ("flat", {"kind": "lsh"}, "'kind': expected 'flat' or 'ivf' or 'hnsw', found \"lsh\""),
+    ("flat", {"dim": 10**9}, "'dim': expected an integer from 1 to 65536, found 1000000000"),
+])
+def test_index_json_values_are_checked_with_bounds_naming_the_file(kind, changes, expected, tmp_path):
+    folder = _saved_index(tmp_path, kind)
+    _edit_meta(folder, **changes)
+    with pytest.raises(SearchError) as error:
+        SearchIndex.load(folder)
+    assert str(error.value) == f"{folder / 'index.json'}: {expected}; rebuild the index with `fashionlens index`"
+
+
+def test_an_index_file_declaring_more_than_it_holds_is_refused_before_faiss_reads_it(tmp_path):
+    import struct
+
+    folder = _saved_index(tmp_path, "flat")
+    data = (folder / "index.faiss").read_bytes()
+    # 109 bytes: the real header (200 vectors of 8), then a vector length of 10^8 floats (FAISS allocated 400 MB).
+    (folder / "index.faiss").write_bytes(data[:37] + struct.pack("<Q", 10**8) + data[45:109])
+    with pytest.raises(SearchError, match=r"index\.faiss: declares 100000000 floats of vectors where 200 x 8 are "
+                                          r"expected"):
+        SearchIndex.load(folder)
+    (folder / "index.faiss").write_bytes(data[:37] + struct.pack("<Q", 1600) + data[45:109])
+    with pytest.raises(SearchError, match=r"index\.faiss: declares the vectors of 6400 bytes at byte 45, but the "
+                                          r"file has 109 bytes: a truncated or corrupt FAISS index"):
+        SearchIndex.load(folder)
+    hnsw = _saved_index(tmp_path, "hnsw")
+    data = bytearray((hnsw / "index.faiss").read_bytes())
+    data[37:45] = struct.pack("<Q", 10**9)  # the graph's first array: a billion doubles
+    (hnsw / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(SearchError, match=r"declares the level probabilities \(1000000000 items\) of 8000000000 "
+                                          r"bytes at byte 45"):
+        SearchIndex.load(hnsw)
+
+
+def test_an_ivf_id_out_of_range_is_refused_at_load(tmp_path):
+    folder = _saved_index(tmp_path, "ivf")
+    assert len(SearchIndex.load(folder).search(np.eye(8, dtype=np.float32)[0], 5)[0]) == 5
+    data = bytearray((folder / "index.faiss").read_bytes())
+    data[-8:] = (1000).to_bytes(8, "little")  # the last id of the last list
+    (folder / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(SearchError, match=r"index\.faiss: holds the id 1000, outside 0\.\.199 \(the items of "
+                                          r"items\.parquet\); rebuild the index"):
+        SearchIndex.load(folder)

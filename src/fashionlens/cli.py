@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto (default: each label against its threshold calibrated at training time) or "
                               "one probability for all labels (labels below it are left out)")
     predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    predict.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                         help="run this file `fashionlens export` wrote from the model's weights (implies --runtime "
+                              "onnx; by default: MODEL/model.onnx where its manifest or the weights' SHA-256 covers "
+                              "it, else an export in the user cache; a line on stderr says which)")
     predict.add_argument("--batch-size", type=whole_number(1), default=16)
     predict.add_argument("--workers", type=whole_number(0), default=None,
                          help="decoding worker processes (default: none on a CPU of 1-2 cores, which decodes "

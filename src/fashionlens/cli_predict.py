@@ -421,7 +421,10 @@ def predict_command(args: argparse.Namespace) -> int:
             return 2
         return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
 
-    predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+    predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
+                     onnx=getattr(args, "onnx", None))
+    if getattr(predictor.runtime, "source", ""):
+        print(predictor.runtime.source, file=sys.stderr)
     overlays = None
     if explain:
         try:
@@ -535,7 +538,8 @@ def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int
             self.failed = 0
 
         def on_predict_start(self) -> None:
-            self.predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
+            self.predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
+                                  onnx=getattr(args, "onnx", None))
             self.writer = ShardWriter(out, rank=self.global_rank)
 
         def predict_step(self, batch, batch_idx):

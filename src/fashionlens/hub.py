@@ -9,7 +9,10 @@ order (the first that answers wins):
    in a clone, a link to ``models/``), by their short name or their folder name;
 3. the user cache (``$FASHIONLENS_CACHE``, else ``~/.cache/fashionlens/models``): model directories
    copied in (by folder name or card name), and Hub snapshots laid out as huggingface_hub writes them
-   (``models--ORG--NAME/snapshots/REV/``, ``refs/main``);
+   (``models--ORG--NAME/snapshots/REV/``, ``refs/main``). A name of the package never reads the cache.
+   The cache never follows a link out of itself (a link there that leads out is shown by
+   ``fashionlens models`` as a problem, never loaded, written to or deleted), and a cache that other
+   users can write is a warning: whoever writes it chooses the models you load;
 4. the Hugging Face Hub: ``hf://ORG/NAME`` (or ``hf://ORG/NAME@REVISION``), or any name in the org
    ``$FASHIONLENS_HUB_ORG``, through ``huggingface_hub.snapshot_download`` into the same cache.
    ``HF_HUB_OFFLINE=1`` uses the cache only; without a network the cached snapshot is used.
@@ -29,7 +32,9 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +47,8 @@ MANIFEST_VERSION = 1
 CARD_VERSION = 1
 # What a manifest covers: every file loading reads (the JSON files and the weights), so that a file
 # added after release is noticed too. Documentation (README.md, heldout_images.txt) is left out, so
-# that a wording fix in a model card does not stop the model loading; model.onnx is the cache that
-# load(runtime="onnx") writes next to the weights.
+# that a wording fix in a model card does not stop the model loading; a model.onnx there is run by
+# load(runtime="onnx") only when the manifest lists it or, without a manifest, when it names the weights' SHA-256.
 COVERED_SUFFIXES = (".json", ".safetensors")
 # What a Hub download fetches: a model directory's files, not whatever else a repository holds.
 HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.txt"]
@@ -58,6 +63,8 @@ HEADLINE_METRICS = ("catalogue top-1", "street mAP", "mAP", "CF1", "OF1", "categ
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 HUB_REFERENCE = re.compile(r"hf:/{1,2}(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A snapshot folder is named by its commit (what refs/main holds); anything else could name a path.
+REVISION = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,19 @@ def cache_dir() -> Path:
     return Path(base) / "fashionlens" / "models"
 
 
+def derived_path(folder: str, name: str) -> Path:
+    """Where a file derived from a model lives (an ONNX export, named by the SHA-256 of the weights):
+    ``<cache>/.<folder>/<name>``, the folder created. Never a model directory (which may be the
+    package's or someone else's), never through a link out of the cache."""
+    path = cache_dir() / f".{folder}" / name
+    elsewhere = _link_out_of(cache_dir(), path)
+    if elsewhere is not None:
+        raise ModelDirError(f"{path}: a link to {elsewhere}, outside the model cache {cache_dir()}: not followed "
+                            f"(remove it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def hub_offline() -> bool:
     """huggingface_hub's ``HF_HUB_OFFLINE``, read now (the library reads it once, when imported)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -105,6 +125,23 @@ def _model_folders(root: Path) -> list[Path]:
                   if not folder.name.startswith((".", "models--")) and (folder / "config.json").is_file())
 
 
+def _link_out_of(root: Path, path: Path) -> Path | None:
+    """Where ``path`` really is when a symbolic link between ``root`` and it leads elsewhere, else None."""
+    real, expected = os.path.realpath(path), os.path.join(os.path.realpath(root), os.path.relpath(path, root))
+    return None if real == expected else Path(real)
+
+
+def _warn_if_shared(root: Path) -> None:
+    try:
+        info = root.stat()
+    except OSError:
+        return
+    if info.st_mode & stat.S_IWOTH or info.st_uid != os.geteuid():
+        warnings.warn(f"{root}: the model cache is writable by other users (mode {stat.filemode(info.st_mode)}, "
+                      f"owner uid {info.st_uid}): whoever writes it chooses the models you load; set "
+                      f"${CACHE_VARIABLE} to a folder only you can write", UserWarning, stacklevel=3)
+
+
 def _hub_snapshots(root: Path) -> list[tuple[str, Path]]:
     """(``hf://ORG/NAME``, snapshot folder) for each Hub repository in the cache with a ``main`` ref."""
     found = []
@@ -113,8 +150,9 @@ def _hub_snapshots(root: Path) -> list[tuple[str, Path]]:
         ref = repo / "refs" / "main"
         if len(parts) != 3 or not ref.is_file():
             continue
-        snapshot = repo / "snapshots" / ref.read_text(encoding="utf-8").strip()
-        if (snapshot / "config.json").is_file():
+        revision = ref.read_text(encoding="utf-8", errors="replace")[:100].strip()
+        snapshot = repo / "snapshots" / revision
+        if REVISION.fullmatch(revision) and (snapshot / "config.json").is_file():
             found.append((f"hf://{parts[1]}/{parts[2]}", snapshot))
     return found
 
@@ -132,17 +170,31 @@ def _entry(path: Path, source: str, name: str) -> ReleasedModel:
     return ReleasedModel(unique[0], unique[1:], path, source, card)
 
 
-def released_models() -> list[ReleasedModel]:
-    """Every model that answers to a name, in resolution order: the package's, the cache's, the Hub cache's."""
-    entries = [_entry(folder, "package", folder.name) for folder in _model_folders(package_models_dir())]
+def _package_models() -> list[ReleasedModel]:
+    return [_entry(folder, "package", folder.name) for folder in _model_folders(package_models_dir())]
+
+
+def _cache_models() -> list[ReleasedModel]:
     cache = cache_dir()
-    entries += [_entry(folder, "cache", folder.name) for folder in _model_folders(cache)]
+    if not cache.is_dir():
+        return []
+    _warn_if_shared(cache)
+    entries = []
+    for folder in _model_folders(cache):
+        elsewhere = _link_out_of(cache, folder)
+        entries.append(_entry(folder, "cache", folder.name) if elsewhere is None else ReleasedModel(
+            folder.name, (), folder, "cache", None, f"{folder}: a link to {elsewhere}, outside the cache: not used"))
     for reference, snapshot in _hub_snapshots(cache):
         try:
             entries.append(_entry(_linked_snapshot(snapshot), "hub", reference))
         except (ModelDirError, OSError) as error:
             entries.append(ReleasedModel(reference, (), snapshot, "hub", None, str(error)))
     return entries
+
+
+def released_models() -> list[ReleasedModel]:
+    """Every model that answers to a name, in resolution order: the package's, the cache's, the Hub cache's."""
+    return _package_models() + _cache_models()
 
 
 def _is_name(text: str) -> bool:
@@ -177,9 +229,12 @@ def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
     if path.exists() or path.is_symlink():
         return path
     if _is_name(text):
-        for entry in released_models():
-            if text in entry.names:
-                return entry.path
+        for entries in (_package_models, _cache_models):  # a package model never reads the cache
+            for entry in entries():
+                if text in entry.names:
+                    if entry.source != "package" and _link_out_of(cache_dir(), entry.path) is not None:
+                        raise ModelDirError(str(entry.problem))
+                    return entry.path
         org = os.environ.get(HUB_ORG_VARIABLE)
         if org:
             return download(f"{org}/{text}")
@@ -199,6 +254,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     from fashionlens import __version__
 
     offline = hub_offline()
+    _warn_if_shared(cache_dir())
     try:
         snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(), local_files_only=offline,
                                      allow_patterns=HUB_FILES, library_name="fashionlens",
@@ -216,28 +272,40 @@ def _linked_snapshot(snapshot: Path) -> Path:
 
     A snapshot folder holds symbolic links into ``../../blobs/``, which a model directory refuses;
     a snapshot of real files (huggingface_hub on Windows without symbolic links) is used as it is.
+    Nothing outside the cache is read, written or deleted: every path is checked for a link out of it.
     """
+    root = cache_dir()
+    repo = snapshot.parents[1]
+
+    def inside(path: Path) -> Path:
+        elsewhere = _link_out_of(root, path)
+        if elsewhere is not None:
+            raise ModelDirError(f"{path}: a link to {elsewhere}, outside the model cache {root}: not followed "
+                                f"(remove it; a cache others can write is not safe to use)")
+        return path
+
+    inside(snapshot)
     entries = sorted(item for item in snapshot.iterdir() if not item.is_dir())
     if not any(item.is_symlink() for item in entries):
         return snapshot
-    repo = snapshot.parents[1]
-    target = cache_dir() / LINKED_SNAPSHOTS / repo.name / snapshot.name
-    if target.is_dir() and sorted(item.name for item in target.iterdir()) == [item.name for item in entries]:
+    blobs = Path(os.path.realpath(root)) / repo.name
+    target = root / LINKED_SNAPSHOTS / repo.name / snapshot.name
+    if inside(target).is_dir() and sorted(item.name for item in target.iterdir()) == [item.name for item in entries]:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}.", dir=target.parent))
+    inside(target.parent).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}.", dir=inside(target.parent)))
     try:
         for item in entries:
             real = item.resolve(strict=True)
-            if repo.resolve() not in real.parents:
+            if blobs not in real.parents:
                 raise ModelDirError(f"{item}: a link to {real}, outside the Hub cache folder {repo}")
             try:
                 os.link(real, staging / item.name)
             except OSError:
                 shutil.copy2(real, staging / item.name)
-        if target.exists():
+        if inside(target).exists():
             shutil.rmtree(target)  # built from an older download of the same revision
-        os.replace(staging, target)
+        os.replace(staging, inside(target))
     except FileNotFoundError as error:  # a dangling link: the blob was deleted
         raise ModelDirError(f"{snapshot}: a file of the snapshot is missing from the Hub cache ({error.filename}); "
                             f"download it again") from error

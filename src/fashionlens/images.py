@@ -8,13 +8,18 @@ Each step happens before the next one costs anything:
    unknown format is "not an image", whatever its name says.
 2. Pillow reads the header only (size and mode, no pixel data).
 3. ``width x height`` is checked against :func:`pixel_limit` (:data:`MAX_PIXELS`, or Pillow's own
-   limit when that is lower) explicitly. The check does not go through warning filters: those are
-   process-wide and ``warnings.catch_warnings`` is not thread-safe, so under concurrent requests a
-   filter set by one thread could be undone by another and let a bomb through.
+   limit when that is lower) explicitly, and, for more than 8 bits a sample, the decoded bytes
+   (pixels x bands x bytes per sample: a float or 32-bit TIFF costs four times a grey photo of its
+   size) against :func:`byte_limit`.
+   The checks do not go through warning filters: those are process-wide and
+   ``warnings.catch_warnings`` is not thread-safe, so under concurrent requests a filter set by one
+   thread could be undone by another and let a bomb through.
 4. A JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ``Image.draft``) when the
-   caller says how many pixels it needs (``draft_side``). Only the server does: the readers decode
-   every pixel (draft would change the pixels a model is trained on) and so do the Predictor and
-   `predict`, whose landmarks and image sizes are in the photo's own pixels.
+   caller says how many pixels it needs (``draft_side``); other formats cannot be decoded at reduced
+   size and are reduced (``Image.reduce``, a box average) a strip at a time as they are converted in
+   step 7. Only the server does: the readers decode every pixel (draft would change the pixels a
+   model is trained on) and so do the Predictor and `predict`, whose landmarks and image sizes are
+   in the photo's own pixels.
 5. The pixels are decoded. A file that ends early is an error (Pillow's
    ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False; decoding refuses to run when something in
    the process has switched it on). A JPEG whose scan data stops short but is still closed by an
@@ -23,13 +28,17 @@ Each step happens before the next one costs anything:
    the same way.
 6. The EXIF orientation is applied when it is a valid one (an integer 1-8). EXIF that Pillow cannot
    parse, or an orientation outside 1-8, is ignored: the photo is used as stored, never refused.
-7. Any mode becomes 8-bit RGB (:func:`pil_to_rgb`).
+7. Any mode becomes 8-bit RGB (:func:`pil_to_rgb`), a strip of rows at a time, so that a large
+   16-bit, float, transparent or palette image costs its decoded bytes and the RGB result, not
+   several full-size float or RGBA copies (a 70 KB 16-bit grey PNG of 6000 x 6000 used about 0.9 GB).
+   After a large decode the freed memory is handed back to the system (glibc's ``malloc_trim``).
 
 Every refusal is a :class:`~fashionlens.errors.DataError` naming the file (or upload).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import stat
@@ -39,7 +48,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 
 from fashionlens.errors import DataError
 
@@ -53,6 +62,14 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 # (a 7700 x 5200 photo, 120 MB as RGB) is far more than any of them uses, and far below Pillow's
 # 89 M default.
 MAX_PIXELS = 40_000_000
+# Decoded bytes (pixels x bands x bytes per sample) of an image with more than 8 bits a sample: at most
+# an 8-bit RGB photo at the pixel limit. A 16-bit grey image may have as many pixels, a float or 32-bit
+# integer one three quarters of them. 8-bit images (RGBA and CMYK print files too) are bounded by pixels.
+BYTES_PER_PIXEL_LIMIT = 3
+# Converted to RGB this many pixels at a time (step 7); decodes past LARGE_DECODE_BYTES give their
+# freed memory back to the system afterwards.
+STRIP_PIXELS = 1 << 18
+LARGE_DECODE_BYTES = 64 << 20
 
 # Where the server decodes JPEGs at reduced scale: never below this many pixels on the long side,
 # which is at least twice the largest model input (448 px).
@@ -115,8 +132,9 @@ Source = str | Path | bytes
 class DecodedImage:
     """An upright 8-bit RGB photo and the size it has at full resolution.
 
-    ``full_size`` differs from ``image.size`` only when the JPEG was decoded at reduced ``scale``
-    (``draft_side``); a decoded pixel ``(x, y)`` is then the photo's ``((x + 0.5) * scale - 0.5, ...)``.
+    ``full_size`` differs from ``image.size`` only when the photo was decoded (JPEG) or reduced (other
+    formats) at ``scale`` (``draft_side``); a decoded pixel ``(x, y)`` is then the photo's
+    ``((x + 0.5) * scale - 0.5, ...)``.
     """
 
     image: Image.Image
@@ -129,6 +147,32 @@ def pixel_limit() -> int:
     """The largest ``width * height`` decoded: :data:`MAX_PIXELS`, or Pillow's limit if lower."""
     pillow = Image.MAX_IMAGE_PIXELS
     return MAX_PIXELS if pillow is None else min(MAX_PIXELS, int(pillow))
+
+
+def byte_limit() -> int:
+    """The most decoded bytes (pixels x bands x bytes per sample) of an image of more than 8 bits a sample:
+    an 8-bit RGB photo at :func:`pixel_limit`."""
+    return BYTES_PER_PIXEL_LIMIT * pixel_limit()
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """What decoding ``image`` holds: pixels x bands x bytes per sample of its mode (from the header)."""
+    mode = ImageMode.getmode(image.mode)
+    return image.size[0] * image.size[1] * len(mode.bands) * int(mode.typestr[2:])
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the system. Pillow allocates an image in 16 MB blocks that glibc
+    keeps in its arenas once freed (a server that decoded 16 large images at once stayed at 2.2 GB)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None)  # the C library this process runs on (glibc has malloc_trim)
+except OSError:  # pragma: no cover - no C library to load (Windows)
+    _LIBC = None
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -239,6 +283,11 @@ def _check_size(image: Image.Image, name: str | Path) -> None:
                         f"pixels, more than the limit of {limit} (possible decompression bomb)", path=name)
     if width <= 0 or height <= 0:
         raise DataError(f"corrupt image: the header says {width}x{height} pixels", path=name)
+    size = decoded_bytes(image)
+    if int(ImageMode.getmode(image.mode).typestr[2:]) > 1 and size > byte_limit():
+        raise DataError(f"image too large to decode safely: the header says {width}x{height} pixels of mode "
+                        f"{image.mode} = {size} bytes decoded, more than the limit of {byte_limit()} (possible "
+                        f"decompression bomb)", path=name)
 
 
 def _draft(image: Image.Image, draft_side: int | None) -> int:
@@ -255,6 +304,12 @@ def _draft(image: Image.Image, draft_side: int | None) -> int:
         return 1
     _, box = result
     return max(1, round(width / box[2]))
+
+
+def _reduction(size: tuple[int, int], draft_side: int | None) -> int:
+    """The box-average factor (``Image.reduce``) keeping at least ``draft_side`` px on the long side."""
+    long_side = max(size)
+    return 1 if draft_side is None or long_side < 2 * draft_side else long_side // draft_side
 
 
 def load_pixels(image: Image.Image, name: str | Path, source: Source | None = None) -> None:
@@ -412,22 +467,50 @@ def upright(image: Image.Image) -> Image.Image:
     return image
 
 
-def pil_to_rgb(image: Image.Image, source: str | Path) -> Image.Image:
+def pil_to_rgb(image: Image.Image, source: str | Path, reduce: int = 1) -> Image.Image:
     """Any PIL mode as 8-bit RGB. Transparent pixels are put on white (product photos' background).
 
     PIL's own ``convert("RGB")`` clips 16-bit images to white and drops alpha, keeping whatever
     colour hides under transparent pixels; this gives the readers and the Predictor the same pixels.
+    ``reduce``: a box average over ``reduce x reduce`` pixels of the RGB result (``Image.reduce``).
+    Converted a strip of rows at a time: each pixel's result depends on that pixel alone (and the
+    reduction's boxes start at strip boundaries), so the strips give what the whole image would.
     """
     if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image.reduce(reduce) if reduce > 1 else image
+    peak = _peak(image)
+    width, height = image.size
+    rows = max(reduce, STRIP_PIXELS // width // reduce * reduce)
+    if rows >= height and reduce == 1:
+        return _strip_to_rgb(image, source, peak)
+    out = Image.new("RGB", (-(-width // reduce), -(-height // reduce)))
+    for top in range(0, height, rows):
+        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + rows))), source, peak)
+        out.paste(strip.reduce(reduce) if reduce > 1 else strip, (0, top // reduce))
+    return out
+
+
+def _peak(image: Image.Image) -> float:
+    """The value that becomes 255 for a 16-bit, 32-bit or float image (none for other modes)."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    if image.mode == "I":
+        return 65535.0 if image.getextrema()[1] > 255 else 255.0
+    if image.mode == "F":
+        highest = np.nan
+        for top in range(0, image.height, max(1, STRIP_PIXELS // image.width)):
+            strip = np.asarray(image.crop((0, top, image.width, top + max(1, STRIP_PIXELS // image.width))))
+            highest = np.fmax(highest, np.fmax.reduce(strip, axis=None))
+        return 1.0 if float(highest) <= 1.0 else 255.0
+    return 255.0
+
+
+def _strip_to_rgb(image: Image.Image, source: str | Path, peak: float) -> Image.Image:
+    if image.mode.startswith("I;16"):  # v / 65535 * 255 = v / 257, rounded: in integers (a quarter of the time)
+        grey = ((np.asarray(image).astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode in ("I", "F"):
         array = np.asarray(image).astype(np.float64)
-        if image.mode == "F":
-            peak = 1.0 if array.size and float(np.nanmax(array)) <= 1.0 else 255.0
-        elif image.mode.startswith("I;16") or (array.size and float(array.max()) > 255):
-            peak = 65535.0
-        else:
-            peak = 255.0
         grey = np.clip(np.nan_to_num(array) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
@@ -465,10 +548,17 @@ def decode_image(source: Source, name: str | Path | None = None, draft_side: int
         kind = image.format or ""
         scale = _draft(image, draft_side)
         load_pixels(image, name, source)
+        large = decoded_bytes(image) >= LARGE_DECODE_BYTES
+        reduce = 1 if kind in _JPEG_FORMATS else _reduction(image.size, draft_side)
         orientation = exif_orientation(image)
-        rgb = pil_to_rgb(upright(image), name)
+        rgb = pil_to_rgb(upright(image), name, reduce)
+        scale *= reduce
     finally:
         _close_file(image)
+    if rgb is not image:
+        image.close()  # its pixels: the RGB result is a new image
+    if large:
+        _release_memory()
     if orientation in (5, 6, 7, 8):
         full_width, full_height = full_height, full_width
     return DecodedImage(rgb, (full_width, full_height), scale, kind)

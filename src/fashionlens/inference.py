@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import glob
 import io
+import json
 import math
 import os
 import stat
@@ -42,6 +43,9 @@ from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 LANDMARK_VISIBLE_THRESHOLD = 0.5
 ONNX_FILENAME = "model.onnx"
 ONNX_OPSET = 17
+# The SHA-256 of the weights an ONNX file was exported from, in its metadata: an exported file is run
+# only for the weights it was made from.
+ONNX_WEIGHTS_KEY = "fashionlens.weights_sha256"
 # Predictor.explain: the keyword for each photo's highest-scoring labels, and the prefix that names a
 # label whatever it is called (Clothing Co-Parsing has a label "top": "label:top").
 TOP_LABELS = "top"
@@ -269,8 +273,10 @@ class _TorchRuntime:
 class _OnnxRuntime:
     name = "onnx"
 
-    def __init__(self, onnx_path: Path):
+    def __init__(self, onnx_path: Path, source: str = ""):
         import onnxruntime as ort
+
+        self.path, self.source = Path(onnx_path), source  # source: the line that says where it came from
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -285,6 +291,7 @@ class _OnnxRuntime:
                                 f"`fashionlens export MODEL_DIR --onnx {onnx_path}`") from error
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
+        self.weights_sha256 = self.session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_KEY)
 
     def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, {self.input_name: batch.cpu().numpy().astype(np.float32)})
@@ -647,17 +654,23 @@ class Predictor:
 # Loading and ONNX export
 
 
-def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", batch_size: int = 16) -> Predictor:
+def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", batch_size: int = 16,
+         onnx: str | Path | None = None) -> Predictor:
     """Load a model directory as a :class:`Predictor` (``runtime`` ``"torch"`` or ``"onnx"``).
 
     ``model_dir`` may also be a released model's name (``fashionlens models`` lists them) or
-    ``hf://ORG/NAME``; see :func:`fashionlens.hub.resolve_model_dir`. The ONNX runtime uses
-    ``MODEL_DIR/model.onnx`` and exports it first when it is missing or older than ``model.safetensors``.
+    ``hf://ORG/NAME``; see :func:`fashionlens.hub.resolve_model_dir`. The ONNX runtime runs, in this
+    order: ``onnx`` (a file ``fashionlens export`` wrote; giving it implies ``runtime="onnx"``), which
+    must have been exported from these weights; ``MODEL_DIR/model.onnx`` where the directory's manifest
+    lists it, or, in a directory without a manifest, where it was exported from these weights; else
+    an export of its own in the user cache, named by the weights' SHA-256 (never written into the
+    model directory). ``predictor.runtime.source`` says which, in one line.
     """
-    from fashionlens.hub import resolve_model_dir
+    from fashionlens.hub import resolve_model_dir, verify_manifest
     from fashionlens.modeldir import check_model_dir, load_model_dir, read_thresholds
 
     model_dir = resolve_model_dir(model_dir)
+    runtime = "onnx" if onnx is not None else runtime
     if runtime == "torch":
         bundle = load_model_dir(model_dir, map_location="cpu")
         return Predictor(_TorchRuntime(bundle.model, device), bundle.config, bundle.labels, bundle.preprocessing,
@@ -665,17 +678,51 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     if runtime == "onnx":
         if device != "cpu":
             raise FashionlensError(f"runtime='onnx' runs on the CPU only (device={device!r} was asked for)")
-        onnx_path = model_dir / ONNX_FILENAME
-        weights = model_dir / "model.safetensors"
-        stale = (onnx_path.is_file() and weights.is_file()
-                 and onnx_path.stat().st_mtime < weights.stat().st_mtime)
-        if not onnx_path.is_file() or stale:
-            export_onnx(model_dir, onnx_path)
-        # The same checks as the torch runtime's load (every file, and the files against each other).
+        # The same checks as the torch runtime's load (the manifest, every file, the files against each other).
+        verify_manifest(model_dir)
         config, labels, preprocessing, _ = check_model_dir(model_dir)
-        return Predictor(_OnnxRuntime(onnx_path), config, labels, preprocessing, model_dir, batch_size,
-                         thresholds=read_thresholds(model_dir, list(labels["label_names"])))
+        return Predictor(_onnx_runtime(Path(model_dir), preprocessing, onnx), config, labels, preprocessing, model_dir,
+                         batch_size, thresholds=read_thresholds(model_dir, list(labels["label_names"])))
     raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+
+
+def _onnx_runtime(model_dir: Path, preprocessing: dict[str, Any], given: str | Path | None) -> _OnnxRuntime:
+    """The ONNX file :func:`load` runs (see there), checked against the weights' SHA-256."""
+    from fashionlens.hub import MANIFEST_FILE, derived_path, file_sha256
+
+    weights = file_sha256(model_dir / "model.safetensors")
+    if given is not None:
+        runtime = _OnnxRuntime(Path(given), f"onnx: running {given}, exported from the weights of {model_dir}")
+        if runtime.weights_sha256 != weights:
+            raise ModelDirError(f"{given}: exported from the weights {(runtime.weights_sha256 or 'unknown')[:12]}, not "
+                                f"from those of {model_dir} ({weights[:12]}): export it again with `fashionlens export "
+                                f"{model_dir} --onnx {given}`")
+        return runtime
+    inside = model_dir / ONNX_FILENAME
+    note = ""
+    if inside.is_file():
+        manifest = model_dir / MANIFEST_FILE
+        if manifest.is_file():
+            listed = ONNX_FILENAME in json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            if listed:  # verify_manifest has checked its SHA-256
+                return _OnnxRuntime(inside, f"onnx: running {inside}, listed in {manifest}")
+            note = f"; {inside} is not in {manifest}, so it is not used"
+        else:
+            runtime = _OnnxRuntime(inside, f"onnx: running {inside}, exported from these weights")
+            if runtime.weights_sha256 == weights:
+                return runtime
+            note = f"; {inside} was exported from other weights, so it is not used"
+    size = int(preprocessing["image_size"])
+    cached = derived_path("onnx", f"{weights}-{size}px-opset{ONNX_OPSET}.onnx")
+    source = f"onnx: running {cached}, exported from {model_dir} into the cache{note}"
+    if cached.is_file():
+        info = cached.stat()
+        if info.st_uid == os.geteuid() and not info.st_mode & stat.S_IWOTH:  # not one someone else put there
+            runtime = _OnnxRuntime(cached, source)
+            if runtime.weights_sha256 == weights:
+                return runtime
+    export_onnx(model_dir, cached)
+    return _OnnxRuntime(cached, source)
 
 
 class _TupleOutputs(torch.nn.Module):
@@ -720,7 +767,14 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
                               do_constant_folding=True)
         except Exception as error:  # the exporter raises many unrelated types; say which model failed
             raise ModelDirError(f"{model_dir}: ONNX export failed ({type(error).__name__}: {error})") from error
-    data = buffer.getvalue()
+    import onnx
+
+    from fashionlens.hub import file_sha256
+
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.metadata_props.add(key=ONNX_WEIGHTS_KEY, value=file_sha256(Path(bundle.path or model_dir) /
+                                                                     "model.safetensors"))
+    data = proto.SerializeToString()
     _check_onnx(data, example, {key: value.numpy() for key, value in reference.items()}, tolerance, model_dir)
     onnx_path = Path(onnx_path)
     try:

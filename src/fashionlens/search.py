@@ -18,6 +18,11 @@ request (``--kind hnsw``). docs/benchmarks.md, "Similarity search", has the meas
 these choices. An index folder holds ``index.faiss``, ``items.parquet`` (id, the path as
 given to ``embed``, and the file it resolved to) and ``index.json`` (the model, its weights'
 SHA-256, the dimension, the kind and its parameters), so a query is embedded by the same weights.
+
+An index folder is trusted input: :meth:`SearchIndex.load` checks every ``index.json`` value against
+its bounds and the arrays ``index.faiss`` declares against the bytes it has (FAISS allocates what a
+file declares before reading it), and the IVF ids against the item count, but FAISS's reader is not
+hardened against every crafted file.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +65,12 @@ IVF_SEED = 0
 HNSW_M = 32  # neighbours per node
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+# What an index.json may say (index files are trusted input, but a wrong number there must be a clear
+# error, not an allocation of gigabytes): an HNSW candidate list past this is no longer a graph search.
+MAX_EF = 65_536
+MAX_HNSW_M = 512
+MAX_DIM = 65_536
+MAX_COUNT = 2**31 - 1  # FAISS's HNSW graph holds its neighbours as int32
 
 
 class SearchError(FashionlensError):
@@ -259,6 +271,126 @@ def build_faiss_index(vectors: np.ndarray, kind: str = "auto", hnsw_m: int = HNS
     return index, kind, params
 
 
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Every value of an index.json that loading or searching uses, with its bounds: one line naming the file."""
+    def refuse(key: str, expected: str, found: Any) -> SearchError:
+        return SearchError(f"{path}: {key!r}: expected {expected}, found {json.dumps(found)[:60]}; rebuild the index "
+                           f"with `fashionlens index`")
+
+    def whole(value: Any, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    for key in ("model", "model_sha256"):
+        if not isinstance(meta.get(key), str):
+            raise refuse(key, "a string", meta.get(key))
+    if meta.get("kind") not in KINDS[1:]:
+        raise refuse("kind", " or ".join(repr(kind) for kind in KINDS[1:]), meta.get("kind"))
+    for key, high in (("dim", MAX_DIM), ("count", MAX_COUNT)):
+        if not whole(meta.get(key), 1, high):
+            raise refuse(key, f"an integer from 1 to {high}", meta.get(key))
+    params = meta.get("params", {})
+    if not isinstance(params, dict):
+        raise refuse("params", "an object of the index's parameters", params)
+    bounds = {"flat": {}, "ivf": {"nlist": meta["count"], "nprobe": params.get("nlist")},
+              "hnsw": {"m": MAX_HNSW_M, "ef_construction": MAX_EF, "ef_search": MAX_EF}}[meta["kind"]]
+    for key, value in params.items():
+        if key not in bounds:
+            expected = f"one of {', '.join(sorted(bounds))}" if bounds else "no parameters"
+            raise refuse(f"params.{key}", f"{expected} for a {meta['kind']} index", value)
+        high = bounds[key] if whole(bounds[key], 1, MAX_COUNT) else meta["count"]
+        if not whole(value, 1, high):
+            raise refuse(f"params.{key}", f"an integer from 1 to {high}", value)
+    meta["params"] = params
+
+
+class _FaissLayout:
+    """The arrays a FAISS file declares, checked against the bytes it has before FAISS reads it.
+
+    FAISS allocates each array at the size the file declares and only then reads it, so 109 bytes
+    declaring a billion floats allocate 4 GB before the read fails. This walks the three layouts
+    ``fashionlens index`` writes (flat, HNSW-flat, IVF-flat; FAISS's ``write_index`` order) and
+    checks the vector count and dimension against index.json and the IVF ids against the count.
+    """
+
+    def __init__(self, data: bytes, path: Path):
+        self.data, self.path, self.at = data, path, 0
+
+    def take(self, size: int, what: str) -> bytes:
+        if size < 0 or self.at + size > len(self.data):
+            raise SearchError(f"{self.path}: declares {what} of {size} bytes at byte {self.at}, but the file has "
+                              f"{len(self.data)} bytes: a truncated or corrupt FAISS index; rebuild it with "
+                              f"`fashionlens index`")
+        self.at += size
+        return self.data[self.at - size:self.at]
+
+    def number(self, form: str, what: str) -> int:
+        return struct.unpack(form, self.take(struct.calcsize(form), what))[0]
+
+    def array(self, item_size: int, what: str) -> bytes:
+        count = self.number("<Q", f"the length of {what}")
+        return self.take(count * item_size, f"{what} ({count} items)")
+
+    def header(self, count: int, dim: int) -> bytes:
+        fourcc = self.take(4, "the index type")
+        d, ntotal = self.number("<i", "the dimension"), self.number("<q", "the vector count")
+        self.take(17, "the header")
+        if self.number("<i", "the metric") > 1:
+            self.take(4, "the metric argument")
+        if (d, ntotal) != (dim, count):
+            raise SearchError(f"{self.path}: holds {ntotal} vectors of {d} dimensions where {META_FILE} says {count} "
+                              f"of {dim}; rebuild the index with `fashionlens index`")
+        return fourcc
+
+    def flat(self, count: int, dim: int) -> None:
+        if self.header(count, dim) != b"IxFI":
+            raise SearchError(f"{self.path}: not the flat inner-product index {META_FILE} describes")
+        floats = self.number("<Q", "the length of the vectors")
+        if floats != count * dim:
+            raise SearchError(f"{self.path}: declares {floats} floats of vectors where {count} x {dim} are expected; "
+                              f"rebuild the index with `fashionlens index`")
+        self.take(floats * 4, "the vectors")
+
+    def check(self, kind: str, count: int, dim: int) -> None:
+        if kind == "flat":
+            self.flat(count, dim)
+        elif kind == "hnsw":
+            if self.header(count, dim) != b"IHNf":
+                raise SearchError(f"{self.path}: not the HNSW index {META_FILE} describes")
+            for size, what in ((8, "the level probabilities"), (4, "the neighbour counts"), (4, "the levels"),
+                               (8, "the offsets"), (4, "the neighbours")):
+                self.array(size, what)
+            self.take(20, "the graph's entry point and parameters")
+            self.flat(count, dim)
+        else:
+            if self.header(count, dim) != b"IwFl":
+                raise SearchError(f"{self.path}: not the IVF index {META_FILE} describes")
+            nlist = self.number("<Q", "the number of lists")
+            self.take(8, "nprobe")
+            if not 1 <= nlist <= count:
+                raise SearchError(f"{self.path}: {nlist} lists for {count} vectors")
+            self.flat(nlist, dim)
+            if self.number("<B", "the direct map type") not in (0, 1):
+                raise SearchError(f"{self.path}: a direct map `fashionlens index` does not write")
+            self.array(8, "the direct map")
+            if self.take(4, "the inverted lists") != b"ilar" or self.number("<Q", "the number of lists") != nlist:
+                raise SearchError(f"{self.path}: not the inverted lists of {nlist} lists `fashionlens index` writes")
+            code_size = self.number("<Q", "the code size")
+            layout = self.take(4, "the list layout")
+            sizes = np.frombuffer(self.array(8, "the list sizes"), dtype="<u8")
+            if layout == b"sprs":
+                sizes = sizes[1::2]
+            if layout not in (b"full", b"sprs") or int(sizes.sum(dtype=np.float64)) != count:
+                raise SearchError(f"{self.path}: its inverted lists hold {int(sizes.sum(dtype=np.float64))} vectors "
+                                  f"where {META_FILE} says {count}; rebuild the index with `fashionlens index`")
+            for size in sizes.tolist():
+                self.take(size * code_size, "a list's vectors")
+                ids = np.frombuffer(self.take(size * 8, "a list's ids"), dtype="<i8")
+                if ids.size and (ids.min() < 0 or ids.max() >= count):
+                    bad = int(ids[(ids < 0) | (ids >= count)][0])
+                    raise SearchError(f"{self.path}: holds the id {bad}, outside 0..{count - 1} (the items of "
+                                      f"{ITEMS_FILE}); rebuild the index with `fashionlens index`")
+
+
 @dataclass
 class Match:
     rank: int
@@ -342,13 +474,16 @@ class SearchIndex:
         if not isinstance(meta, dict) or meta.get("format_version") != INDEX_FORMAT_VERSION:
             raise SearchError(f"{meta_path}: expected format_version {INDEX_FORMAT_VERSION}, found "
                               f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}")
-        for key, kind in (("model", str), ("model_sha256", str), ("dim", int), ("count", int), ("kind", str)):
-            if not isinstance(meta.get(key), kind):
-                raise SearchError(f"{meta_path}: key {key!r}: expected {kind.__name__}, found {meta.get(key)!r}")
+        _check_meta(meta, meta_path)
         faiss = _faiss()
         try:
-            index = faiss.deserialize_index(np.frombuffer((folder / INDEX_FILE).read_bytes(), dtype=np.uint8))
-        except (OSError, RuntimeError) as error:
+            data = (folder / INDEX_FILE).read_bytes()
+        except OSError as error:
+            raise SearchError(f"{folder / INDEX_FILE}: cannot read the FAISS index ({error.strerror})") from None
+        _FaissLayout(data, folder / INDEX_FILE).check(meta["kind"], meta["count"], meta["dim"])
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as error:
             raise SearchError(f"{folder / INDEX_FILE}: cannot read the FAISS index ({error})") from None
         try:
             items = pq.read_table(folder / ITEMS_FILE, columns=["id", "path", "file"])
@@ -373,11 +508,11 @@ class SearchIndex:
         if self.meta["kind"] == "hnsw":
             # The graph search keeps efSearch candidates: never fewer than the k asked for.
             faiss = _faiss()
-            ef = max(int(self.meta.get("params", {}).get("ef_search", HNSW_EF_SEARCH)), k)
+            ef = max(int(self.meta["params"].get("ef_search", HNSW_EF_SEARCH)), k)
             scores, ids = self.index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef))
         elif self.meta["kind"] == "ivf":
             faiss = _faiss()
-            nprobe = int(self.meta.get("params", {}).get("nprobe", self.index.nprobe))
+            nprobe = int(self.meta["params"].get("nprobe", self.index.nprobe))
             scores, ids = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
         else:
             scores, ids = self.index.search(queries, k)
