@@ -123,6 +123,23 @@ def test_releases_name_unseen_catalogue_photos(name: str, floor: float):
     assert row["top1"] > floor, row
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not CATALOGUE_TEST.is_dir(), reason="needs ../shared/data/clothing-dataset-small")
+def test_the_tagger_names_the_garment_first_as_its_card_says():
+    """The card's figures of the category and the attribute filter (benchmarks/catalogue_tags.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("catalogue_tags", REPO / "benchmarks" / "catalogue_tags.py")
+    catalogue_tags = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(catalogue_tags)
+    from fashionlens.data.merge import load_aliases, normalise_name
+
+    aliases = {normalise_name(k): v for k, v in load_aliases(REPO / "configs" / "garment-aliases.yaml").items()}
+    figures = catalogue_tags.catalogue_test(load(RELEASES["garment-tagger-lite0"]), aliases, CATALOGUE_TEST)
+    assert round(figures["first_tag_right_before"], 1) == 41.2 and round(figures["category_right"], 1) == 83.1
+    assert (figures["impossible_before"], figures["impossible_after"], figures["removed_maybe_right"]) == (776, 419, 11)
+
+
 FINE = REPO.parent / "shared" / "data" / "deepfashion-fine"
 
 
