@@ -34,8 +34,11 @@ def model_dir(tmp_path_factory) -> Path:
               "head": "linear", "num_labels": len(NAMES), "image_size": 128, "residual": False, "hidden_dim": 64}
     labels = {"label_names": NAMES, "display_names": [n.replace("_", " ").title() for n in NAMES]}
     preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+    # Calibrated thresholds as training writes them: floral and plaid always marked, the rest never.
+    thresholds = {"method": "f1", "global_threshold": 0.5,
+                  "thresholds": {name: 0.0 if name in ("floral", "plaid") else 1.0 for name in NAMES}}
     return save_model_dir(tmp_path_factory.mktemp("served") / "model", build_style_model(config), config, labels,
-                          preprocessing)
+                          preprocessing, thresholds=thresholds)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,14 @@ def test_predict_a_real_photo(client):
     expected = load(client.app.state.predictor.model_dir)(photo)
     assert [item["name"] for item in body["labels"]] == [label.name for label in expected.labels]
     assert scores == pytest.approx([label.score for label in expected.labels], abs=1e-6)
+
+    # The model's calibrated thresholds decide, as in `predict` (the server used to mark nothing).
+    assert body["predicted"] == [label.name for label in expected.predicted]
+    assert sorted(body["predicted"]) == ["floral", "plaid"]
+    assert [item["threshold"] for item in body["labels"] if item["name"] == "floral"] == [0.0]
+    # A number asked for replaces them.
+    everything = client.post("/predict?threshold=0", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+    assert everything.json()["predicted"] == [item["name"] for item in body["labels"]]
 
     top2 = client.post("/predict?top_k=2", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
     assert [item["name"] for item in top2["labels"]] == [item["name"] for item in body["labels"][:2]]

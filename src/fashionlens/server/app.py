@@ -244,10 +244,13 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
                          503: {"description": f"more than {max_concurrent_uploads} uploads at once"}})
     async def predict(request: Request,
                       top_k: int | None = Query(None, ge=1, le=1000, description="labels to return (per type)"),
-                      threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum probability"),
+                      threshold: float | None = Query(None, ge=0.0, le=1.0,
+                                                      description="one cut-off for every label instead of the "
+                                                                  "model's calibrated per-label thresholds"),
                       ) -> JSONResponse:
+        cut = "auto" if threshold is None else threshold  # the calibrated thresholds, as `predict` uses
         return await _with_upload(request, "/predict", lambda data, filename: functools.partial(
-            _predict_bytes, predictor, data, filename, top_k, threshold, draft_side))
+            _predict_bytes, predictor, data, filename, top_k, cut, draft_side))
 
     @app.post("/explain", summary="Where in a photo a label's evidence is (its activation map)",
               openapi_extra=upload_schema,
@@ -379,7 +382,7 @@ def _cut_short(received: int, of_declared: str) -> str:
             f"{received} bytes{of_declared}; send the whole file again")
 
 
-def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int | None, threshold: float | None,
+def _predict_bytes(predictor: Predictor, data: bytes, filename: str, top_k: int | None, threshold: float | str,
                    draft_side: int | None) -> dict[str, Any]:
     image, full_size, scale = _decode_upload(data, filename, draft_side)
     result = predictor.predict_loaded([image], [filename], top_k=top_k, threshold=threshold)[0].to_dict()
