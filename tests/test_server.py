@@ -90,7 +90,7 @@ def test_predict_a_real_photo(client):
     # Same answer as the Python API.
     from fashionlens.inference import load
 
-    expected = load(client.app.state.predictor.model_dir)(photo)
+    expected = load(client.app.state.serving.predictor.model_dir)(photo)
     assert [item["name"] for item in body["labels"]] == [label.name for label in expected.labels]
     assert scores == pytest.approx([label.score for label in expected.labels], abs=1e-6)
 

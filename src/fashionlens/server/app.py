@@ -12,9 +12,11 @@
 What an upload can cost is bounded before any of it is spent:
 
 - at most ``max_concurrent_uploads`` uploads are read at once; one more is answered 503 at once;
-- the body is read as a stream and cut off as soon as it passes ``max_upload_mb`` (413), whatever
-  Content-Length claims, and it must arrive within ``upload_timeout_s`` (408, connection closed),
-  so a client that announces more than it sends cannot hold a connection open;
+- Starlette parses the form (``request.form`` with its own limits: one file, a few fields, small
+  text parts); the body's bytes are counted as they arrive and cut off as soon as they pass
+  ``max_upload_mb`` (413), whatever Content-Length claims, and the whole form must arrive within
+  ``upload_timeout_s`` (408, connection closed), so a client that announces more than it sends
+  cannot hold a connection open;
 - a body that ends before the multipart closing boundary is a 400 saying the upload was cut short;
   a client that disconnects mid-upload is one log line;
 - photos are decoded by :mod:`fashionlens.images` (accepted formats sniffed from the header, the
@@ -22,7 +24,8 @@ What an upload can cost is bounded before any of it is spent:
   once, and large JPEGs at reduced scale (``draft_side``, never below 1024 px on the long side);
   sizes and landmarks are still reported in the photo's own pixels.
 
-The uploaded file name is only echoed back, never used as a path. Decoding and inference run in a
+The routes are module-level functions that read the model and the limits from
+``request.app.state.serving``. The uploaded file name is only echoed back, never used as a path. Decoding and inference run in a
 pool of ``max_concurrent_decodes`` threads of their own, so one slow image never blocks the event
 loop, and the large buffers of decoding are allocated by those few threads only: spread over the
 dozens of a general thread pool, each thread's malloc arena kept its share of them after the
@@ -36,18 +39,21 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from fashionlens import images
@@ -72,57 +78,33 @@ class _UploadTooLarge(Exception):
     pass
 
 
-class _UploadTimedOut(Exception):
-    pass
-
-
-class _ClientGone(Exception):
-    pass
-
-
 class _NonFiniteScores(Exception):
     pass
 
 
-class _BodyReader:
-    """The request body as a stream with a size limit and a deadline, noting the closing boundary."""
+class _CountedBody:
+    """The request's ASGI ``receive``, counting the body's bytes against a limit and noting whether the
+    multipart close delimiter went by (Starlette's parser accepts a body that stops before it)."""
 
-    def __init__(self, request: Request, limit: int, timeout_s: float, boundary: bytes):
-        self.request = request
+    def __init__(self, request: Request, limit: int, boundary: bytes):
+        self.receive_next = request.receive
         self.limit = limit
-        self.timeout_s = timeout_s
         self.closing = b"--" + boundary + b"--"
         self.received = 0
-        self.closed = False  # the multipart close delimiter has been seen
+        self.closed = False
+        self.tail = b""
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        stream = self.request.stream()
-        tail = b""
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _UploadTimedOut()
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), remaining)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise _UploadTimedOut() from None
-                except ClientDisconnect:
-                    raise _ClientGone() from None
-                self.received += len(chunk)
-                if self.received > self.limit:
-                    raise _UploadTooLarge()
-                if not self.closed:
-                    window = tail + chunk
-                    self.closed = self.closing in window
-                    tail = window[-len(self.closing):]
-                yield chunk
-        finally:
-            await stream.aclose()
+    async def receive(self) -> dict[str, Any]:
+        message = await self.receive_next()
+        chunk = message.get("body", b"") if message["type"] == "http.request" else b""
+        self.received += len(chunk)
+        if self.received > self.limit:
+            raise _UploadTooLarge()
+        if chunk and not self.closed:
+            window = self.tail + chunk
+            self.closed = self.closing in window
+            self.tail = window[-len(self.closing):]
+        return message
 
 
 def _safe_filename(name: str | None) -> str:
@@ -138,12 +120,27 @@ def _static_text(name: str) -> str:
     return resources.files("fashionlens.server").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def _boundary(content_type: str) -> bytes | None:
-    from python_multipart.multipart import parse_options_header
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    return boundary or None
+
+@dataclass
+class _Settings:
+    """What the routes read from ``request.app.state.serving``: the model and the limits of one server."""
+
+    predictor: Predictor
+    index: SearchIndex | None
+    model_name: str | None
+    max_upload_mb: float
+    upload_timeout_s: float
+    max_concurrent_uploads: int
+    draft_side: int | None
+    decoding: ThreadPoolExecutor
+    uploads: int = 0  # being read or decoded now
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runtime: str = "torch", *,
@@ -168,213 +165,221 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
         search_index.check_model(predictor)
     if draft_side is not None:
         draft_side = max(int(draft_side), 2 * predictor.image_size)
-    max_bytes = int(max_upload_mb * 1024 * 1024)
-    limit_text = f"{max_upload_mb:g} MB"
-    model_name = Path(predictor.model_dir).resolve().name if predictor.model_dir else None
-    decoding = ThreadPoolExecutor(max_workers=max(1, int(max_concurrent_decodes)),
-                                  thread_name_prefix="fashionlens-decode")
-    in_flight = {"uploads": 0}
-
     app = FastAPI(title="fashionlens", version=_version(), docs_url=None, redoc_url=None,
                   description="Fashion image recognition: styles, or category, attributes and landmarks. "
                               "POST a photo to /predict as multipart/form-data (field `file`).")
     if allowed_hosts is not None:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    app.state.predictor = predictor
-    app.state.max_upload_bytes = max_bytes
-    app.state.decoding = decoding
-    app.state.in_flight = in_flight
-    app.state.index = search_index
-
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status, headers=headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for item in exc.errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return error(422, "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # One line here; the ASGI server prints the traceback itself (Starlette re-raises it).
-        logger.error("unexpected %s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
-        return error(500, f"internal error ({type(exc).__name__}); see the server log")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse(_static_text("index.html"))
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return HTMLResponse(_static_text("docs.html"))
-
-    @app.get("/health", summary="Liveness and model information")
-    def health() -> dict[str, Any]:
-        info = predictor.info()
-        info.pop("model_dir", None)  # an absolute path tells a client about the server's disk
-        info["name"] = model_name
-        similar = {"items": len(search_index), "kind": search_index.meta["kind"]} if search_index else None
-        return {"status": "ok", "model": info, "max_upload_mb": max_upload_mb, "similar": similar,
-                "explain": predictor.runtime_name == "torch"}
-
-    @app.get("/labels", summary="The model's label vocabulary")
-    def labels() -> dict[str, Any]:
-        return predictor.labels_info()
-
-    upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "string", "format": "binary",
-                                "description": f"a photo ({images.ACCEPTED_TEXT}), at most {limit_text}"}}}}}}}
-
-    @app.post("/predict", summary="Predict one photo", openapi_extra=upload_schema,
-              responses={400: {"description": "corrupt, truncated or refused image, or a malformed upload"},
-                         408: {"description": f"upload not received within {upload_timeout_s:g} s"},
-                         413: {"description": f"upload larger than {limit_text}"},
-                         415: {"description": "not multipart/form-data, or a part that is not an image"},
-                         422: {"description": "no `file` field"},
-                         503: {"description": f"more than {max_concurrent_uploads} uploads at once"}})
-    async def predict(request: Request,
-                      top_k: int | None = Query(None, ge=1, le=1000, description="labels to return (per type)"),
-                      threshold: float | None = Query(None, ge=0.0, le=1.0,
-                                                      description="one cut-off for every label instead of the "
-                                                                  "model's calibrated per-label thresholds"),
-                      ) -> JSONResponse:
-        cut = "auto" if threshold is None else threshold  # the calibrated thresholds, as `predict` uses
-        return await _with_upload(request, "/predict", lambda data, filename: functools.partial(
-            _predict_bytes, predictor, data, filename, top_k, cut, draft_side))
-
-    @app.post("/explain", summary="Where in a photo a label's evidence is (its activation map)",
-              openapi_extra=upload_schema,
-              responses={400: {"description": "corrupt, truncated or refused image, a malformed upload, or an "
-                                              "unknown label"},
-                         413: {"description": f"upload larger than {limit_text}"},
-                         501: {"description": "the server runs the ONNX runtime (maps need torch)"}})
-    async def explain(request: Request,
-                      label: str = Query("top", max_length=200,
-                                         description="a label name (an attribute's, for a clothing model), or "
-                                                     "top: the highest-scoring one (label:NAME names any label, "
-                                                     "one called top too)"),
-                      ) -> JSONResponse:
-        if predictor.runtime_name != "torch":
-            return error(501, f"activation maps need the torch runtime; this server runs {predictor.runtime_name}")
-        if label != TOP_LABELS:
-            try:
-                predictor.label_index(label)
-            except FashionlensError as exc:
-                return error(400, str(exc))
-        return await _with_upload(request, "/explain", lambda data, filename: functools.partial(
-            _explain_bytes, predictor, data, filename, label, draft_side))
-
-    @app.post("/similar", summary="The catalogue photos most similar to a photo (needs serve --index)",
-              openapi_extra=upload_schema,
-              responses={404: {"description": "the server was started without --index"},
-                         413: {"description": f"upload larger than {limit_text}"}})
-    async def similar(request: Request,
-                      k: int = Query(10, ge=1, le=100, description="how many similar items"),
-                      ) -> JSONResponse:
-        if search_index is None:
-            return error(404, "no similarity index: start the server with `fashionlens serve MODEL --index INDEX` "
-                              "(build one with `fashionlens embed` and `fashionlens index`)")
-        return await _with_upload(request, "/similar", lambda data, filename: functools.partial(
-            _similar_bytes, predictor, search_index, data, filename, k, draft_side))
-
-    @app.get("/similar/{item}/photo", summary="A thumbnail of a catalogue item of the index",
-             responses={404: {"description": "no such item, or no index"}})
-    async def similar_photo(item: int) -> Response:
-        if search_index is None or not 0 <= item < len(search_index):
-            return error(404, f"no catalogue item {item}")
-        try:
-            data = await asyncio.get_running_loop().run_in_executor(
-                decoding, _thumbnail, Path(search_index.files[item]), THUMBNAIL_SIDE)
-        except DataError as exc:
-            return error(404, f"catalogue item {item}: {exc.reason}")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
-    async def _with_upload(request: Request, route: str, work) -> JSONResponse:
-        """Read one uploaded photo within the limits, then run ``work(data, filename)`` (a callable for
-        the decoding pool) and answer with its result."""
-        if in_flight["uploads"] >= max_concurrent_uploads:
-            return error(503, f"server busy: {in_flight['uploads']} uploads in progress, the limit is "
-                              f"{max_concurrent_uploads}; retry in a moment", headers={"Retry-After": "1"})
-        in_flight["uploads"] += 1
-        try:
-            return await _handle_upload(request, route, work)
-        finally:
-            in_flight["uploads"] -= 1
-
-    async def _handle_upload(request: Request, route: str, work) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            return error(415, "send the photo as multipart/form-data in a field named 'file' "
-                              f"(got Content-Type {content_type or 'none'!r})")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return error(400, f"invalid Content-Length header {declared!r}")
-            if int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
-                return error(413, f"upload too large ({int(declared) / 1024 / 1024:.1f} MB); the limit is {limit_text}")
-        boundary = _boundary(content_type)
-        if boundary is None:
-            return error(400, "malformed multipart upload (no boundary in the Content-Type header)")
-
-        body = _BodyReader(request, max_bytes + MULTIPART_OVERHEAD_BYTES, upload_timeout_s, boundary)
-        of_declared = f" of the {int(declared)} that Content-Length announced" if declared is not None else ""
-        parser = MultiPartParser(request.headers, body.chunks(), max_files=1, max_fields=8,
-                                 max_part_size=64 * 1024)
-        try:
-            form = await parser.parse()
-        except _UploadTooLarge:
-            return error(413, f"upload too large; the limit is {limit_text}")
-        except _UploadTimedOut:
-            logger.warning("upload to %s timed out after %g s (%d bytes%s received)", route, upload_timeout_s,
-                           body.received, of_declared)
-            return error(408, f"upload timed out: {body.received} bytes{of_declared} arrived in "
-                              f"{upload_timeout_s:g} s; the whole upload must arrive within {upload_timeout_s:g} s",
-                         headers={"Connection": "close"})
-        except _ClientGone:
-            logger.warning("client disconnected during the upload to %s (%d bytes%s received)", route,
-                           body.received, of_declared)
-            return error(400, "client disconnected")  # nobody is left to read it
-        except (MultiPartException, ValueError) as exc:
-            return error(400, f"malformed multipart upload ({getattr(exc, 'message', exc)})")
-        try:
-            if not body.closed:
-                return error(400, _cut_short(body.received, of_declared))
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return error(422, "missing the file: send the photo in a multipart field named 'file'")
-            filename = _safe_filename(upload.filename)
-            data = await upload.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                return error(413, f"{filename}: upload too large; the limit is {limit_text}")
-            part_type = (upload.content_type or "").lower()
-            if part_type and not part_type.startswith(ACCEPTED_TYPES):
-                return error(415, f"{filename}: not an image (Content-Type {part_type}); "
-                                  f"send a {images.ACCEPTED_TEXT} photo")
-            if not data:
-                return error(400, f"{filename}: empty file (0 bytes)")
-            try:
-                result = await asyncio.get_running_loop().run_in_executor(decoding, work(data, filename))
-            except DataError as exc:
-                return error(400, f"{filename}: {exc.reason}")
-            except _NonFiniteScores:
-                logger.error("the model gave non-finite scores for %s", filename)
-                return error(500, f"{filename}: the model gave non-finite scores (NaN or infinity) for this photo; "
-                                  "its weights are broken")
-            return JSONResponse(result)
-        finally:
-            await form.close()
-
+    app.state.serving = _Settings(
+        predictor, search_index, Path(predictor.model_dir).resolve().name if predictor.model_dir else None,
+        max_upload_mb, upload_timeout_s, max_concurrent_uploads, draft_side,
+        ThreadPoolExecutor(max_workers=max(1, int(max_concurrent_decodes)), thread_name_prefix="fashionlens-decode"))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(router)
     return app
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for item in exc.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return _error(422, "; ".join(parts) or "invalid request")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # One line here; the ASGI server prints the traceback itself (Starlette re-raises it).
+    logger.error("unexpected %s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+    return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+router = APIRouter()
+UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": f"a photo ({images.ACCEPTED_TEXT}), at most max_upload_mb "
+                                           "(GET /health)"}}}}}}}
+UPLOAD_ERRORS = {400: {"description": "corrupt, truncated or refused image, or a malformed upload"},
+                 408: {"description": "upload not received within the server's upload timeout"},
+                 413: {"description": "upload larger than max_upload_mb (GET /health)"},
+                 415: {"description": "not multipart/form-data, or a part that is not an image"},
+                 422: {"description": "no `file` field"},
+                 503: {"description": "too many uploads at once"}}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse(_static_text("index.html"))
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def docs() -> HTMLResponse:
+    return HTMLResponse(_static_text("docs.html"))
+
+
+@router.get("/health", summary="Liveness and model information")
+def health(request: Request) -> dict[str, Any]:
+    serving: _Settings = request.app.state.serving
+    info = serving.predictor.info()
+    info.pop("model_dir", None)  # an absolute path tells a client about the server's disk
+    info["name"] = serving.model_name
+    index = serving.index
+    return {"status": "ok", "model": info, "max_upload_mb": serving.max_upload_mb,
+            "similar": {"items": len(index), "kind": index.meta["kind"]} if index is not None else None,
+            "explain": serving.predictor.runtime_name == "torch"}
+
+
+@router.get("/labels", summary="The model's label vocabulary")
+def labels(request: Request) -> dict[str, Any]:
+    return request.app.state.serving.predictor.labels_info()
+
+
+@router.post("/predict", summary="Predict one photo", openapi_extra=UPLOAD_SCHEMA, responses=UPLOAD_ERRORS)
+async def predict(request: Request,
+                  top_k: int | None = Query(None, ge=1, le=1000, description="labels to return (per type)"),
+                  threshold: float | None = Query(None, ge=0.0, le=1.0,
+                                                  description="one cut-off for every label instead of the "
+                                                              "model's calibrated per-label thresholds"),
+                  ) -> JSONResponse:
+    serving: _Settings = request.app.state.serving
+    cut = "auto" if threshold is None else threshold  # the calibrated thresholds, as `predict` uses
+    return await _with_upload(request, "/predict", lambda data, filename: functools.partial(
+        _predict_bytes, serving.predictor, data, filename, top_k, cut, serving.draft_side))
+
+
+@router.post("/explain", summary="Where in a photo a label's evidence is (its activation map)",
+             openapi_extra=UPLOAD_SCHEMA,
+             responses={**UPLOAD_ERRORS, 400: {"description": "as /predict, or an unknown label"},
+                        501: {"description": "the server runs the ONNX runtime (maps need torch)"}})
+async def explain(request: Request,
+                  label: str = Query("top", max_length=200,
+                                     description="a label name (an attribute's, for a clothing model), or "
+                                                 "top: the highest-scoring one (label:NAME names any label, "
+                                                 "one called top too)"),
+                  ) -> JSONResponse:
+    serving: _Settings = request.app.state.serving
+    predictor = serving.predictor
+    if predictor.runtime_name != "torch":
+        return _error(501, f"activation maps need the torch runtime; this server runs {predictor.runtime_name}")
+    if label != TOP_LABELS:
+        try:
+            predictor.label_index(label)
+        except FashionlensError as exc:
+            return _error(400, str(exc))
+    return await _with_upload(request, "/explain", lambda data, filename: functools.partial(
+        _explain_bytes, predictor, data, filename, label, serving.draft_side))
+
+
+@router.post("/similar", summary="The catalogue photos most similar to a photo (needs serve --index)",
+             openapi_extra=UPLOAD_SCHEMA,
+             responses={**UPLOAD_ERRORS, 404: {"description": "the server was started without --index"}})
+async def similar(request: Request, k: int = Query(10, ge=1, le=100, description="how many similar items"),
+                  ) -> JSONResponse:
+    serving: _Settings = request.app.state.serving
+    if serving.index is None:
+        return _error(404, "no similarity index: start the server with `fashionlens serve MODEL --index INDEX` "
+                           "(build one with `fashionlens embed` and `fashionlens index`)")
+    return await _with_upload(request, "/similar", lambda data, filename: functools.partial(
+        _similar_bytes, serving.predictor, serving.index, data, filename, k, serving.draft_side))
+
+
+@router.get("/similar/{item}/photo", summary="A thumbnail of a catalogue item of the index",
+            responses={404: {"description": "no such item, or no index"}})
+async def similar_photo(request: Request, item: int) -> Response:
+    serving: _Settings = request.app.state.serving
+    if serving.index is None or not 0 <= item < len(serving.index):
+        return _error(404, f"no catalogue item {item}")
+    try:
+        data = await asyncio.get_running_loop().run_in_executor(
+            serving.decoding, _thumbnail, Path(serving.index.files[item]), THUMBNAIL_SIDE)
+    except DataError as exc:
+        return _error(404, f"catalogue item {item}: {exc.reason}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _with_upload(request: Request, route: str, work) -> JSONResponse:
+    """Read one uploaded photo within the limits, then run ``work(data, filename)`` (a callable for
+    the decoding pool) and answer with its result."""
+    serving: _Settings = request.app.state.serving
+    if serving.uploads >= serving.max_concurrent_uploads:
+        return _error(503, f"server busy: {serving.uploads} uploads in progress, the limit is "
+                           f"{serving.max_concurrent_uploads}; retry in a moment", headers={"Retry-After": "1"})
+    serving.uploads += 1
+    try:
+        return await _handle_upload(request, serving, route, work)
+    finally:
+        serving.uploads -= 1
+
+
+async def _handle_upload(request: Request, serving: _Settings, route: str, work) -> JSONResponse:
+    limit_text = f"{serving.max_upload_mb:g} MB"
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return _error(415, "send the photo as multipart/form-data in a field named 'file' "
+                           f"(got Content-Type {content_type or 'none'!r})")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            return _error(400, f"invalid Content-Length header {declared!r}")
+        if int(declared) > serving.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
+            return _error(413, f"upload too large ({int(declared) / 1024 / 1024:.1f} MB); the limit is {limit_text}")
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        return _error(400, "malformed multipart upload (no boundary in the Content-Type header)")
+    body = _CountedBody(request, serving.max_upload_bytes + MULTIPART_OVERHEAD_BYTES, boundary)
+    counted = Request(request.scope, body.receive)
+    of_declared = f" of the {int(declared)} that Content-Length announced" if declared is not None else ""
+    timeout = serving.upload_timeout_s
+    try:
+        # Starlette's own limits on the parts; the whole body within the upload deadline.
+        form = await asyncio.wait_for(counted.form(max_files=1, max_fields=8, max_part_size=64 * 1024), timeout)
+    except _UploadTooLarge:
+        return _error(413, f"upload too large; the limit is {limit_text}")
+    except TimeoutError:
+        logger.warning("upload to %s timed out after %g s (%d bytes%s received)", route, timeout, body.received,
+                       of_declared)
+        return _error(408, f"upload timed out: {body.received} bytes{of_declared} arrived in {timeout:g} s; "
+                           f"the whole upload must arrive within {timeout:g} s", headers={"Connection": "close"})
+    except ClientDisconnect:
+        logger.warning("client disconnected during the upload to %s (%d bytes%s received)", route, body.received,
+                       of_declared)
+        return _error(400, "client disconnected")  # nobody is left to read it
+    except (StarletteHTTPException, MultiPartException, ValueError) as exc:
+        reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+        return _error(400, f"malformed multipart upload ({reason})")
+    try:
+        if not body.closed:
+            return _error(400, _cut_short(body.received, of_declared))
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return _error(422, "missing the file: send the photo in a multipart field named 'file'")
+        filename = _safe_filename(upload.filename)
+        data = await upload.read(serving.max_upload_bytes + 1)
+        if len(data) > serving.max_upload_bytes:
+            return _error(413, f"{filename}: upload too large; the limit is {limit_text}")
+        part_type = (upload.content_type or "").lower()
+        if part_type and not part_type.startswith(ACCEPTED_TYPES):
+            return _error(415, f"{filename}: not an image (Content-Type {part_type}); "
+                               f"send a {images.ACCEPTED_TEXT} photo")
+        if not data:
+            return _error(400, f"{filename}: empty file (0 bytes)")
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(serving.decoding, work(data, filename))
+        except DataError as exc:
+            return _error(400, f"{filename}: {exc.reason}")
+        except _NonFiniteScores:
+            logger.error("the model gave non-finite scores for %s", filename)
+            return _error(500, f"{filename}: the model gave non-finite scores (NaN or infinity) for this photo; "
+                               "its weights are broken")
+        return JSONResponse(result)
+    finally:
+        await form.close()
 
 
 def _cut_short(received: int, of_declared: str) -> str:
