@@ -39,9 +39,11 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,20 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 UPLOAD_TIMEOUT_S = 30.0
 MAX_CONCURRENT_UPLOADS = 32
+# Half the upload slots per client address: slow sockets from one place (one byte every few seconds)
+# used to hold every slot for as long as they kept trickling (issue 27 item 6), while a batch client
+# still sends 16 photos at once (benchmarks/load_test.py's concurrency).
+MAX_UPLOADS_PER_CLIENT = 16
+# Connections, by the ASGI server (see uvicorn_config): a request's headers must arrive within
+# HEADER_TIMEOUT_S (uvicorn itself has no such deadline: a socket trickling one header byte at a time
+# was kept open for ever), an idle keep-alive connection is closed after KEEP_ALIVE_S, one client
+# address keeps at most MAX_CONNECTIONS_PER_CLIENT connections open, and past MAX_CONNECTIONS in all
+# uvicorn answers 503 (its limit_concurrency), below the usual limit of 1,024 open files.
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_CONNECTIONS_PER_CLIENT = 64
+MAX_CONNECTIONS = 512
+MAX_HEADER_BYTES = 16 * 1024  # h11's limit on a request's headers
 # Decoding is where an upload's memory goes (3 bytes a pixel, and copies); the forward passes are
 # serialised by the Predictor anyway, so a few decodes at once keep the CPU busy.
 MAX_CONCURRENT_DECODES = 2
@@ -134,9 +150,11 @@ class _Settings:
     max_upload_mb: float
     upload_timeout_s: float
     max_concurrent_uploads: int
+    max_uploads_per_client: int
     draft_side: int | None
     decoding: ThreadPoolExecutor
     uploads: int = 0  # being read or decoded now
+    uploads_by_client: Counter = field(default_factory=Counter)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -145,6 +163,7 @@ class _Settings:
 
 def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runtime: str = "torch", *,
                upload_timeout_s: float = UPLOAD_TIMEOUT_S, max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
+               max_uploads_per_client: int = MAX_UPLOADS_PER_CLIENT,
                max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
                draft_side: int | None = images.SERVER_DRAFT_SIDE,
                index: str | Path | SearchIndex | None = None,
@@ -172,8 +191,9 @@ def create_app(model: str | Path | Predictor, max_upload_mb: float = 10.0, runti
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.serving = _Settings(
         predictor, search_index, Path(predictor.model_dir).resolve().name if predictor.model_dir else None,
-        max_upload_mb, upload_timeout_s, max_concurrent_uploads, draft_side,
+        max_upload_mb, upload_timeout_s, max_concurrent_uploads, max_uploads_per_client, draft_side,
         ThreadPoolExecutor(max_workers=max(1, int(max_concurrent_decodes)), thread_name_prefix="fashionlens-decode"))
+    _log_floods_once(logger.name)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -307,14 +327,24 @@ async def _with_upload(request: Request, route: str, work) -> JSONResponse:
     """Read one uploaded photo within the limits, then run ``work(data, filename)`` (a callable for
     the decoding pool) and answer with its result."""
     serving: _Settings = request.app.state.serving
+    client = request.client.host if request.client else "unknown"
     if serving.uploads >= serving.max_concurrent_uploads:
+        logger.warning(BUSY, serving.max_concurrent_uploads)
         return _error(503, f"server busy: {serving.uploads} uploads in progress, the limit is "
                            f"{serving.max_concurrent_uploads}; retry in a moment", headers={"Retry-After": "1"})
+    if serving.uploads_by_client[client] >= serving.max_uploads_per_client:
+        logger.warning(CLIENT_BUSY, client, serving.max_uploads_per_client)
+        return _error(503, f"too many uploads from {client} at once: the limit is {serving.max_uploads_per_client} "
+                           "per client; retry when one has finished", headers={"Retry-After": "1"})
     serving.uploads += 1
+    serving.uploads_by_client[client] += 1
     try:
         return await _handle_upload(request, serving, route, work)
     finally:
         serving.uploads -= 1
+        serving.uploads_by_client[client] -= 1
+        if not serving.uploads_by_client[client]:
+            del serving.uploads_by_client[client]
 
 
 async def _handle_upload(request: Request, serving: _Settings, route: str, work) -> JSONResponse:
@@ -476,6 +506,106 @@ def local_hosts(host: str, extra: Sequence[str] = ()) -> list[str] | None:
     return list(dict.fromkeys([host, "localhost", "127.0.0.1", "::1", *extra]))
 
 
+# Log lines that a flood repeats (per attempt): _OncePerCause lets the first of each through, as one
+# line, and drops its repeats for a minute.
+BUSY = "uploads refused with 503: the server's limit of %d uploads at once is reached"
+CLIENT_BUSY = "uploads from %s refused with 503: its limit of %d uploads at once is reached"
+HEADERS_LATE = "closed a connection from %s: its request headers did not arrive within %g s"
+CLIENT_CONNECTIONS = "closed a connection from %s at once: it holds %d connections, the limit per client"
+FLOODS = (BUSY, CLIENT_BUSY, HEADERS_LATE, CLIENT_CONNECTIONS,
+          "socket.accept() out of system resource",  # asyncio, with a traceback, when file descriptors run out
+          "Exceeded concurrency limit.")  # uvicorn, for each request over limit_concurrency
+
+
+class _OncePerCause(logging.Filter):
+    def __init__(self, period_s: float = 60.0):
+        super().__init__()
+        self.period_s = period_s
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        cause = next((flood for flood in FLOODS if message.startswith(flood)), None)
+        if cause is None:
+            return True
+        now = time.monotonic()
+        if now - self.last.get(cause, -self.period_s) < self.period_s:
+            return False
+        self.last[cause] = now
+        record.msg = message.split("\n")[0] + f" (repeats in the next {self.period_s:g} s are not logged)"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_ONCE = _OncePerCause()
+
+
+def _log_floods_once(*names: str) -> None:
+    for name in names:
+        log = logging.getLogger(name)
+        if _ONCE not in log.filters:
+            log.addFilter(_ONCE)
+
+
+def _guarded_protocol(header_timeout_s: float, max_connections_per_client: int) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers and a per-client connection limit."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        headers_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            host = self.client[0] if self.client else None
+            held = sum(1 for other in self.connections if host is not None and other.client
+                       and other.client[0] == host)
+            if held > max_connections_per_client:
+                logger.warning(CLIENT_CONNECTIONS, host, max_connections_per_client)
+                transport.close()
+                return
+            self._await_headers()
+
+        def _await_headers(self) -> None:
+            if self.headers_deadline is not None:
+                self.headers_deadline.cancel()
+            self.headers_deadline = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _headers_late(self) -> None:
+            # IDLE: no request has begun, or its headers are still arriving (a body has its own deadline).
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                logger.warning(HEADERS_LATE, self.client[0] if self.client else "unknown", header_timeout_s)
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_headers()  # the next request's headers on this keep-alive connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.headers_deadline is not None:
+                self.headers_deadline.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
+                   header_timeout_s: float = HEADER_TIMEOUT_S,
+                   max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+                   max_connections: int = MAX_CONNECTIONS, **options: Any):
+    """The uvicorn configuration ``serve`` runs ``app`` with: header and keep-alive deadlines, a
+    per-client connection limit, uvicorn's limit_concurrency, and one log line per flood's cause."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, timeout_keep_alive=KEEP_ALIVE_S,
+                            http=_guarded_protocol(header_timeout_s, max_connections_per_client),
+                            limit_concurrency=max_connections, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                            **options)
+    _log_floods_once("uvicorn.error", "asyncio")  # after Config, which configures uvicorn's loggers
+    return config
+
+
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
           max_upload_mb: float = 10.0, index: str | Path | None = None, allow_hosts: Sequence[str] = ()) -> int:
     """Run the server with uvicorn until interrupted (binds to localhost unless ``host`` says otherwise)."""
@@ -485,5 +615,5 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, runt
                      allowed_hosts=local_hosts(host, allow_hosts))
     shown = f"[{host}]" if ":" in host else host
     print(f"fashionlens: serving {model_dir} at http://{shown}:{port}/ (API docs at /docs); Ctrl+C stops it")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, host, port, log_level="info")).run()
     return 0
