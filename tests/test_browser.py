@@ -114,6 +114,9 @@ def test_the_page_shows_the_predicted_labels_first_and_folds_the_rest(server_url
     page.wait_for_selector("#results .bar", timeout=30_000)
     assert _visible_texts(page, "#results h2") == ["Predicted labels"]
     assert sorted(_visible_texts(page, "#results .bar .name")) == ["Floral", "Plaid"]
+    # Each bar marks its label's threshold (0 for these two, 1 for the rest).
+    cuts = page.locator("#results .bar .cut").evaluate_all("els => els.map(e => e.style.left)")
+    assert sorted(cuts) == ["0%"] * 4 + ["100%"] * 4  # the two shown, then all six folded
     summary = page.locator("#results details.all summary")
     assert summary.inner_text() == "All 6 scores" and not page.locator("#results details.all .bar").first.is_visible()
     summary.click()
