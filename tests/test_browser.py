@@ -124,7 +124,7 @@ def test_the_page_shows_the_predicted_labels_first_and_folds_the_rest(server_url
     assert page.locator("#model").inner_text().startswith("model · style model")
 
 
-def test_a_model_with_label_groups_shows_its_category_then_grouped_attributes(server_url, browser):
+def test_a_model_with_label_groups_shows_its_category_then_grouped_attributes(server_url, browser, tmp_path):
     """The page renders a prediction's ``category`` and ``groups`` (inference.py's StylePrediction once it
     knows label groups): here the server's answer is replaced by one of that shape."""
     import json
@@ -149,6 +149,17 @@ def test_a_model_with_label_groups_shows_its_category_then_grouped_attributes(se
     page.locator("#results details.all summary").click()
     assert _visible_texts(page, "#results details.all h3") == ["pattern", "sleeve", "color"]
     assert _visible_texts(page, "#results details.all .bar .name") == ["solid", "floral", "long sleeves", "red"]
+    # A model without groups (category null, groups empty): the flat list.
+    answer.update(category=None, groups={}, predicted=["solid"],
+                  labels=[{"name": "solid", "display_name": "solid", "score": 0.8, "logit": 1.4, "threshold": 0.5,
+                           "predicted": True},
+                          {"name": "red", "display_name": "red", "score": 0.2, "logit": -1.4, "threshold": 0.5,
+                           "predicted": False}])
+    other = tmp_path / "other.jpg"  # choosing the same file again would not fire a change
+    other.write_bytes(PHOTOS[0].read_bytes())
+    page.set_input_files("#file", str(other))
+    page.wait_for_selector("#results h2:has-text('Predicted labels')", timeout=30_000)
+    assert _visible_texts(page, "#results .bar .name") == ["solid"]
 
 
 def test_upload_a_photo_and_see_score_bars(server_url, browser, tmp_path):

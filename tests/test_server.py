@@ -173,10 +173,12 @@ def test_missing_field_and_malformed_requests(client):
 def test_starlettes_form_limits_bound_the_parts(client):
     """Uploads are parsed by Starlette's request.form with its own limits: one file, a few small fields."""
     photo = PHOTOS[0].read_bytes()
-    two = client.post("/predict", files=[("file", ("a.jpg", photo, "image/jpeg")), ("other", ("b.jpg", photo, "image/jpeg"))])
+    two = client.post("/predict", files=[("file", ("a.jpg", photo, "image/jpeg")),
+                                         ("other", ("b.jpg", photo, "image/jpeg"))])
     assert two.status_code == 400
     assert two.json()["detail"] == "malformed multipart upload (Too many files. Maximum number of files is 1.)"
-    many = client.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")}, data={f"f{i}": "x" for i in range(9)})
+    many = client.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
+                       data={f"f{i}": "x" for i in range(9)})
     assert many.status_code == 400 and "Maximum number of fields is 8" in many.json()["detail"]
     big = client.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")}, data={"note": "x" * 70_000})
     assert big.status_code == 400 and "Part exceeded maximum size of 64KB" in big.json()["detail"]

@@ -1,9 +1,11 @@
 """Serve a model over HTTP: a JSON API and a web page that shows what the model sees in a photo.
 
-    GET  /          the web page (drop a photo, see scores, category, attributes, landmarks)
+    GET  /          the web page (drop a photo, see what is predicted: category, labels above their
+                    calibrated thresholds by group, landmarks; every score folded below)
     GET  /health    {"status": "ok", "model": {...}} (the model directory's name, never its path)
     GET  /labels    the label vocabulary (and categories / landmark names for clothing models)
-    POST /predict   multipart/form-data with the photo in the field ``file``; optional ?top_k=
+    POST /predict   multipart/form-data with the photo in the field ``file``; optional ?top_k=, and
+                    ?threshold= (one cut-off instead of the model's calibrated thresholds)
     POST /explain   the same upload; ?label=NAME (or top): the prediction and that label's activation map
     POST /similar   the same upload; ?k=: the most similar catalogue photos (``serve --index``)
     GET  /similar/{id}/photo   a thumbnail of catalogue item ``id`` (only the index's own files are served)
@@ -11,7 +13,8 @@
 
 What an upload can cost is bounded before any of it is spent:
 
-- at most ``max_concurrent_uploads`` uploads are read at once; one more is answered 503 at once;
+- at most ``max_concurrent_uploads`` uploads are read at once, at most ``max_uploads_per_client``
+  of them from one client address; one more is answered 503 at once;
 - Starlette parses the form (``request.form`` with its own limits: one file, a few fields, small
   text parts); the body's bytes are counted as they arrive and cut off as soon as they pass
   ``max_upload_mb`` (413), whatever Content-Length claims, and the whole form must arrive within
@@ -24,12 +27,16 @@ What an upload can cost is bounded before any of it is spent:
   once, and large JPEGs at reduced scale (``draft_side``, never below 1024 px on the long side);
   sizes and landmarks are still reported in the photo's own pixels.
 
+``serve`` runs uvicorn as :func:`uvicorn_config` sets it up against slow clients: a deadline for
+each request's headers, keep-alive, connections per client address, ``limit_concurrency``, and one
+log line per cause of a flood instead of one per attempt.
+
 The routes are module-level functions that read the model and the limits from
-``request.app.state.serving``. The uploaded file name is only echoed back, never used as a path. Decoding and inference run in a
-pool of ``max_concurrent_decodes`` threads of their own, so one slow image never blocks the event
-loop, and the large buffers of decoding are allocated by those few threads only: spread over the
-dozens of a general thread pool, each thread's malloc arena kept its share of them after the
-request (docs/benchmarks.md, "Server memory").
+``request.app.state.serving``. The uploaded file name is only echoed back, never used as a path.
+Decoding and inference run in a pool of ``max_concurrent_decodes`` threads of their own, so one
+slow image never blocks the event loop, and the large buffers of decoding are allocated by those
+few threads only: spread over the dozens of a general thread pool, each thread's malloc arena kept
+its share of them after the request (docs/benchmarks.md, "Server memory").
 """
 
 from __future__ import annotations
