@@ -523,3 +523,26 @@ def test_slow_clients_neither_stall_nor_flood_the_server(client, caplog):
         "(repeats in the next 60 s are not logged)",
         "closed a connection from 127.0.0.4 at once: it holds 5 connections, the limit per client "
         "(repeats in the next 60 s are not logged)"]
+
+
+def test_asyncios_accept_failures_are_one_line_a_minute_without_traceback():
+    """Out of file descriptors, asyncio logs a traceback for every accept it retries (108,535 in 30 s)."""
+    import logging
+
+    from fashionlens.server.app import _OncePerCause
+
+    once = _OncePerCause()
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        import sys
+
+        exc_info = sys.exc_info()
+    records = [logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, "socket.accept() out of system "
+                                 "resource\nsocket: <socket fd=7>\nOSError: [Errno 24] Too many open files", None,
+                                 exc_info) for _ in range(3)]
+    kept = [record for record in records if once.filter(record)]
+    assert [(record.getMessage(), record.exc_info) for record in kept] == [
+        ("socket.accept() out of system resource (repeats in the next 60 s are not logged)", None)]
+    other = logging.LogRecord("fashionlens.server", logging.WARNING, "app.py", 1, "client disconnected", None, None)
+    assert once.filter(other) and once.filter(other)  # not a flood: every one is logged

@@ -107,7 +107,8 @@ class _NonFiniteScores(Exception):
 
 class _CountedBody:
     """The request's ASGI ``receive``, counting the body's bytes against a limit and noting whether the
-    multipart close delimiter went by (Starlette's parser accepts a body that stops before it)."""
+    multipart close delimiter went by: Starlette's form limits bound the parts, not the whole body, and
+    its parser accepts a body that stops before the close delimiter."""
 
     def __init__(self, request: Request, limit: int, boundary: bytes):
         self.receive_next = request.receive
