@@ -21,6 +21,7 @@ PHOTOS = sorted((DATA / "clothing-attributes" / "images").glob("*.jpg"))[:1] or 
     sorted((REPO / "examples" / "clothing-attributes-mini" / "images").glob("*.jpg"))[:1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 NAMES = ["floral", "striped", "plaid", "solid_color", "spotted", "graphics"]
+PREDICTED = ("floral", "plaid")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
@@ -67,8 +68,11 @@ def server_url(tmp_path_factory):
               "head": "linear", "num_labels": len(NAMES), "image_size": 128, "residual": False, "hidden_dim": 64}
     labels = {"label_names": NAMES, "display_names": [n.replace("_", " ").title() for n in NAMES]}
     preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+    # Calibrated thresholds as training writes them: Floral and Plaid always predicted, the rest never.
+    thresholds = {"method": "f1", "global_threshold": 0.5,
+                  "thresholds": {name: 0.0 if name in PREDICTED else 1.0 for name in NAMES}}
     model_dir = save_model_dir(tmp_path_factory.mktemp("browser") / "model", build_style_model(config), config,
-                               labels, preprocessing)
+                               labels, preprocessing, thresholds=thresholds)
     yield from _serve(model_dir)
 
 
@@ -99,12 +103,72 @@ def _upload(browser, url: str, photo: Path, height: int = 760):
     return page
 
 
+def _visible_texts(page, selector: str) -> list[str]:
+    return [item.text_content() for item in page.locator(selector).all() if item.is_visible()]
+
+
+def test_the_page_shows_the_predicted_labels_first_and_folds_the_rest(server_url, browser, tmp_path):
+    """Issue 32 item 2: the server ignored the calibrated thresholds, so the page listed every label,
+    none marked, under "Styles"; now what a person sees is the predicted labels, the rest folded."""
+    page = _upload(browser, server_url, PHOTOS[0])
+    page.wait_for_selector("#results .bar", timeout=30_000)
+    assert _visible_texts(page, "#results h2") == ["Predicted labels"]
+    assert sorted(_visible_texts(page, "#results .bar .name")) == ["Floral", "Plaid"]
+    # Each bar marks its label's threshold (0 for these two, 1 for the rest).
+    cuts = page.locator("#results .bar .cut").evaluate_all("els => els.map(e => e.style.left)")
+    assert sorted(cuts) == ["0%"] * 4 + ["100%"] * 4  # the two shown, then all six folded
+    summary = page.locator("#results details.all summary")
+    assert summary.inner_text() == "All 6 scores" and not page.locator("#results details.all .bar").first.is_visible()
+    summary.click()
+    assert len(_visible_texts(page, "#results details.all .bar .name")) == 6
+    assert page.locator("#model").inner_text().startswith("model · style model")
+
+
+def test_a_model_with_label_groups_shows_its_category_then_grouped_attributes(server_url, browser, tmp_path):
+    """The page renders a prediction's ``category`` and ``groups`` (inference.py's StylePrediction once it
+    knows label groups): here the server's answer is replaced by one of that shape."""
+    import json
+
+    answer = {"task": "style", "source": "a.jpg", "image": {"width": 10, "height": 10},
+              "labels": [], "predicted": ["long sleeves", "solid"],
+              "category": {"name": "shirt", "score": 0.91},
+              "groups": {"pattern": [{"name": "solid", "score": 0.8, "predicted": True},
+                                     {"name": "floral", "score": 0.1, "predicted": False}],
+                         "sleeve": [{"name": "long sleeves", "score": 0.7, "predicted": True}],
+                         "color": [{"name": "red", "score": 0.2, "predicted": False}]}}
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.route("**/predict", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                         body=json.dumps(answer)))
+    page.goto(server_url)
+    page.wait_for_selector("#model:has-text('style model')")
+    page.set_input_files("#file", str(PHOTOS[0]))
+    page.wait_for_selector("#results .bar", timeout=30_000)
+    assert _visible_texts(page, "#results h2") == ["Category", "Attributes"]
+    assert _visible_texts(page, "#results .bar .name") == ["shirt", "solid", "long sleeves"]
+    assert _visible_texts(page, "#results > .type h3") == ["pattern", "sleeve"]  # color: nothing predicted
+    page.locator("#results details.all summary").click()
+    assert _visible_texts(page, "#results details.all h3") == ["pattern", "sleeve", "color"]
+    assert _visible_texts(page, "#results details.all .bar .name") == ["solid", "floral", "long sleeves", "red"]
+    # A model without groups (category null, groups empty): the flat list.
+    answer.update(category=None, groups={}, predicted=["solid"],
+                  labels=[{"name": "solid", "display_name": "solid", "score": 0.8, "logit": 1.4, "threshold": 0.5,
+                           "predicted": True},
+                          {"name": "red", "display_name": "red", "score": 0.2, "logit": -1.4, "threshold": 0.5,
+                           "predicted": False}])
+    other = tmp_path / "other.jpg"  # choosing the same file again would not fire a change
+    other.write_bytes(PHOTOS[0].read_bytes())
+    page.set_input_files("#file", str(other))
+    page.wait_for_selector("#results h2:has-text('Predicted labels')", timeout=30_000)
+    assert _visible_texts(page, "#results .bar .name") == ["solid"]
+
+
 def test_upload_a_photo_and_see_score_bars(server_url, browser, tmp_path):
     page = _upload(browser, server_url, PHOTOS[0])
     page.wait_for_selector("#results .bar", timeout=30_000)
-    names = page.locator("#results .bar .name").all_inner_texts()
+    page.locator("#results details.all summary").click()
+    names = page.locator("#results details.all .bar .name").all_inner_texts()
     assert sorted(names) == sorted(n.replace("_", " ").title() for n in NAMES)
-    values = [float(v) for v in page.locator("#results .bar .value").all_inner_texts()]
+    values = [float(v) for v in page.locator("#results details.all .bar .value").all_inner_texts()]
     assert values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
     widths = page.locator("#results .bar .fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
     assert widths[0] >= widths[-1] and widths[0] > 0
@@ -138,8 +202,10 @@ def test_clothing_model_shows_category_attributes_by_type_and_landmarks(clothing
     page.set_input_files("#file", str(PHOTOS[0]))
     page.wait_for_selector("#results .bar", timeout=30_000)
     assert page.locator("#results h2").all_text_contents() == ["Category", "Attributes"]
-    assert page.locator("#results .type h3").all_text_contents() == ["texture", "fabric", "shape"]
-    categories = page.locator("#results > .bars").first.locator(".name").all_text_contents()
+    assert page.locator("#results details.all .type h3").all_text_contents() == ["category", "texture", "fabric",
+                                                                                  "shape"]
+    assert page.locator("#results > .bars").first.locator(".name").count() == 1  # the predicted category
+    categories = page.locator("#results details.all .type").first.locator(".name").all_text_contents()
     assert sorted(categories) == ["Dress", "Jeans", "Skirt", "Tee"]
     # Eight landmarks in the legend, drawn on the canvas over the photo (some pixels painted).
     assert page.locator("#legend span").count() == 8
@@ -207,6 +273,7 @@ def test_similar_items_strip(similar_server_url, browser, tmp_path):
     page = _upload(browser, similar_server_url, photo, height=900)
     page.wait_for_selector("#similar figure", timeout=30_000)
     assert page.locator("#similar").is_visible()
+    assert page.locator("#similar").bounding_box()["y"] < 900  # near the top: on the first screen, not below every score
     assert page.locator("#similar figure").count() == 10
     captions = page.locator("#similar figcaption").all_inner_texts()
     assert captions[0].startswith("1.00") and captions[0].endswith(photo.name)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra (fastapi, python-multipart)")
-pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+httpx = pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 from fastapi.testclient import TestClient
 
 from fashionlens.modeldir import save_model_dir
@@ -34,8 +34,11 @@ def model_dir(tmp_path_factory) -> Path:
               "head": "linear", "num_labels": len(NAMES), "image_size": 128, "residual": False, "hidden_dim": 64}
     labels = {"label_names": NAMES, "display_names": [n.replace("_", " ").title() for n in NAMES]}
     preprocessing = {"image_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "square"}
+    # Calibrated thresholds as training writes them: floral and plaid always marked, the rest never.
+    thresholds = {"method": "f1", "global_threshold": 0.5,
+                  "thresholds": {name: 0.0 if name in ("floral", "plaid") else 1.0 for name in NAMES}}
     return save_model_dir(tmp_path_factory.mktemp("served") / "model", build_style_model(config), config, labels,
-                          preprocessing)
+                          preprocessing, thresholds=thresholds)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +90,17 @@ def test_predict_a_real_photo(client):
     # Same answer as the Python API.
     from fashionlens.inference import load
 
-    expected = load(client.app.state.predictor.model_dir)(photo)
+    expected = load(client.app.state.serving.predictor.model_dir)(photo)
     assert [item["name"] for item in body["labels"]] == [label.name for label in expected.labels]
     assert scores == pytest.approx([label.score for label in expected.labels], abs=1e-6)
+
+    # The model's calibrated thresholds decide, as in `predict` (the server used to mark nothing).
+    assert body["predicted"] == [label.name for label in expected.predicted]
+    assert sorted(body["predicted"]) == ["floral", "plaid"]
+    assert [item["threshold"] for item in body["labels"] if item["name"] == "floral"] == [0.0]
+    # A number asked for replaces them.
+    everything = client.post("/predict?threshold=0", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+    assert everything.json()["predicted"] == [item["name"] for item in body["labels"]]
 
     top2 = client.post("/predict?top_k=2", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
     assert [item["name"] for item in top2["labels"]] == [item["name"] for item in body["labels"][:2]]
@@ -157,6 +168,20 @@ def test_missing_field_and_malformed_requests(client):
     assert response.status_code in (400, 422)
     assert response.json()["detail"]
     assert client.get("/health").json()["status"] == "ok"  # still alive
+
+
+def test_starlettes_form_limits_bound_the_parts(client):
+    """Uploads are parsed by Starlette's request.form with its own limits: one file, a few small fields."""
+    photo = PHOTOS[0].read_bytes()
+    two = client.post("/predict", files=[("file", ("a.jpg", photo, "image/jpeg")),
+                                         ("other", ("b.jpg", photo, "image/jpeg"))])
+    assert two.status_code == 400
+    assert two.json()["detail"] == "malformed multipart upload (Too many files. Maximum number of files is 1.)"
+    many = client.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
+                       data={f"f{i}": "x" for i in range(9)})
+    assert many.status_code == 400 and "Maximum number of fields is 8" in many.json()["detail"]
+    big = client.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")}, data={"note": "x" * 70_000})
+    assert big.status_code == 400 and "Part exceeded maximum size of 64KB" in big.json()["detail"]
 
 
 def test_path_traversal_filename_is_only_echoed(client, tmp_path):
@@ -409,3 +434,116 @@ def test_only_the_bound_address_and_localhost_are_answered(model_dir):
     with TestClient(app, base_url="http://attacker.example:8000") as client:
         assert client.get("/health").status_code == 400
         assert client.get("/").status_code == 400
+
+
+def test_slow_clients_neither_stall_nor_flood_the_server(client, caplog):
+    """Issue 27 item 6: sockets trickling a byte at a time held every upload slot (every other upload got
+    503 for as long as they went on) and trickling headers were kept open for ever, each refusal one more
+    log line. Now: a per-client upload limit, a deadline for headers, a per-client connection limit, and
+    one log line per cause."""
+    import logging
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from fashionlens.server.app import _ONCE, create_app, uvicorn_config
+
+    _ONCE.last.clear()  # a cause logged by an earlier test in this process is logged again here
+    predictor = client.app.state.serving.predictor  # loaded once for the module
+    app = create_app(predictor, upload_timeout_s=30, max_concurrent_uploads=4, max_uploads_per_client=2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, header_timeout_s=0.5, max_connections_per_client=5,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    caplog.set_level(logging.WARNING)
+    sockets: list[socket.socket] = []
+
+    def connect(source: str, data: bytes) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        sockets.append(sock)
+        sock.sendall(data)
+        return sock
+
+    part = _multipart("stall", PHOTOS[0].read_bytes())
+    upload_head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(part)}\r\n"
+                   f"Content-Type: multipart/form-data; boundary=stall\r\n\r\n").encode() + part[:200]
+    stop = threading.Event()
+    try:
+        started = time.monotonic()
+        uploads = [connect("127.0.0.2", upload_head) for _ in range(4)]
+        headers = [connect("127.0.0.3", b"GET /health HTTP/1.1\r\nHost: 1") for _ in range(3)]
+
+        def trickle() -> None:  # one byte every 0.2 s on each socket, body or headers
+            while not stop.wait(0.2):
+                for sock in uploads[:2] + headers:
+                    try:
+                        sock.send(b"2")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        # Uploads over the client's limit are refused at once; the first two keep trickling.
+        for refused in uploads[2:]:
+            answer = b""
+            while not answer.endswith(b"}"):
+                answer += refused.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+            assert b"too many uploads from 127.0.0.2 at once: the limit is 2 per client" in answer
+        # Everyone else is answered at once.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            assert client.get("/health").status_code == 200
+            response = client.post("/predict", files={"file": ("a.jpg", PHOTOS[0].read_bytes(), "image/jpeg")})
+            assert response.status_code == 200, response.text
+        assert time.monotonic() - started < 3
+        # Headers still trickling after half a second: closed (recv sees the end).
+        for sock in headers:
+            assert sock.recv(65536) == b""
+        assert time.monotonic() - started < 4
+        # One address holds at most 5 connections: the sixth and seventh are closed at once.
+        extra = [connect("127.0.0.4", b"") for _ in range(7)]
+        assert [sock.recv(1) for sock in extra[5:]] == [b"", b""]
+    finally:
+        stop.set()
+        for sock in sockets:
+            sock.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "fashionlens.server" and "disconnected" not in record.getMessage()]
+    assert lines == [
+        "uploads from 127.0.0.2 refused with 503: its limit of 2 uploads at once is reached "
+        "(repeats in the next 60 s are not logged)",
+        "closed a connection from 127.0.0.3: its request headers did not arrive within 0.5 s "
+        "(repeats in the next 60 s are not logged)",
+        "closed a connection from 127.0.0.4 at once: it holds 5 connections, the limit per client "
+        "(repeats in the next 60 s are not logged)"]
+
+
+def test_asyncios_accept_failures_are_one_line_a_minute_without_traceback():
+    """Out of file descriptors, asyncio logs a traceback for every accept it retries (108,535 in 30 s)."""
+    import logging
+
+    from fashionlens.server.app import _OncePerCause
+
+    once = _OncePerCause()
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        import sys
+
+        exc_info = sys.exc_info()
+    records = [logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, "socket.accept() out of system "
+                                 "resource\nsocket: <socket fd=7>\nOSError: [Errno 24] Too many open files", None,
+                                 exc_info) for _ in range(3)]
+    kept = [record for record in records if once.filter(record)]
+    assert [(record.getMessage(), record.exc_info) for record in kept] == [
+        ("socket.accept() out of system resource (repeats in the next 60 s are not logged)", None)]
+    other = logging.LogRecord("fashionlens.server", logging.WARNING, "app.py", 1, "client disconnected", None, None)
+    assert once.filter(other) and once.filter(other)  # not a flood: every one is logged

@@ -333,12 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model_dir", type=Path)
     export.add_argument("--onnx", type=Path, required=True, help="output .onnx file (dynamic batch)")
 
-    serve = commands.add_parser("serve", help="serve a model over HTTP with a web page (FastAPI)")
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP with a web page (FastAPI)",
+        description="Serve a model (a directory or a released model's name) over HTTP: a web page at / that "
+                    "shows a photo's predicted labels (the model's calibrated thresholds), POST /predict, "
+                    "/explain and /similar, API docs at /docs. Slow or stalled clients are cut off (deadlines for "
+                    "headers and uploads, limits per client address: docs/reliability.md).")
     serve.add_argument("model_dir", type=Path)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every address)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="default torch")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0,
+                       help="largest photo accepted, in MB (default 10); larger uploads get 413")
     serve.add_argument("--index", type=Path, default=None,
                        help="a similarity index of the same model (`fashionlens index`): POST /similar and a "
                             "'similar items' strip on the page")
