@@ -39,6 +39,9 @@ def test_catalogue_labels_groups_and_applies_to_by_hand() -> None:
     # Seen on a full-body garment only: applies to the dress; bag was seen with the dress and the shoes.
     assert out["applies_to"] == {"bag": ["dress", "shoes"], "sleeve_long": ["dress"], "sleeve_short": [],
                                  "collar": ["dress"]}
+    assert out["exclusive_groups"] == ["sleeve"]  # no photo has two sleeve lengths
+    labels[2, 5:7] = mask[2, 5:7] = 1  # now one does
+    assert catalogue_labels(NAMES, ["dress", "shoes", "hat"], labels, mask)["exclusive_groups"] == []
     assert catalogue_labels(NAMES, [], labels, mask) == {}
 
 
@@ -46,7 +49,8 @@ def _predictor(logits: list[list[float]]) -> Predictor:
     labels = {"label_names": NAMES, "display_names": [n.replace("_", " ") for n in NAMES],
               "groups": {"category": ["dress", "shoes", "hat"], "garments": ["heels", "bag", "logo", "collar"],
                          "sleeve": ["sleeve_long", "sleeve_short"]},
-              "applies_to": {"sleeve_long": ["dress"], "sleeve_short": ["dress"], "collar": ["dress"]}}
+              "applies_to": {"sleeve_long": ["dress"], "sleeve_short": ["dress"], "collar": ["dress"]},
+              "exclusive_groups": ["sleeve"]}
     _check_labels(Path("labels.json"), labels)
     outputs = {"logits": np.array(logits, dtype=np.float32)}
     thresholds = Thresholds(tuple(NAMES), (0.5,) * len(NAMES))
@@ -55,9 +59,10 @@ def _predictor(logits: list[list[float]]) -> Predictor:
 
 def test_the_category_comes_first_and_sleeves_on_shoes_are_not_marked() -> None:
     # Photo 1: shoes (best garment), long sleeves scored high: not marked. Photo 2: the same, but a dress is
-    # also above its threshold (a street photo): the sleeves belong to the dress and stay marked.
+    # also above its threshold (a street photo): the sleeves belong to the dress and stay marked, but
+    # only the best of the exclusive sleeve group (short sleeves are above their threshold too).
     predictor = _predictor([[-3.0, 4.0, -3.0, 1.0, 1.0, 3.0, -2.0, 2.0, 0.5],
-                            [1.0, 4.0, -3.0, 1.0, 1.0, 3.0, -2.0, 2.0, 0.5]])
+                            [1.0, 4.0, -3.0, 1.0, 1.0, 3.0, 2.5, 2.0, 0.5]])
     shoes, street = predictor([torch.zeros(3, 40, 30, dtype=torch.uint8)] * 2)
     assert shoes.category.name == "shoes" and shoes.category.score == pytest.approx(1 / (1 + np.exp(-4.0)))
     assert [label.name for label in shoes.predicted] == ["shoes", "heels", "bag", "logo"]
@@ -91,6 +96,7 @@ def test_a_model_without_groups_predicts_as_before() -> None:
     ({"groups": {"category": ["dress"], "x": ["dress"]}}, "in one group at most"),
     ({"groups": {"category": ["dress"]}, "applies_to": {"collar": ["shoes"]}}, "'applies_to.collar'"),
     ({"groups": ["dress"]}, "'groups'"),
+    ({"groups": {"category": ["dress"]}, "exclusive_groups": ["sleeve"]}, "'exclusive_groups'"),
 ])
 def test_bad_groups_are_refused_naming_the_key(change: dict, message: str) -> None:
     with pytest.raises(ModelDirError, match=message):

@@ -5,7 +5,8 @@ A style model trained on data with garment classes (class folders, a dataset's c
 which of its labels are the **category**: a prediction names the best of them first. The other labels
 are **grouped**: names sharing a prefix form a group (``color_red``, ``color_blue`` -> ``color``);
 the rest are ``garments`` (garments and accessories that apply to any photo) or ``details`` (parts
-that apply to some garments only, such as a collar).
+that apply to some garments only, such as a collar). A group no training photo has two labels of
+(the sleeve length) is exclusive: a prediction marks only its best label.
 
 Which attributes apply to which garment comes from the training labels: an attribute applies to a
 category when it was seen on some garment of the same body region (``GARMENT_REGIONS``). Pooling by
@@ -39,11 +40,13 @@ CATEGORY, GARMENTS, DETAILS = "category", "garments", "details"
 
 def catalogue_labels(label_names: Sequence[str], category_names: Sequence[str], labels: np.ndarray,
                      mask: np.ndarray) -> dict[str, dict[str, list[str]]]:
-    """``{"groups": {group: [label, ...]}, "applies_to": {label: [category, ...]}}`` for labels.json.
+    """``{"groups": {group: [label, ...]}, "applies_to": {label: [category, ...]}, "exclusive_groups": [...]}``
+    for labels.json.
 
     ``labels`` and ``mask`` are the training label matrix and its known-entries mask ``(N, L)``.
-    ``applies_to`` lists only the labels that do not apply to every category. Empty when no label is
-    a category name.
+    ``applies_to`` lists only the labels that do not apply to every category; ``exclusive_groups`` the
+    groups of which no training photo has two labels (a prediction marks at most one of them). Empty
+    when no label is a category name.
     """
     names = list(label_names)
     categories = [name for name in names if name in set(category_names)]
@@ -77,4 +80,8 @@ def catalogue_labels(label_names: Sequence[str], category_names: Sequence[str], 
         prefix = name.split("_", 1)[0]
         group = prefix if "_" in name and prefixes[prefix] > 1 else DETAILS if name in applies_to else GARMENTS
         groups.setdefault(group, []).append(name)
-    return {"groups": groups, "applies_to": applies_to}
+    # A group no training photo has two of (the sleeve length, a neckline) is "one of these".
+    column = {name: j for j, name in enumerate(names)}
+    exclusive = [group for group, members in groups.items() if group not in (CATEGORY, GARMENTS, DETAILS)
+                 and len(members) > 1 and positive[:, [column[m] for m in members]].sum(axis=1).max() <= 1]
+    return {"groups": groups, "applies_to": applies_to, "exclusive_groups": exclusive}

@@ -101,7 +101,8 @@ class StylePrediction:
     also names the ``category`` (the best-scored garment class, whatever its threshold) and lists the
     other labels by ``groups`` (``garments``, ``color``, ``sleeve``, ...); an attribute that applies to
     none of the photo's garments (the category and the garment classes above their thresholds:
-    sleeves on shoes) is never ``predicted``.
+    sleeves on shoes) is never ``predicted``, and of an exclusive group (the sleeve length) only the
+    best-scored label is.
     """
 
     source: str
@@ -386,6 +387,7 @@ class Predictor:
         self.category_indices = [index[name] for name in self.label_groups.get(CATEGORY, [])]
         self.group_of = {name: group for group, members in self.label_groups.items() for name in members}
         self.applies_to = {index[name]: set(fits) for name, fits in (self.labels.get("applies_to") or {}).items()}
+        self.exclusive_groups = set(self.labels.get("exclusive_groups") or [])
         self._lock = threading.Lock()
 
     @property
@@ -601,7 +603,11 @@ class Predictor:
                     label.predicted = False
                 if i != best:
                     group = self.group_of.get(label.name, GARMENTS)
-                    groups.setdefault(GARMENTS if group == CATEGORY else group, []).append(label)
+                    group = GARMENTS if group == CATEGORY else group
+                    if label.predicted and group in self.exclusive_groups and any(
+                            other.predicted for other in groups.get(group, [])):
+                        label.predicted = False  # one of these: only the best-scored is marked
+                    groups.setdefault(group, []).append(label)
             return StylePrediction(source, ranked, width, height, category, groups)
         k = 5 if top_k is None else top_k
         category_logits = outputs["category_logits"]

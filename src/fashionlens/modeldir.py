@@ -322,6 +322,11 @@ def _check_labels(path: Path, labels: dict[str, Any]) -> None:
         _check_string_list(path, f"applies_to.{name}", fits)
         if name not in names or not set(fits) <= categories:
             raise ModelDirError(f"{path}: 'applies_to.{name}': expected a label and names of the 'category' group")
+    exclusive = labels.get("exclusive_groups") or []
+    _check_string_list(path, "exclusive_groups", exclusive, unique=True)
+    if not set(exclusive) <= set(groups_by_name):
+        raise ModelDirError(f"{path}: 'exclusive_groups': {sorted(set(exclusive) - set(groups_by_name))[:5]} are "
+                            f"not in 'groups'")
     by_category = labels.get("landmarks_by_category") or {}
     if not isinstance(by_category, dict):
         raise _refuse(path, "landmarks_by_category", "an object of category name -> landmark names", by_category)
