@@ -103,7 +103,7 @@ def test_samples_through_the_transform_carry_masks(ccp_root: Path) -> None:
 
 
 def test_format_is_registered(small_ccp: Path) -> None:
-    assert "clothing-co-parsing" in FORMATS and STYLE_FORMATS[-1] == "clothing-co-parsing"
+    assert "clothing-co-parsing" in STYLE_FORMATS and "clothing-dataset" in STYLE_FORMATS
     assert FORMATS[:6] == ("deepfashion", "manifest", "jsonl", "kfashion", "clothing-attributes", "folders")
     dataset = open_dataset(small_ccp, "clothing-co-parsing")
     assert [r.image.name for r in dataset.records] == ["0002.jpg", "0003.jpg", "1005.jpg", "1006.jpg"]
