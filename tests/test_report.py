@@ -13,7 +13,7 @@ from PIL import Image
 from fashionlens import report
 from fashionlens.labels import build_adjacency, cooccurrence_counts
 from fashionlens.metrics import multilabel_metrics
-from fashionlens.modeldir import atomic_write_json
+from fashionlens.fileio import atomic_write_json
 from fashionlens.vocabulary import CUT_OFF, LANDMARK_NAMES
 
 LABELS = ["black", "blue", "white", "red", "floral", "plaid", "stripe", "solid", "long_sleeve", "collar"]

@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # Each command imports its service when it runs: training and compare import Lightning (4-6 s),
+    # which predict, serve and models must not wait for.
     if args.command == "demo":
         from fashionlens.demo import run_demo
 

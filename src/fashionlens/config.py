@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -23,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+import yaml
+
 from fashionlens.errors import FashionlensError
+from fashionlens.fileio import atomic_write_bytes
+from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS, TYPED_ATTRIBUTE_FORMATS
 
 T = TypeVar("T")
 
@@ -42,16 +49,12 @@ class ConfigError(FashionlensError):
 
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_workers() -> int:
     """DataLoader workers when ``data.workers`` (or ``--workers``) is not given: all cores but one
     with a GPU (it waits for the decoding), else at most 2 (the model needs the cores too)."""
-    import torch
-
     cores = cpu_cores()
     return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
 
@@ -67,8 +70,6 @@ def default_predict_workers() -> int:
     process would be a larger share of each batch, and workers stay (not measured: the project's
     CPUs have 2 cores).
     """
-    import torch
-
     if not torch.cuda.is_available() and cpu_cores() <= 2:
         return 0
     return default_workers()
@@ -259,6 +260,22 @@ TaskConfig = StyleConfig | ClothingConfig
 # ------------------------------------------------------------------------------ overrides and checks
 
 
+def parse_method(method: str) -> tuple[str, float | None]:
+    """``"f1"`` -> ("f1", None); ``"precision@0.9"`` -> ("precision", 0.9); else ValueError."""
+    if method == "f1":
+        return "f1", None
+    name, _, value = method.partition("@")
+    if name == "precision" and value:
+        try:
+            target = float(value)
+        except ValueError:
+            target = -1.0
+        if 0.0 < target <= 1.0:
+            return "precision", target
+    raise ValueError(f"calibration method {method!r}: expected 'f1', 'precision@P' with 0 < P <= 1, or 'none'")
+
+
+
 def override(config: T, changes: Mapping[str, Any], where: str = "") -> T:
     """``config`` with ``changes`` applied through ``dataclasses.replace``.
 
@@ -384,8 +401,6 @@ def validate(config: TaskConfig) -> TaskConfig:
         raise ConfigError("out: a run directory is needed (--out RUN_DIR)")
     if not config.data.sources:
         raise ConfigError("data.sources: no dataset given (--data PATH --format FORMAT)")
-    from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS, TYPED_ATTRIBUTE_FORMATS
-
     formats = STYLE_FORMATS if config.task == "style" else CLOTHING_FORMATS
     for index, source in enumerate(config.data.sources):
         if source.format not in formats:
@@ -404,8 +419,6 @@ def validate(config: TaskConfig) -> TaskConfig:
     if recipe.learning_rate <= 0:
         raise ConfigError(f"recipe.lr: must be positive, got {recipe.lr}")
     if config.calibration.method != "none":
-        from fashionlens.calibration import parse_method
-
         try:
             parse_method(config.calibration.method)
         except ValueError as error:
@@ -440,8 +453,6 @@ def whole_number(low: int):
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above 0 (a learning rate of inf or nan trains into NaN)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -477,15 +488,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 
 def dump_yaml(config: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a config file written by a run (or by hand); errors name the file and the key."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -503,6 +510,4 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 
 
 def write_yaml(config: Any, path: Path) -> None:
-    from fashionlens.modeldir import atomic_write_bytes
-
     atomic_write_bytes(Path(path), dump_yaml(config).encode("utf-8"))

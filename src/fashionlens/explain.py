@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fashionlens.heatmaps import heatmap_to_image_coords
+from fashionlens.progress import progress_bar
+
 POINTING_TOLERANCE_PX = 15.0  # Zhang et al. 2016, at the network's input size
 MIN_MASK_FRACTION = 0.01  # labels whose mask covers less of the image are not scored
 COLORMAP = "turbo"
@@ -101,8 +104,6 @@ def upsample(grid: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def grid_peak(grid: np.ndarray, width: int, height: int) -> tuple[float, float]:
     """(x, y) of the centre of ``grid``'s highest cell in the pixels of a ``width`` x ``height`` image."""
-    from fashionlens.heatmaps import heatmap_to_image_coords
-
     h, w = grid.shape
     row, col = divmod(int(np.argmax(grid)), w)
     xy = heatmap_to_image_coords(torch.tensor([float(col), float(row)]), (int(height), int(width)), (h, w))
@@ -252,8 +253,6 @@ def play_pointing_game(predictor, dataset, rows: Sequence[int], targets: Mapping
     same name for a model trained on the dataset; the union of several names is its mask). A photo
     is a trial of a model label when one of those labels is in its mask (:func:`score_pointing`).
     """
-    from fashionlens.progress import progress_bar
-
     result = PointingResult() if result is None else result
     names = list(dataset.label_names)
     ids = {label: [names.index(name) for name in wanted] for label, wanted in targets.items()}

@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fashionlens.data.transforms import ImagePreprocess
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
+from fashionlens.explain import Explanation, LabelMap
+from fashionlens.fileio import atomic_write_bytes
+from fashionlens.heatmaps import decode_heatmaps
+from fashionlens.hub import resolve_model_dir
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
+from fashionlens.modeldir import check_model_dir, load_model_dir, read_thresholds
 from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 
 # A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
@@ -340,8 +346,6 @@ class Predictor:
         if self.task not in ("style", "clothing"):
             raise ModelDirError(f"{model_dir}/config.json: unknown task {self.task!r} (expected 'style' or 'clothing')")
         self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
-        from fashionlens.data.transforms import ImagePreprocess
-
         # The evaluation transform in two steps (resize a photo, normalise a batch), for loaders too.
         self.image_preprocess = ImagePreprocess(self.image_size,
                                                 self.preprocessing.get("mean", (0.485, 0.456, 0.406)),
@@ -486,8 +490,6 @@ class Predictor:
 
         One forward pass gives the prediction and every label's map (the maps are one matrix
         product on the feature map the pooling would have seen)."""
-        from fashionlens.explain import Explanation, LabelMap
-
         wanted = [labels] if isinstance(labels, str) else list(labels)
         named = [self.label_index(name) for name in wanted if name != TOP_LABELS]
         model = self.torch_model("explain")
@@ -581,8 +583,6 @@ class Predictor:
                                            indices, k, threshold, self.per_label_thresholds)
         landmarks: list[Landmark] = []
         if "heatmaps" in outputs:
-            from fashionlens.heatmaps import decode_heatmaps
-
             size = self.image_size
             xy, confidence = decode_heatmaps(torch.from_numpy(outputs["heatmaps"][None]).float(), (size, size),
                                              subpixel=True)
@@ -612,9 +612,6 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     ``hf://ORG/NAME``; see :func:`fashionlens.hub.resolve_model_dir`. The ONNX runtime uses
     ``MODEL_DIR/model.onnx`` and exports it first when it is missing or older than ``model.safetensors``.
     """
-    from fashionlens.hub import resolve_model_dir
-    from fashionlens.modeldir import check_model_dir, load_model_dir, read_thresholds
-
     model_dir = resolve_model_dir(model_dir)
     if runtime == "torch":
         bundle = load_model_dir(model_dir, map_location="cpu")
@@ -657,9 +654,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
     are named after the model's outputs dict (``logits``, or ``category_logits``,
     ``attribute_logits``, ``heatmaps``). Raises ModelDirError if onnxruntime disagrees with torch.
     """
-    from fashionlens.modeldir import atomic_write_bytes, load_model_dir
-
-    bundle = load_model_dir(Path(model_dir), map_location="cpu")
+    bundle = load_model_dir(resolve_model_dir(model_dir), map_location="cpu")
     model = bundle.model.eval()
     size = int(bundle.preprocessing.get("image_size", bundle.config.get("image_size", 224)))
     generator = torch.Generator().manual_seed(0)

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashionlens.config import BackboneConfig
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
+from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
 from fashionlens.models.backbones import create_backbone
+from fashionlens.models.mlgcn import MLGCNHead, label_maps
 
 LANDMARK_MODES = ("glem", "convs", "none")
 # Keys and values of model directories written before they were renamed, and their names now.
@@ -40,9 +41,9 @@ ATTRIBUTE_HEADS = ("linear", "mlgcn")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "backbone": "vgg19",  # VGG-19 conv4_4 as in Lee et al. 2020
-    # The one default (config.py): "auto" gives the hub for VGG-19 (no offline VGG weights ship; use
-    # mobilenet_v2 or tf_efficientnet_lite0 offline); loading a model directory uses "none".
-    "pretrained": BackboneConfig.pretrained,
+    # "auto" gives the hub for VGG-19 (no offline VGG weights ship; use mobilenet_v2 or
+    # tf_efficientnet_lite0 offline); loading a model directory uses "none".
+    "pretrained": "auto",
     "stage": "stride8",
     "landmarks": "glem",
     "attr_head": "linear",
@@ -215,8 +216,6 @@ class LandmarkClothingNet(nn.Module):
         self.category_fc = nn.Linear(head_width, int(cfg["num_categories"]))
         self.attribute_branch = _PooledBranch(fused_channels, head_width, float(cfg["dropout"]))
         if cfg["attr_head"] == "mlgcn":
-            from fashionlens.models.mlgcn import MLGCNHead
-
             embeddings, adjacency = _graph_inputs(cfg, attr_embeddings, attr_adjacency)
             cfg["attr_embedding_dim"] = int(embeddings.shape[1])
             self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["hidden_dim"]),
@@ -280,8 +279,6 @@ class LandmarkClothingNet(nn.Module):
         (all by default), in one pass: the attribute classifiers applied at every place of the
         attribute branch's feature map before its average pooling (so a map's mean is the logit;
         ``h = H / (2 * backbone stride)``, the branch's first conv has stride 2)."""
-        from fashionlens.models.mlgcn import label_maps
-
         feats = self.forward_features(images)
         features = feats["features"]
         attribute_map = self.attribute_branch.convs(features)
@@ -390,8 +387,6 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
             parts["category"] = F.cross_entropy(logits, target, ignore_index=-1)
 
     if "attribute_logits" in outputs and "labels" in batch:
-        from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
-
         logits = outputs["attribute_logits"]
         labels = batch["labels"].to(logits.dtype)
         mask = batch.get("label_mask")

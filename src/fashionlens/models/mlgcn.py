@@ -16,9 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashionlens.config import BackboneConfig
-
-from .backbones import Backbone, create_backbone
+from fashionlens.models.backbones import Backbone, create_backbone
 
 POOLS = ("max", "avg")
 HEADS = ("mlgcn", "linear")
@@ -194,7 +192,7 @@ class MultiLabelClassifier(nn.Module):
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "backbone": "tf_efficientnet_lite0",
-    "pretrained": BackboneConfig.pretrained,  # the one default (config.py); loading a model directory uses "none"
+    "pretrained": "auto",  # loading a model directory uses "none"
     "pool": "max",
     "head": "mlgcn",
     "embedding_dim": 50,

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from fashionlens.config import ClothingConfig
+from fashionlens.heatmaps import decode_heatmaps
+from fashionlens.losses import attribute_loss_weights
+from fashionlens.metrics import attribute_group_metrics, deepfashion_metrics, landmark_metrics, multilabel_metrics
+from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
 from fashionlens.training.task import Task
+from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
 from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
 
 
@@ -45,8 +50,6 @@ class ClothingTask(Task):
         return self.model(images)
 
     def loss(self, outputs, batch):
-        from fashionlens.models.landmark_net import clothing_loss
-
         kwargs: dict[str, Any] = {}
         if self.heatmap_sigma is not None:
             kwargs["heatmap_sigma"] = self.heatmap_sigma
@@ -80,8 +83,6 @@ class ClothingTask(Task):
         """The network's outputs as records: logits, and with a landmark branch (and ``landmarks``)
         the decoded landmark positions in input pixels (the Predictor's decoder, subpixel), with
         ``confidence`` their peak values too."""
-        from fashionlens.heatmaps import decode_heatmaps
-
         record = {"category_logits": outputs["category_logits"].float().detach(),
                   "attr_scores": outputs["attribute_logits"].float().detach()}
         if landmarks and "heatmaps" in outputs:
@@ -104,13 +105,6 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
     accuracies and the mean class accuracy replace the top-k. Photos whose dataset annotates no
     attribute (class folders: every attribute unknown) give category figures only: figures of 0
     would read as a model that never finds one."""
-    from fashionlens.metrics import (
-        attribute_group_metrics,
-        deepfashion_metrics,
-        landmark_metrics,
-        multilabel_metrics,
-    )
-
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
     annotated = bool(outputs["mask"].sum() > 0)
     if annotated and attribute_groups:
@@ -131,14 +125,6 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
 
 def build(config: ClothingConfig, data) -> dict[str, Any]:
     """The clothing network and task for ``config`` on the opened ``data`` (a TrainingData)."""
-    from fashionlens.losses import attribute_loss_weights
-    from fashionlens.models.landmark_net import build_clothing_model
-    from fashionlens.training.tasks.style import (
-        build_label_graph_inputs,
-        graph_record,
-        words_for_labels,
-    )
-
     base = data.train_full
     attribute_names, attribute_types = data.label_names, data.attribute_types
     category_names = data.category_names
