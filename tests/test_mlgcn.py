@@ -152,6 +152,18 @@ def test_asymmetric_loss_by_hand():
     assert summed.item() == pytest.approx(0.0245150 + 0.3465736, abs=1e-6)
 
 
+def test_asymmetric_loss_of_half_precision_logits_is_computed_in_float32():
+    # A confident miss in float16: the hand-written loss clamped p at eps = 1e-8, which float16 rounds
+    # to 0, and gave inf; timm's per-entry cost runs in float32. Positive at logit -20: p = 2.1e-9 is
+    # clamped to eps, (1 - p)^1 * -log(1e-8) = 18.4206807; negative at 20: p_m = 0.95,
+    # 0.95^4 * -log(0.05) = 2.4400427; their mean 10.4303617.
+    logits, targets = torch.tensor([[-20.0, 20.0]]), torch.tensor([[1.0, 0.0]])
+    expected = (-math.log(1e-8) + 0.95 ** 4 * -math.log(0.05)) / 2
+    assert AsymmetricLoss()(logits, targets).item() == pytest.approx(expected, abs=1e-4)
+    half = AsymmetricLoss()(logits.half(), targets)
+    assert half.dtype == torch.float16 and half.item() == pytest.approx(expected, rel=1e-3)
+
+
 def test_asymmetric_loss_without_focusing_is_bce():
     torch.manual_seed(1)
     logits, targets = torch.randn(4, 6), (torch.rand(4, 6) > 0.5).float()
