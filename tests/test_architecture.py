@@ -20,7 +20,7 @@ LAYERS = [
     ("names", {"fashionlens.hub"}),
     ("storage", {"fashionlens.modeldir", "fashionlens.rundir"}),
     ("science", {"fashionlens.models", "fashionlens.data", "fashionlens.metrics", "fashionlens.calibration",
-                 "fashionlens.labels"}),
+                 "fashionlens.labels", "fashionlens.catalogue"}),
     ("config", {"fashionlens.config"}),
     ("leaves", {"fashionlens.errors", "fashionlens.fileio", "fashionlens.vocabulary", "fashionlens.progress",
                 "fashionlens.images", "fashionlens.heatmaps", "fashionlens.losses"}),

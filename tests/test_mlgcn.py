@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from fashionlens.labels import build_adjacency, cooccurrence_counts, label_embed
 from fashionlens.losses import (AsymmetricLoss, attribute_loss_weights, masked_bce_with_logits,
                                 weighted_bce_with_logits)
 from fashionlens.models.mlgcn import (GraphConvolution, LinearHead, MLGCNHead, MultiLabelClassifier,
-                                      build_style_model)
+                                      StyleNetConfig, build_style_model)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-attributes"
 
@@ -113,9 +114,17 @@ def test_linear_head_and_avg_pool_and_config_errors():
     with pytest.raises(ValueError, match=r"embeddings have shape \(4, 7\)"):
         build_style_model({"backbone": "mobilenet_v2", "pretrained": "none", "num_labels": 4, "embedding_dim": 50},
                           embeddings=np.zeros((4, 7)), adjacency=np.eye(4))
-    with pytest.raises(ValueError, match="pool must be one of"):
+    with pytest.raises(ValueError, match=r"^'pool': expected 'max' or 'avg', found 'sum' \(a string\)$"):
         build_style_model({"backbone": "mobilenet_v2", "pretrained": "none", "head": "linear", "pool": "sum",
                            "num_labels": 4})
+    with pytest.raises(ValueError, match=r"^'num_labels' is missing; a style model's config\.json holds it$"):
+        StyleNetConfig.from_dict({"head": "linear"})
+
+
+def test_the_style_config_is_config_json():
+    config = StyleNetConfig(num_labels=4, head="linear", pool="avg")
+    assert StyleNetConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    assert build_style_model(dataclasses.replace(config, pretrained="none")).config.pool == "avg"
 
 
 # ------------------------------------------------------------------------------------------ losses

@@ -1,13 +1,16 @@
-"""File I/O every layer shares: atomic writes, file digests and strict JSON reading (a leaf: it
-imports only :mod:`fashionlens.errors`)."""
+"""File I/O every layer shares: atomic writes, file digests, strict JSON reading and the checks of
+values read from it (a leaf: it imports only :mod:`fashionlens.errors`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import tempfile
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +140,52 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if _depth(payload) > MAX_JSON_DEPTH:
         raise ModelDirError(f"{path}: JSON nested too deep (more than {MAX_JSON_DEPTH} levels)")
     return payload
+
+
+def check_fields(config: Any, ranges: dict[str, tuple[int, int]], choices: dict[str, tuple[str, ...]]) -> None:
+    """Check a frozen dataclass read from JSON against its annotations: ``int`` fields are integers in
+    ``ranges``, ``float`` finite numbers, ``bool`` true or false, ``str`` strings (one of ``choices``
+    where given); ``X | None`` may also be null. Raises ValueError ``'key': expected ..., found ...``."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = typing.get_type_hints(type(config))[field.name]
+        options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+        nullable = type(None) in options
+        if value is None and nullable:
+            continue
+        kind = next(option for option in options if option is not type(None))
+        null = " or null" if nullable else ""
+        if kind is int:
+            low, high = ranges[field.name]
+            if not is_int(value) or not low <= value <= high:
+                raise invalid(field.name, f"an integer from {low} to {high}{null}", value)
+        elif kind is float and not is_number(value):
+            raise invalid(field.name, f"a finite number{null}", value)
+        elif kind is bool and not isinstance(value, bool):
+            raise invalid(field.name, "true or false", value)
+        elif kind is str:
+            allowed = choices.get(field.name)
+            if not isinstance(value, str) or (allowed is not None and value not in allowed):
+                raise invalid(field.name, " or ".join(map(repr, allowed)) if allowed else f"a string{null}", value)
+
+
+def invalid(key: str, expected: str, found: Any) -> ValueError:
+    return ValueError(f"{key!r}: expected {expected}, found {describe_value(found)}")
+
+
+def dataclass_from_json(cls: type, data: typing.Mapping[str, Any], what: str,
+                        renamed: typing.Mapping[str, str] | None = None) -> Any:
+    """``cls(**data)`` for a mapping read from JSON: the keys of older versions renamed (``renamed``),
+    ``format_version`` left to the file's reader; a missing or unknown key is a ValueError naming it
+    and ``what`` (e.g. "a style model's config.json")."""
+    values = {(renamed or {}).get(key, key): value for key, value in data.items() if key != "format_version"}
+    fields = dataclasses.fields(cls)
+    names = [field.name for field in fields]
+    unknown = [key for key in values if key not in names]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r}: not a key of {what} (it has {', '.join(names)})")
+    missing = [field.name for field in fields if field.name not in values
+               and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{missing[0]!r} is missing; {what} holds it")
+    return cls(**values)

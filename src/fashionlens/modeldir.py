@@ -14,6 +14,7 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -40,8 +41,8 @@ from fashionlens.fileio import (
     read_json_object,
     refuse,
 )
-from fashionlens.models.landmark_net import build_clothing_model
-from fashionlens.models.mlgcn import build_style_model
+from fashionlens.models.landmark_net import ClothingNetConfig, build_clothing_model
+from fashionlens.models.mlgcn import MAX_SIZE, StyleNetConfig, build_style_model
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -89,9 +90,12 @@ def eval_transform(preprocessing: dict[str, Any]):
                             train=False)
 
 
-def save_model_dir(path: Path, model: nn.Module, config: dict, labels: dict, preprocessing: dict,
-                   graph: dict | None = None, thresholds: dict | None = None) -> Path:
-    """Write a model directory that `load_model_dir` (and nothing else) can turn back into the model."""
+def save_model_dir(path: Path, model: nn.Module, config: dict | StyleNetConfig | ClothingNetConfig, labels: dict,
+                   preprocessing: dict, graph: dict | None = None, thresholds: dict | None = None) -> Path:
+    """Write a model directory that `load_model_dir` (and nothing else) can turn back into the model;
+    ``config`` is the network's config (config.json is its dict) or a mapping of its keys."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
@@ -121,22 +125,10 @@ def read_thresholds(path: Path, label_names: list[str]):
 # and each problem is one ModelDirError naming the file and the key.
 
 KNOWN_FORMAT_VERSIONS = (1,)
-MAX_SIZE = 65536  # any width, count or embedding size; the real ones are at most a few thousand
 RESIZE_MODES = ("square",)
 
-# config.json keys by kind; keys not listed are kept as they are (the model builders read them).
-_CONFIG_SIZES = {  # key: (lowest, highest, may be null)
-    "num_labels": (1, MAX_SIZE, False), "num_categories": (1, MAX_SIZE, False),
-    "num_attributes": (1, MAX_SIZE, False), "num_landmarks": (1, 256, False),
-    "embedding_dim": (1, MAX_SIZE, False), "hidden_dim": (1, MAX_SIZE, False), "mlgcn_hidden": (1, MAX_SIZE, False),
-    "attr_embedding_dim": (1, MAX_SIZE, True), "landmark_width": (1, MAX_SIZE, True),
-    "upsample_width": (1, MAX_SIZE, False), "head_width": (1, MAX_SIZE, False), "num_glem": (0, 64, False),
-    "image_size": (*IMAGE_SIZE_RANGE, False), "heatmap_size": (1, IMAGE_SIZE_RANGE[1], False),
-}
-_CONFIG_NUMBERS = ("t", "p", "dropout", "negative_slope", "mlgcn_negative_slope")
-_CONFIG_FLAGS = ("residual", "bias", "mlgcn_bias")
-_CONFIG_TEXT = ("backbone", "pretrained", "pool", "head", "attr_head", "landmarks", "stage", "upsample", "graph",
-                "embeddings")
+NETWORK_CONFIGS = {"style": StyleNetConfig, "clothing": ClothingNetConfig}
+BUILDERS = {"style": build_style_model, "clothing": build_clothing_model}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -158,25 +150,15 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
     task = config.get("task")
     if task not in ("style", "clothing"):
         raise refuse(path, "task", "'style' or 'clothing'", task)
-    required = ("num_labels",) if task == "style" else ("num_categories", "num_attributes")
-    for key in required:
-        if key not in config:
-            raise ModelDirError(f"{path}: {key!r} is missing; a {task} model's config.json holds it")
-    for key, (low, high, nullable) in _CONFIG_SIZES.items():
-        if key not in config or (nullable and config[key] is None):
-            continue
-        value = config[key]
-        if not is_int(value) or not low <= value <= high:
-            raise refuse(path, key, f"an integer from {low} to {high}" + (" or null" if nullable else ""), value)
-    for key in _CONFIG_NUMBERS:
-        if key in config and not is_number(config[key]):
-            raise refuse(path, key, "a finite number", config[key])
-    for key in _CONFIG_FLAGS:
-        if key in config and not isinstance(config[key], bool):
-            raise refuse(path, key, "true or false", config[key])
-    for key in _CONFIG_TEXT:
-        if key in config and config[key] is not None and not isinstance(config[key], str):
-            raise refuse(path, key, "a string", config[key])
+    network_config(path, config)
+
+
+def network_config(path: Path, config: dict[str, Any]) -> StyleNetConfig | ClothingNetConfig:
+    """A config.json's dict as its network's typed config (old keys renamed, every value checked there)."""
+    try:
+        return NETWORK_CONFIGS[config["task"]].from_dict(config)
+    except (ValueError, TypeError) as error:
+        raise ModelDirError(f"{path}: {error}") from None
 
 
 def _check_string_list(path: Path, key: str, value: Any, length: int | None = None, unique: bool = False,
@@ -343,7 +325,7 @@ def check_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ModelDirError(f"{path}: missing {', '.join(missing)}; a model directory holds {', '.join(REQUIRED_FILES)}")
-    config = read_json(path / "config.json")
+    config = dataclasses.asdict(network_config(path / "config.json", read_json(path / "config.json")))
     labels = read_json(path / "labels.json")
     preprocessing = read_json(path / "preprocessing.json")
     graph = read_json(path / "graph.json") if (path / "graph.json").is_file() else None
@@ -353,13 +335,10 @@ def check_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
 
 def build_model_from_config(config: dict) -> nn.Module:
     """Rebuild a network from its config, with placeholder buffers that the saved weights overwrite."""
-    config = {**config, "pretrained": "none"}
     task = config.get("task")
-    if task == "style":
-        return build_style_model(config)
-    if task == "clothing":
-        return build_clothing_model(config)
-    raise ModelDirError(f"config.json: unknown task {task!r} (expected 'style' or 'clothing')")
+    if task not in BUILDERS:
+        raise ModelDirError(f"config.json: unknown task {task!r} (expected 'style' or 'clothing')")
+    return BUILDERS[task]({**config, "pretrained": "none"})
 
 
 def _build(path: Path, config: dict[str, Any]) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -160,5 +161,5 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
                    "landmark_names": list(LANDMARK_NAMES), "attribute_groups": list(groups),
                    "landmarks_by_category": getattr(base, "landmarks_by_category", None) or {}}
     # The network's own config: every key, defaults included, so a later default cannot change it.
-    return {"task": task, "network": {**model.config, **network}, "labels": labels_json, "graph": graph_json,
+    return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square", "crop_to_bbox": True}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -247,5 +248,6 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     words = words_for_labels(data.train_full)
     labels_json = {"label_names": kept_names, "display_names": [data.display_name(k) for k in range(len(kept))],
                    "words": [words[data.columns[k]] for k in range(len(kept))]}
-    return {"task": task, "network": network, "labels": labels_json, "graph": graph_json,
+    # The network's own config: every key, defaults included, so a later default cannot change it.
+    return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square"}}
