@@ -116,7 +116,7 @@ def grid_peak(grid: np.ndarray, width: int, height: int) -> tuple[float, float]:
 def colourise(values: np.ndarray) -> np.ndarray:
     """A map scaled to its own range, through the colormap: ``(H, W)`` -> ``(H, W, 3)`` uint8, and the
     scaled values ``(H, W)`` in [0, 1] (a flat map is all 0)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # here: matplotlib is slow to import and only overlays need it
 
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)

@@ -261,7 +261,7 @@ class _OnnxRuntime:
     name = "onnx"
 
     def __init__(self, onnx_path: Path):
-        import onnxruntime as ort
+        import onnxruntime as ort  # the optional "serve" extra; only runtime="onnx" needs it
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -685,7 +685,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
 
 def _check_onnx(data: bytes, example: torch.Tensor, reference: dict[str, np.ndarray], tolerance: float,
                 model_dir: str | Path) -> None:
-    import onnx
+    import onnx  # the optional "serve" extra, as onnxruntime
     import onnxruntime as ort
 
     onnx.checker.check_model(onnx.load_from_string(data))

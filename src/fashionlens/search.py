@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fashionlens.batches import ShardWriter, already_written, loader, reuse_freed_memory
 from fashionlens.config import default_predict_workers, whole_number
@@ -143,8 +146,6 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
 
 
 def _models_in(folder: Path) -> set[tuple[str, str]]:
-    import pyarrow.parquet as pq
-
     found: set[tuple[str, str]] = set()
     for shard in sorted(folder.glob("part-*.parquet")):
         try:
@@ -169,9 +170,6 @@ class Vectors:
 def read_vectors(folder: str | Path) -> Vectors:
     """Every row of an ``embed`` output folder (or a single Parquet file), checked: one model, one
     dimension, finite unit vectors, each path once."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
     shards = [folder] if folder.is_file() else sorted(folder.glob("part-*.parquet"))
     if not shards:
@@ -308,9 +306,6 @@ class SearchIndex:
         return cls(index, vectors.paths, files, meta)
 
     def save(self, folder: str | Path) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise SearchError(f"{folder}: exists and is not a folder (an index is a folder)")
@@ -327,8 +322,6 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> SearchIndex:
-        import pyarrow.parquet as pq
-
         folder = Path(folder)
         meta_path = folder / META_FILE
         if not meta_path.is_file():
@@ -474,8 +467,6 @@ def _embed_command(args: argparse.Namespace) -> int:
 
 
 def _index_command(args: argparse.Namespace) -> int:
-    import time
-
     vectors = read_vectors(args.vectors)
     started = time.perf_counter()
     index = SearchIndex.build(vectors, args.kind)
