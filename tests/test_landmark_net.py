@@ -22,7 +22,7 @@ from fashionlens.models.landmark_net import (
 )
 from fashionlens.vocabulary import LANDMARK_NAMES
 
-SMALL = {"image_size": 64, "heatmap_size": 16, "head_width": 32, "num_glem": 1}
+SMALL = {"image_size": 64, "heatmap_size": 16, "head_width": 32, "num_glem": 1, "stage": "stride8"}
 
 
 def _small_mobilenet(**overrides) -> dict:

@@ -1,4 +1,5 @@
-"""Typed training configuration: frozen dataclasses, each default written once, here.
+"""Typed training configuration: frozen dataclasses, each default written once: here, or for the
+network's knobs (None here), in the network's own config (models/; see models/knobs.py).
 
 A run is described by a :class:`StyleConfig` or a :class:`ClothingConfig`, composed of the sections
 below. The CLI converts its flags into one of these at the edge (flags override a ``--config FILE``,
@@ -105,13 +106,18 @@ class DataConfig:
         return self.sources[0].format if self.sources else ""
 
 
+# The network's knobs below (backbone, head, model) default to None: the network's own default, written
+# once, in its config beside it (models/mlgcn.py StyleNetConfig, models/landmark_net.py ClothingNetConfig);
+# training fills them in before it starts (models/knobs.py), and the run's config.yaml says the values.
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """The ImageNet-pretrained CNN and the input it sees."""
 
-    name: str = "tf_efficientnet_lite0"
-    pretrained: str = "auto"  # auto | shipped | hub | none | PATH (see models/backbones.py)
-    image_size: int = 224
+    name: str | None = None
+    pretrained: str | None = None  # auto | shipped | hub | none | PATH (see models/backbones.py)
+    image_size: int | None = None
     compile: bool = False
     channels_last: bool = False
 
@@ -134,11 +140,11 @@ class GraphConfig:
 class HeadConfig:
     """A multi-label head: a linear classifier per label, or ML-GCN's graph-convolved classifiers."""
 
-    kind: str = "mlgcn"  # mlgcn | linear
-    pool: str = "max"  # max | avg (style model's global pooling)
-    hidden_dim: int = 1024  # the GCN's hidden width
-    bias: bool = True  # a learned per-label bias on the ML-GCN logits (the reference has none)
-    residual: bool = False  # learned classifiers added to the GCN's
+    kind: str | None = None  # mlgcn | linear
+    pool: str | None = None  # max | avg (style model's global pooling)
+    hidden_dim: int | None = None  # the GCN's hidden width
+    bias: bool | None = None  # a learned per-label bias on the ML-GCN logits (the reference has none)
+    residual: bool | None = None  # learned classifiers added to the GCN's
 
 
 @dataclass(frozen=True)
@@ -192,13 +198,13 @@ class CalibrationConfig:
 class ClothingModelConfig:
     """The landmark-driven clothing network (Lee et al. 2020)."""
 
-    stage: str = "stride8"  # where the shared features come from: stride8 (VGG-19 conv4) | stride16
-    landmarks: str = "glem"  # glem | convs (the branch without the non-local block) | none
-    heatmap_size: int = 56
+    stage: str | None = None  # where the shared features come from: stride8 (VGG-19 conv4) | stride16
+    landmarks: str | None = None  # glem | convs (the branch without the non-local block) | none
+    heatmap_size: int | None = None
     heatmap_sigma: float | None = None  # Gaussian sigma in heatmap pixels; None: the heatmaps module's
     lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
-    head_width: int = 256  # channels of the category and attribute branches
-    upsample_width: int = 64  # channels of the heatmap upsampler (its convs cost width squared)
+    head_width: int | None = None  # channels of the category and attribute branches
+    upsample_width: int | None = None  # channels of the heatmap upsampler (its convs cost width squared)
 
 
 @dataclass(frozen=True)
@@ -222,11 +228,9 @@ class ClothingConfig:
 
     out: Path | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    # The paper's VGG-19 conv4 is --backbone vgg19 --stage stride8 (hub weights); the default is the
-    # measured offline recipe (docs/results.md, released clothing model).
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="mobilenet_v2", image_size=224))
-    model: ClothingModelConfig = field(default_factory=lambda: ClothingModelConfig(stage="stride16"))
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(kind="linear"))  # the attribute head
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ClothingModelConfig = field(default_factory=ClothingModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)  # the attribute head
     graph: GraphConfig = field(default_factory=lambda: GraphConfig(embedding_fallback="zero"))
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -424,12 +428,12 @@ def validate(config: TaskConfig) -> TaskConfig:
         except ValueError as error:
             raise ConfigError(f"calibration.method: {error}") from None
     low, high = IMAGE_SIZE_RANGE
-    if not low <= config.backbone.image_size <= high:
+    if config.backbone.image_size is not None and not low <= config.backbone.image_size <= high:
         raise ConfigError(f"backbone.image_size: must be from {low} to {high} px, got {config.backbone.image_size} "
                           f"(the papers train at 224-448; activations grow with the square of the side)")
     if isinstance(config, ClothingConfig):
         for key in ("head_width", "upsample_width"):
-            if not 1 <= getattr(config.model, key) <= 4096:
+            if getattr(config.model, key) is not None and not 1 <= getattr(config.model, key) <= 4096:
                 raise ConfigError(f"model.{key}: must be from 1 to 4096 channels, got {getattr(config.model, key)}")
     return config
 

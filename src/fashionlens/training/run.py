@@ -28,6 +28,7 @@ from fashionlens.errors import FashionlensError
 from fashionlens.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from fashionlens.modeldir import save_model_dir
 from fashionlens.models.backbones import backbone_normalisation
+from fashionlens.models.knobs import with_network_defaults
 from fashionlens.progress import interactive
 from fashionlens.rundir import SCORES_KEY, RunDir
 from fashionlens.training.data import FeatureCache, TrainingData, sample_path
@@ -285,7 +286,7 @@ def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
     ``built`` holds ``task`` (the LightningModule), ``network`` (the model's config.json),
     ``labels``, ``graph`` and ``preprocessing`` (with ``image_size``, ``mean`` and ``std``).
     """
-    validate(config)
+    config = validate(with_network_defaults(config))
     mean, std = backbone_normalisation(config.backbone.name)
     data = TrainingData(config, mean, std)
     built = _builder(config)(config, data)
@@ -328,7 +329,7 @@ def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names:
 
 def run_training(config: TaskConfig) -> Path:
     """Train ``config``; write the run directory (docs/design-contract.md); return its path."""
-    validate(config)
+    config = validate(with_network_defaults(config))
     L.seed_everything(config.recipe.seed, workers=True)
     run = RunDir(config.out).create()
     write_yaml(config, run.config_yaml)

@@ -14,6 +14,7 @@ from fashionlens.config import ClothingConfig
 from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.losses import attribute_loss_weights
 from fashionlens.metrics import attribute_group_metrics, deepfashion_metrics, landmark_metrics, multilabel_metrics
+from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
 from fashionlens.training.task import Task
 from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
@@ -126,17 +127,13 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
 
 def build(config: ClothingConfig, data) -> dict[str, Any]:
     """The clothing network and task for ``config`` on the opened ``data`` (a TrainingData)."""
+    config = with_network_defaults(config)
     base = data.train_full
     attribute_names, attribute_types = data.label_names, data.attribute_types
     category_names = data.category_names
     train_labels, train_mask = data.train_label_matrix()
-    network = {"task": "clothing", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
-               "stage": config.model.stage, "landmarks": config.model.landmarks, "attr_head": config.head.kind,
-               "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
-               "num_categories": len(category_names), "num_attributes": len(attribute_names),
-               "num_landmarks": len(LANDMARK_NAMES), "heatmap_size": config.model.heatmap_size,
-               "head_width": config.model.head_width, "upsample_width": config.model.upsample_width,
-               "image_size": config.backbone.image_size}
+    network = {**network_fields(config), "num_categories": len(category_names),
+               "num_attributes": len(attribute_names), "num_landmarks": len(LANDMARK_NAMES)}
     attr_embeddings = attr_adjacency = graph_json = None
     if config.head.kind == "mlgcn":
         # The attribute outputs are fixed (all attributes): an attribute without training positives

@@ -15,6 +15,7 @@ from fashionlens import labels as label_tools
 from fashionlens.config import ConfigError, StyleConfig
 from fashionlens.losses import AsymmetricLoss, masked_bce_with_logits, single_label_cross_entropy
 from fashionlens.metrics import multilabel_metrics
+from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.mlgcn import build_style_model
 from fashionlens.training.task import Task
 
@@ -212,19 +213,17 @@ def network_config(config: StyleConfig, num_labels: int | None = None,
     """The style model's config.json (what ``build_style_model`` takes) for ``config``: the one place
     it is assembled, for training, benchmarks and tests alike. ``num_labels`` and ``embedding_dim``
     (ML-GCN label inputs) are known once the data is open; ``build`` fills them in."""
-    network = {"task": "style", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
-               "pool": config.head.pool, "head": config.head.kind, "image_size": config.backbone.image_size,
-               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
-               "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
+    network = {**network_fields(config), "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
     if num_labels is not None:
         network["num_labels"] = int(num_labels)
-    if config.head.kind == "mlgcn" and embedding_dim is not None:
+    if network["head"] == "mlgcn" and embedding_dim is not None:
         network.update(graph_record(config.graph), embedding_dim=int(embedding_dim))
     return network
 
 
 def build(config: StyleConfig, data) -> dict[str, Any]:
     """The style model and task for ``config`` on the opened ``data`` (a TrainingData)."""
+    config = with_network_defaults(config)
     label_names = list(data.label_names)
     train_labels, train_mask = data.train_label_matrix()
     embeddings = adjacency = graph_json = None
