@@ -26,7 +26,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -36,7 +35,7 @@ SHARED = REPO.parent / "shared" / "data"
 def write_catalogue_labels(model_dir: Path, config_path: Path) -> None:
     from fashionlens.catalogue import catalogue_labels
     from fashionlens.config import StyleConfig, load_yaml
-    from fashionlens.hub import write_manifest
+    from fashionlens.modeldir import write_manifest
     from fashionlens.training.data import TrainingData
 
     config = load_yaml(StyleConfig, config_path)

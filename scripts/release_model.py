@@ -19,14 +19,9 @@ import sys
 from pathlib import Path
 
 from fashionlens.errors import FashionlensError
-from fashionlens.hub import (
-    CARD_FILE,
-    card_for_release,
-    read_card,
-    verify_manifest,
-    write_manifest,
-)
-from fashionlens.modeldir import atomic_write_json, load_model_dir
+from fashionlens.fileio import atomic_write_json
+from fashionlens.hub import CARD_FILE, card_for_release, read_card
+from fashionlens.modeldir import load_model_dir, verify_manifest, write_manifest
 
 
 def release(directory: Path, name: str | None, summary: str | None, aliases: tuple[str, ...] = ()) -> None:

@@ -22,6 +22,7 @@ from fashionlens.config import (
     to_dict,
     validate,
 )
+from fashionlens.models.knobs import with_network_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "examples" / "clothing-attributes-mini"
@@ -37,7 +38,18 @@ def test_configs_are_frozen_and_override_returns_a_new_one():
         config.recipe.lr = 1.0  # type: ignore[misc]
     changed = override(config, {"recipe.lr": "0.01", "head": {"kind": "linear"}, "backbone.image_size": "96"})
     assert changed.recipe.lr == 0.01 and changed.head.kind == "linear" and changed.backbone.image_size == 96
-    assert config.recipe.lr is None and config.head.kind == "mlgcn"
+    assert config.recipe.lr is None and config.head.kind is None
+
+
+def test_the_network_knobs_take_the_networks_defaults():
+    # backbone, head and model default to None: the network's config (models/) holds the default, once.
+    style, clothing = with_network_defaults(StyleConfig()), with_network_defaults(ClothingConfig())
+    assert (style.backbone.name, style.backbone.image_size, style.head.kind, style.head.pool, style.head.hidden_dim,
+            style.head.bias) == ("tf_efficientnet_lite0", 224, "mlgcn", "max", 1024, True)
+    assert (clothing.backbone.name, clothing.model.stage, clothing.head.kind, clothing.model.heatmap_size) == \
+        ("mobilenet_v2", "stride16", "linear", 56)
+    given = with_network_defaults(override(StyleConfig(), {"head.kind": "linear", "backbone.image_size": 96}))
+    assert (given.head.kind, given.backbone.image_size, given.head.pool) == ("linear", 96, "max")
 
 
 @pytest.mark.parametrize("changes, message", [

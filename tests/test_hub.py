@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 import fashionlens
-from fashionlens import hub
+from fashionlens import hub, modeldir
 from fashionlens.cli import main
 from fashionlens.errors import ModelDirError
-from fashionlens.modeldir import atomic_write_json, load_model_dir
+from fashionlens.fileio import atomic_write_json
+from fashionlens.modeldir import load_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -44,7 +45,7 @@ def _copy(name: str, destination: Path) -> Path:
 def _release_copy(source: Path, name: str) -> Path:
     """What scripts/release_model.py does: a card under ``name``, then the manifest."""
     atomic_write_json(source / hub.CARD_FILE, hub.card_for_release(source, name, "a test release"))
-    hub.write_manifest(source)
+    modeldir.write_manifest(source)
     return source
 
 
@@ -102,7 +103,7 @@ def test_the_user_cache_answers_after_the_package(_isolated: Path):
     assert hub.resolve_model_dir("my-model") == mine
     _release_copy(mine, "sleeve-tagger")
     assert hub.resolve_model_dir("sleeve-tagger") == mine  # by its card's name too
-    hub.verify_manifest(hub.resolve_model_dir("sleeve-tagger"))
+    modeldir.verify_manifest(hub.resolve_model_dir("sleeve-tagger"))
     shadowed = _copy(SMALL, _isolated / "garment-attributes-lite0")
     assert hub.resolve_model_dir("garment-attributes-lite0") == hub.package_models_dir() / RELEASED[
         "garment-attributes-lite0"]
@@ -187,7 +188,7 @@ def test_a_tampered_hub_blob_is_caught_by_the_manifest(_isolated: Path, tmp_path
     blob = (snapshot / "labels.json").resolve()
     blob.write_bytes(blob.read_bytes().replace(b"collar", b"collie"))
     with pytest.raises(ModelDirError, match=r"labels\.json: SHA-256 .* the file changed since release"):
-        load_model_dir("hf://someone/hub-garments")
+        load_model_dir(hub.resolve_model_dir("hf://someone/hub-garments"))
 
 
 def _as_another_user(script: str) -> None:
@@ -264,7 +265,7 @@ def test_the_released_manifests_and_cards_are_up_to_date():
     """scripts/release_model.py --check: rerun the script after changing a release or its card's metrics."""
     for folder in RELEASED.values():
         directory = MODELS / folder
-        hub.verify_manifest(directory)
+        modeldir.verify_manifest(directory)
         card = hub.read_card(directory)
         assert card == {**card, **hub.card_for_release(directory, card["name"], card["summary"],
                                                        tuple(card["aliases"]))}
@@ -299,10 +300,10 @@ def test_documentation_files_may_change_and_a_directory_without_a_manifest_loads
     with open(directory / "README.md", "a") as card:
         card.write("\nA wording fix.\n")
     (directory / "model.onnx").write_bytes(b"an export cache")
-    hub.verify_manifest(directory)
+    modeldir.verify_manifest(directory)
     (directory / "preprocessing.json").write_text(
         (directory / "preprocessing.json").read_text().replace('"resize": "square"', '"resize":  "square"'))
-    (directory / hub.MANIFEST_FILE).unlink()
+    (directory / modeldir.MANIFEST_FILE).unlink()
     load_model_dir(directory)  # the changed file is not checked against a manifest that is not there
 
 
@@ -313,9 +314,9 @@ def test_documentation_files_may_change_and_a_directory_without_a_manifest_loads
 ])
 def test_a_malformed_manifest_is_refused(files: dict, expected: str, tmp_path: Path):
     directory = _copy(SMALL, tmp_path / "model")
-    atomic_write_json(directory / hub.MANIFEST_FILE, {"manifest_version": 1, "algorithm": "sha256", "files": files})
+    atomic_write_json(directory / modeldir.MANIFEST_FILE, {"manifest_version": 1, "algorithm": "sha256", "files": files})
     with pytest.raises(ModelDirError, match=expected):
-        hub.verify_manifest(directory)
+        modeldir.verify_manifest(directory)
 
 
 # --- cards and `fashionlens models` -------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_the_release_script_writes_card_and_manifest(tmp_path: Path, capsys: pyt
 
     directory = _copy(SMALL, tmp_path / "model")
     (directory / hub.CARD_FILE).unlink()
-    (directory / hub.MANIFEST_FILE).unlink()
+    (directory / modeldir.MANIFEST_FILE).unlink()
     script = runpy.run_path(str(REPO / "scripts" / "release_model.py"))
     assert script["main"]([str(directory), "--check"]) == 1
     assert script["main"]([str(directory), "--name", "my-garments", "--summary", "one line"]) == 0
@@ -377,7 +378,7 @@ def test_the_release_script_writes_card_and_manifest(tmp_path: Path, capsys: pyt
     card = hub.read_card(directory)
     assert (card["name"], card["aliases"], card["summary"]) == ("my-garments", ["model"], "one line")
     assert card["outputs"] == {"categories": 13, "attributes": 30}
-    assert set(json.loads((directory / hub.MANIFEST_FILE).read_text())["files"]) == {
+    assert set(json.loads((directory / modeldir.MANIFEST_FILE).read_text())["files"]) == {
         "card.json", "config.json", "labels.json", "model.safetensors", "preprocessing.json", "thresholds.json"}
     # A card whose figures changed in README.md is stale.
     (directory / "README.md").write_text((directory / "README.md").read_text().replace("| 75.9 |", "| 76.0 |"))

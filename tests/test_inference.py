@@ -294,7 +294,7 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
         tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file, save_file
 
-    from fashionlens import hub
+    from fashionlens import fileio, modeldir
     from fashionlens.cli import main
 
     monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))
@@ -312,7 +312,7 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
 
     # Nothing given: an export of its own in the cache, named by the weights' SHA-256; the second load reuses it.
     assert main(["predict", str(mine), photo, "--runtime", "onnx", "--json"]) == 0
-    cached = tmp_path / "cache" / ".onnx" / f"{hub.file_sha256(mine / 'model.safetensors')}-128px-opset17.onnx"
+    cached = tmp_path / "cache" / ".onnx" / f"{fileio.file_sha256(mine / 'model.safetensors')}-128px-opset17.onnx"
     assert capsys.readouterr().err.splitlines() == [f"onnx: running {cached}, exported from {mine} into the cache"]
     assert not (mine / "model.onnx").exists()
     modified = cached.stat().st_mtime_ns
@@ -327,7 +327,7 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
     shutil.copyfile(cached, mine / "model.onnx")
     assert load(mine, runtime="onnx").runtime.source == f"onnx: running {mine / 'model.onnx'}, exported from these weights"
     # A released directory (with a manifest) runs model.onnx only when the manifest lists it.
-    hub.write_manifest(mine)
+    modeldir.write_manifest(mine)
     shutil.copyfile(planted, mine / "model.onnx")
     predictor = load(mine, runtime="onnx")
     assert predictor.runtime.source.endswith(f"; {mine / 'model.onnx'} is not in {mine / 'manifest.json'}, so it is "
@@ -338,15 +338,15 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
 
     from fashionlens.server.app import serve
 
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: None)
     capsys.readouterr()
     assert serve(mine, runtime="onnx") == 0
     assert capsys.readouterr().out.splitlines()[0] == predictor.runtime.source
     # --onnx FILE: run when it was exported from these weights, else one line saying so.
     assert main(["predict", str(mine), photo, "--onnx", str(planted)]) == 2
     assert capsys.readouterr().err == (f"fashionlens: error: {planted}: exported from the weights "
-                                       f"{hub.file_sha256(other / 'model.safetensors')[:12]}, not from those of {mine} "
-                                       f"({hub.file_sha256(mine / 'model.safetensors')[:12]}): export it again with "
+                                       f"{fileio.file_sha256(other / 'model.safetensors')[:12]}, not from those of {mine} "
+                                       f"({fileio.file_sha256(mine / 'model.safetensors')[:12]}): export it again with "
                                        f"`fashionlens export {mine} --onnx {planted}`\n")
     assert load(other, onnx=planted).runtime.source == f"onnx: running {planted}, exported from the weights of {other}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,13 +15,14 @@ from torch.nn import functional as F
 from fashionlens.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_loss
 from fashionlens.models.landmark_net import (
     GLEM,
+    ClothingNetConfig,
     NonLocalBlock,
     build_clothing_model,
     clothing_loss,
 )
 from fashionlens.vocabulary import LANDMARK_NAMES
 
-SMALL = {"image_size": 64, "heatmap_size": 16, "head_width": 32, "num_glem": 1}
+SMALL = {"image_size": 64, "heatmap_size": 16, "head_width": 32, "num_glem": 1, "stage": "stride8"}
 
 
 def _small_mobilenet(**overrides) -> dict:
@@ -64,6 +66,15 @@ def test_default_heatmap_size_is_56_at_224_and_scales_with_input():
         assert model(torch.randn(1, 3, 224, 224))["heatmaps"].shape == (1, 8, 56, 56)
         assert model(torch.randn(1, 3, 96, 128))["heatmaps"].shape == (1, 8, 24, 32)
     assert len(LANDMARK_NAMES) == 8 and LANDMARK_NAMES[:2] == ("left_collar", "right_collar")
+
+
+def test_old_config_json_keys_are_renamed_once():
+    old = {"task": "clothing", "num_categories": 3, "num_attributes": 5, "landmarks": "plain", "mlgcn_hidden": 64,
+           "mlgcn_bias": False, "mlgcn_negative_slope": 0.1, "format_version": 1}
+    config = ClothingNetConfig.from_dict(old)
+    assert (config.landmarks, config.hidden_dim, config.bias, config.negative_slope) == ("convs", 64, False, 0.1)
+    assert config.upsample == "deconv"  # written before bilinear existed
+    assert ClothingNetConfig().upsample == "bilinear"
 
 
 def test_bad_config_is_refused():
@@ -145,7 +156,7 @@ def _roundtrip(model, tmp_path, **kwargs):
         model(torch.randn(4, 3, 64, 64))
     model.eval()
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(model.config))
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(model.config)))
     config = json.loads((tmp_path / "config.json").read_text())
     config["pretrained"] = "none"
     rebuilt = build_clothing_model(config, **kwargs)
@@ -165,7 +176,7 @@ def test_state_dict_round_trip_through_config(tmp_path, landmarks):
     torch.manual_seed(0)
     model = build_clothing_model(_small_mobilenet(landmarks=landmarks, num_categories=7, num_attributes=11))
     rebuilt = _roundtrip(model, tmp_path)
-    assert rebuilt.config == {**model.config, "pretrained": "none"}
+    assert rebuilt.config == dataclasses.replace(model.config, pretrained="none")
     assert rebuilt.has_landmarks == (landmarks == "glem")
 
 
@@ -175,7 +186,7 @@ def test_mlgcn_attribute_head_round_trip_keeps_the_graph(tmp_path):
     adjacency = torch.rand(11, 11)
     model = build_clothing_model(_small_mobilenet(attr_head="mlgcn", num_attributes=11, hidden_dim=16),
                                  attr_embeddings=embeddings, attr_adjacency=adjacency)
-    assert model.config["attr_embedding_dim"] == 6
+    assert model.config.attr_embedding_dim == 6
     state = model.state_dict()
     assert torch.equal(state["attribute_fc.embeddings"], embeddings)
     assert torch.equal(state["attribute_fc.adjacency"], adjacency)

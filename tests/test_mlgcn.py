@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from fashionlens.labels import build_adjacency, cooccurrence_counts, label_embed
 from fashionlens.losses import (AsymmetricLoss, attribute_loss_weights, masked_bce_with_logits,
                                 weighted_bce_with_logits)
 from fashionlens.models.mlgcn import (GraphConvolution, LinearHead, MLGCNHead, MultiLabelClassifier,
-                                      build_style_model)
+                                      StyleNetConfig, build_style_model)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-attributes"
 
@@ -113,9 +114,17 @@ def test_linear_head_and_avg_pool_and_config_errors():
     with pytest.raises(ValueError, match=r"embeddings have shape \(4, 7\)"):
         build_style_model({"backbone": "mobilenet_v2", "pretrained": "none", "num_labels": 4, "embedding_dim": 50},
                           embeddings=np.zeros((4, 7)), adjacency=np.eye(4))
-    with pytest.raises(ValueError, match="pool must be one of"):
+    with pytest.raises(ValueError, match=r"^'pool': expected 'max' or 'avg', found 'sum' \(a string\)$"):
         build_style_model({"backbone": "mobilenet_v2", "pretrained": "none", "head": "linear", "pool": "sum",
                            "num_labels": 4})
+    with pytest.raises(ValueError, match=r"^'num_labels' is missing; a style model's config\.json holds it$"):
+        StyleNetConfig.from_dict({"head": "linear"})
+
+
+def test_the_style_config_is_config_json():
+    config = StyleNetConfig(num_labels=4, head="linear", pool="avg")
+    assert StyleNetConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    assert build_style_model(dataclasses.replace(config, pretrained="none")).config.pool == "avg"
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -150,6 +159,18 @@ def test_asymmetric_loss_by_hand():
     assert both.item() == pytest.approx((0.0245150 + 0.3465736) / 2, abs=1e-6)
     summed = AsymmetricLoss(reduction="sum")(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
     assert summed.item() == pytest.approx(0.0245150 + 0.3465736, abs=1e-6)
+
+
+def test_asymmetric_loss_of_half_precision_logits_is_computed_in_float32():
+    # A confident miss in float16: the hand-written loss clamped p at eps = 1e-8, which float16 rounds
+    # to 0, and gave inf; timm's per-entry cost runs in float32. Positive at logit -20: p = 2.1e-9 is
+    # clamped to eps, (1 - p)^1 * -log(1e-8) = 18.4206807; negative at 20: p_m = 0.95,
+    # 0.95^4 * -log(0.05) = 2.4400427; their mean 10.4303617.
+    logits, targets = torch.tensor([[-20.0, 20.0]]), torch.tensor([[1.0, 0.0]])
+    expected = (-math.log(1e-8) + 0.95 ** 4 * -math.log(0.05)) / 2
+    assert AsymmetricLoss()(logits, targets).item() == pytest.approx(expected, abs=1e-4)
+    half = AsymmetricLoss()(logits.half(), targets)
+    assert half.dtype == torch.float16 and half.item() == pytest.approx(expected, rel=1e-3)
 
 
 def test_asymmetric_loss_without_focusing_is_bce():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fashionlens.cli import main
-from fashionlens.cli_predict import ShardWriter, already_written
+from fashionlens.batches import ShardWriter, already_written
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((REPO / "examples" / "clothing-attributes-mini" / "images").glob("*.jpg"))[:12]
@@ -129,7 +129,7 @@ def test_the_batch_commands_keep_freed_memory_for_reuse():
         pytest.skip("glibc only")
     script = """
 import resource, sys, torch
-from fashionlens.cli_predict import reuse_freed_memory
+from fashionlens.batches import reuse_freed_memory
 took = reuse_freed_memory() if sys.argv[1] == "tuned" else None
 layer = torch.nn.Sequential(torch.nn.Conv2d(16, 96, 1), torch.nn.ReLU(), torch.nn.Conv2d(96, 16, 1)).eval()
 batch = torch.ones(16, 16, 112, 112)
@@ -155,7 +155,7 @@ def test_the_loader_gives_predictors_own_preprocessing_and_an_error_row(style_di
     """Resized per photo (uint8), normalised per batch: the same floats as ``Predictor.preprocess``."""
     import torch
 
-    from fashionlens.cli_predict import loader
+    from fashionlens.batches import loader
     from fashionlens.inference import load, to_uint8_chw
 
     broken = tmp_path / "broken.jpg"

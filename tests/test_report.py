@@ -13,7 +13,7 @@ from PIL import Image
 from fashionlens import report
 from fashionlens.labels import build_adjacency, cooccurrence_counts
 from fashionlens.metrics import multilabel_metrics
-from fashionlens.modeldir import atomic_write_json
+from fashionlens.fileio import atomic_write_json
 from fashionlens.vocabulary import CUT_OFF, LANDMARK_NAMES
 
 LABELS = ["black", "blue", "white", "red", "floral", "plaid", "stripe", "solid", "long_sleeve", "collar"]
@@ -176,9 +176,20 @@ def test_label_graph_picture_for_40_labels(tmp_path):
 
 def test_precision_recall_curve_by_hand():
     recall, precision = report.precision_recall_curve(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 0, 1, 0]))
-    # thresholds 0.9 (1 of 1 right), 0.8 (tie: both enter, 2 of 3 right); 0.1 adds only a negative
-    np.testing.assert_allclose(recall, [0, 0.5, 1.0])  # stops once all positives are found
-    np.testing.assert_allclose(precision, [1, 1, 2 / 3])
+    # 0.9: 1 of 1 right; the tie at 0.8 ranks its negative first (1 of 2), then its positive (2 of 3);
+    # 0.1 adds only a negative
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1.0])  # stops once all positives are found
+    np.testing.assert_allclose(precision, [1, 1, 1 / 2, 2 / 3])
+
+
+def test_the_pr_curve_breaks_ties_as_the_metrics_do():
+    # Three photos tied at 0.5, two of them positive: pessimistic AP = (1/2 + 2/3) / 2 = 58.33 %;
+    # grouping the tie into one threshold would give 2/3 (66.67 %).
+    scores, positive = np.array([[0.5], [0.5], [0.5], [0.2]]), np.array([[1], [1], [0], [0]])
+    recall, precision = report.precision_recall_curve(scores[:, 0], positive[:, 0])
+    area = float(np.sum(np.diff(recall) * precision[1:])) * 100
+    assert area == pytest.approx(58.333333, abs=1e-5)
+    assert multilabel_metrics(scores, positive)["mAP"] == pytest.approx(area, abs=1e-9)
 
 
 def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):

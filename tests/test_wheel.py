@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fashionlens import hub
+from fashionlens import hub, modeldir
 
 REPO = Path(__file__).resolve().parents[1]
 # Held out by garment-attributes-lite0 and garment-category-mnv2, whose answers the test checks.
@@ -68,8 +68,8 @@ def test_the_installed_wheel_lists_and_predicts_released_models_by_name(tmp_path
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name for name in archive.namelist() if name.startswith("fashionlens/released/")}
     for folder in hub.package_models_dir().iterdir():
-        manifest = json.loads((folder / hub.MANIFEST_FILE).read_text())["files"]
-        for name in [*manifest, hub.MANIFEST_FILE, "README.md"]:
+        manifest = json.loads((folder / modeldir.MANIFEST_FILE).read_text())["files"]
+        for name in [*manifest, modeldir.MANIFEST_FILE, "README.md"]:
             assert f"fashionlens/released/{folder.name}/{name}" in shipped
     assert not any(name.endswith(".onnx") for name in shipped)
 

@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 def load(model_dir: "str | os.PathLike[str]", runtime: str = "torch", device: str = "cpu") -> "Predictor":
     """Load a model directory for prediction (see :func:`fashionlens.inference.load`)."""
-    from fashionlens.inference import load as _load
+    from fashionlens.inference import load as _load  # here: `import fashionlens` stays light (no torch)
 
     return _load(model_dir, runtime=runtime, device=device)

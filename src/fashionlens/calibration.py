@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from fashionlens.config import parse_method
+from fashionlens.errors import ModelDirError
+
 GLOBAL_THRESHOLD = 0.5
 MIN_POSITIVES = 5
 
@@ -40,8 +43,6 @@ class Thresholds:
     @classmethod
     def from_json(cls, data: dict[str, Any], label_names: list[str], where: str = "thresholds.json") -> "Thresholds":
         """Validated: one finite threshold in [0, 1] for each of the model's labels, in its order."""
-        from fashionlens.errors import ModelDirError
-
         values = data.get("thresholds") if isinstance(data, dict) else None
         if not isinstance(values, dict):
             raise ModelDirError(f"{where}: expected an object with a 'thresholds' mapping of label -> probability")
@@ -58,21 +59,6 @@ class Thresholds:
         return cls(tuple(label_names), tuple(out), str(data.get("method", "f1")),
                    float(data.get("global_threshold", GLOBAL_THRESHOLD)), tuple(data.get("fallback", ())),
                    dict(data.get("validation_positives", {})))
-
-
-def parse_method(method: str) -> tuple[str, float | None]:
-    """``"f1"`` -> ("f1", None); ``"precision@0.9"`` -> ("precision", 0.9); else ValueError."""
-    if method == "f1":
-        return "f1", None
-    name, _, value = method.partition("@")
-    if name == "precision" and value:
-        try:
-            target = float(value)
-        except ValueError:
-            target = -1.0
-        if 0.0 < target <= 1.0:
-            return "precision", target
-    raise ValueError(f"calibration method {method!r}: expected 'f1', 'precision@P' with 0 < P <= 1, or 'none'")
 
 
 def best_threshold(probabilities: np.ndarray, positive: np.ndarray, method: str = "f1") -> float | None:

@@ -24,13 +24,15 @@ from fashionlens.config import (
     whole_number,
 )
 from fashionlens.errors import FashionlensError
+from fashionlens.models.knobs import with_network_defaults
 from fashionlens.rundir import RunDir
 from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
 
 S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
 
-STYLE_DEFAULTS = StyleConfig()
-CLOTHING_DEFAULTS = ClothingConfig()
+# What each flag's help says it defaults to: the training config's, the network's for its knobs.
+STYLE_DEFAULTS = with_network_defaults(StyleConfig())
+CLOTHING_DEFAULTS = with_network_defaults(ClothingConfig())
 
 # Each training flag and the config field it sets (see fashionlens.config): the one place they meet.
 TRAINING_FLAGS: dict[str, str] = {
@@ -406,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # Each command imports its service when it runs: training and compare import Lightning (4-6 s),
+    # which predict, serve and models must not wait for.
     if args.command == "demo":
         from fashionlens.demo import run_demo
 

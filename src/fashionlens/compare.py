@@ -14,6 +14,7 @@ from typing import Any
 
 from fashionlens.config import StyleConfig, override
 from fashionlens.rundir import RunDir
+from fashionlens.training import train_style
 
 # From scratch the backbone has nothing to preserve: it trains at the heads' learning rate (lrp 1).
 _SCRATCH = {"backbone.pretrained": "none", "recipe.freeze_epochs": 0, "recipe.lrp": 1.0}
@@ -66,8 +67,6 @@ def epochs_to_reach(history: list[dict], target: float, key: str = "mAP") -> int
 
 def train_variants(base: StyleConfig, variants: list[str], progress: bool = True) -> dict[str, dict]:
     """Train each variant into base.out/<variant>/ and return {variant: {"metrics": ..., "history": ...}}."""
-    from fashionlens.training import train_style
-
     configs = {name: variant_config(base, name) for name in variants}  # every name checked before training
     results = {}
     for name, config in configs.items():

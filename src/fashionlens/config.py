@@ -1,4 +1,5 @@
-"""Typed training configuration: frozen dataclasses, each default written once, here.
+"""Typed training configuration: frozen dataclasses, each default written once: here, or for the
+network's knobs (None here), in the network's own config (models/; see models/knobs.py).
 
 A run is described by a :class:`StyleConfig` or a :class:`ClothingConfig`, composed of the sections
 below. The CLI converts its flags into one of these at the edge (flags override a ``--config FILE``,
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -23,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+import yaml
+
 from fashionlens.errors import FashionlensError
+from fashionlens.fileio import atomic_write_bytes
+from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS, TYPED_ATTRIBUTE_FORMATS
 
 T = TypeVar("T")
 
@@ -42,16 +50,12 @@ class ConfigError(FashionlensError):
 
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_workers() -> int:
     """DataLoader workers when ``data.workers`` (or ``--workers``) is not given: all cores but one
     with a GPU (it waits for the decoding), else at most 2 (the model needs the cores too)."""
-    import torch
-
     cores = cpu_cores()
     return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
 
@@ -67,8 +71,6 @@ def default_predict_workers() -> int:
     process would be a larger share of each batch, and workers stay (not measured: the project's
     CPUs have 2 cores).
     """
-    import torch
-
     if not torch.cuda.is_available() and cpu_cores() <= 2:
         return 0
     return default_workers()
@@ -104,13 +106,18 @@ class DataConfig:
         return self.sources[0].format if self.sources else ""
 
 
+# The network's knobs below (backbone, head, model) default to None: the network's own default, written
+# once, in its config beside it (models/mlgcn.py StyleNetConfig, models/landmark_net.py ClothingNetConfig);
+# training fills them in before it starts (models/knobs.py), and the run's config.yaml says the values.
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """The ImageNet-pretrained CNN and the input it sees."""
 
-    name: str = "tf_efficientnet_lite0"
-    pretrained: str = "auto"  # auto | shipped | hub | none | PATH (see models/backbones.py)
-    image_size: int = 224
+    name: str | None = None
+    pretrained: str | None = None  # auto | shipped | hub | none | PATH (see models/backbones.py)
+    image_size: int | None = None
     compile: bool = False
     channels_last: bool = False
 
@@ -133,11 +140,11 @@ class GraphConfig:
 class HeadConfig:
     """A multi-label head: a linear classifier per label, or ML-GCN's graph-convolved classifiers."""
 
-    kind: str = "mlgcn"  # mlgcn | linear
-    pool: str = "max"  # max | avg (style model's global pooling)
-    hidden_dim: int = 1024  # the GCN's hidden width
-    bias: bool = True  # a learned per-label bias on the ML-GCN logits (the reference has none)
-    residual: bool = False  # learned classifiers added to the GCN's
+    kind: str | None = None  # mlgcn | linear
+    pool: str | None = None  # max | avg (style model's global pooling)
+    hidden_dim: int | None = None  # the GCN's hidden width
+    bias: bool | None = None  # a learned per-label bias on the ML-GCN logits (the reference has none)
+    residual: bool | None = None  # learned classifiers added to the GCN's
 
 
 @dataclass(frozen=True)
@@ -191,13 +198,13 @@ class CalibrationConfig:
 class ClothingModelConfig:
     """The landmark-driven clothing network (Lee et al. 2020)."""
 
-    stage: str = "stride8"  # where the shared features come from: stride8 (VGG-19 conv4) | stride16
-    landmarks: str = "glem"  # glem | convs (the branch without the non-local block) | none
-    heatmap_size: int = 56
+    stage: str | None = None  # where the shared features come from: stride8 (VGG-19 conv4) | stride16
+    landmarks: str | None = None  # glem | convs (the branch without the non-local block) | none
+    heatmap_size: int | None = None
     heatmap_sigma: float | None = None  # Gaussian sigma in heatmap pixels; None: the heatmaps module's
     lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
-    head_width: int = 256  # channels of the category and attribute branches
-    upsample_width: int = 64  # channels of the heatmap upsampler (its convs cost width squared)
+    head_width: int | None = None  # channels of the category and attribute branches
+    upsample_width: int | None = None  # channels of the heatmap upsampler (its convs cost width squared)
 
 
 @dataclass(frozen=True)
@@ -221,11 +228,9 @@ class ClothingConfig:
 
     out: Path | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    # The paper's VGG-19 conv4 is --backbone vgg19 --stage stride8 (hub weights); the default is the
-    # measured offline recipe (docs/results.md, released clothing model).
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="mobilenet_v2", image_size=224))
-    model: ClothingModelConfig = field(default_factory=lambda: ClothingModelConfig(stage="stride16"))
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(kind="linear"))  # the attribute head
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ClothingModelConfig = field(default_factory=ClothingModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)  # the attribute head
     graph: GraphConfig = field(default_factory=lambda: GraphConfig(embedding_fallback="zero"))
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -257,6 +262,22 @@ TaskConfig = StyleConfig | ClothingConfig
 
 
 # ------------------------------------------------------------------------------ overrides and checks
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+    """``"f1"`` -> ("f1", None); ``"precision@0.9"`` -> ("precision", 0.9); else ValueError."""
+    if method == "f1":
+        return "f1", None
+    name, _, value = method.partition("@")
+    if name == "precision" and value:
+        try:
+            target = float(value)
+        except ValueError:
+            target = -1.0
+        if 0.0 < target <= 1.0:
+            return "precision", target
+    raise ValueError(f"calibration method {method!r}: expected 'f1', 'precision@P' with 0 < P <= 1, or 'none'")
+
 
 
 def override(config: T, changes: Mapping[str, Any], where: str = "") -> T:
@@ -384,8 +405,6 @@ def validate(config: TaskConfig) -> TaskConfig:
         raise ConfigError("out: a run directory is needed (--out RUN_DIR)")
     if not config.data.sources:
         raise ConfigError("data.sources: no dataset given (--data PATH --format FORMAT)")
-    from fashionlens.vocabulary import CLOTHING_FORMATS, STYLE_FORMATS, TYPED_ATTRIBUTE_FORMATS
-
     formats = STYLE_FORMATS if config.task == "style" else CLOTHING_FORMATS
     for index, source in enumerate(config.data.sources):
         if source.format not in formats:
@@ -404,19 +423,17 @@ def validate(config: TaskConfig) -> TaskConfig:
     if recipe.learning_rate <= 0:
         raise ConfigError(f"recipe.lr: must be positive, got {recipe.lr}")
     if config.calibration.method != "none":
-        from fashionlens.calibration import parse_method
-
         try:
             parse_method(config.calibration.method)
         except ValueError as error:
             raise ConfigError(f"calibration.method: {error}") from None
     low, high = IMAGE_SIZE_RANGE
-    if not low <= config.backbone.image_size <= high:
+    if config.backbone.image_size is not None and not low <= config.backbone.image_size <= high:
         raise ConfigError(f"backbone.image_size: must be from {low} to {high} px, got {config.backbone.image_size} "
                           f"(the papers train at 224-448; activations grow with the square of the side)")
     if isinstance(config, ClothingConfig):
         for key in ("head_width", "upsample_width"):
-            if not 1 <= getattr(config.model, key) <= 4096:
+            if getattr(config.model, key) is not None and not 1 <= getattr(config.model, key) <= 4096:
                 raise ConfigError(f"model.{key}: must be from 1 to 4096 channels, got {getattr(config.model, key)}")
     return config
 
@@ -440,8 +457,6 @@ def whole_number(low: int):
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above 0 (a learning rate of inf or nan trains into NaN)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -477,15 +492,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 
 def dump_yaml(config: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a config file written by a run (or by hand); errors name the file and the key."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -503,6 +514,4 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 
 
 def write_yaml(config: Any, path: Path) -> None:
-    from fashionlens.modeldir import atomic_write_bytes
-
     atomic_write_bytes(Path(path), dump_yaml(config).encode("utf-8"))

@@ -11,6 +11,14 @@ import json
 import time
 from pathlib import Path
 
+from fashionlens.compare import comparison_table, train_variants
+from fashionlens.config import DataSource, StyleConfig, override
+from fashionlens.data.clothing_attributes import read_clothing_attributes
+from fashionlens.explain import draw_landmarks
+from fashionlens.hub import package_models_dir
+from fashionlens.inference import load, read_image
+from fashionlens.rundir import RunDir
+
 DEMO_DATA = "examples/clothing-attributes-mini"
 
 
@@ -28,9 +36,6 @@ DEMO_VARIANTS = ("linear-max", "mlgcn-glove", "mlgcn-onehot")
 
 
 def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 224, quick: bool = False) -> int:
-    from fashionlens.compare import comparison_table, train_variants
-    from fashionlens.config import DataSource, StyleConfig, override
-
     data = find_demo_data()
     out = Path(out)
     if quick:
@@ -62,8 +67,6 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 30, image_size: int = 
 
 
 def _print_what_it_learned(run_dir: Path, metrics: dict) -> None:
-    from fashionlens.rundir import RunDir
-
     per_class = {name: ap for name, ap in (metrics.get("per_class_AP") or {}).items() if ap is not None}
     if per_class:
         ranked = sorted(per_class.items(), key=lambda item: item[1], reverse=True)
@@ -87,9 +90,6 @@ def _print_predictions(run_dir: Path, count: int = 3) -> None:
     """Top labels of the trained model for a few held-out photos, beside their true labels."""
     import numpy as np
 
-    from fashionlens.inference import load
-    from fashionlens.rundir import RunDir
-
     predictions = RunDir(run_dir).predictions()
     predictor = load(run_dir / "model")
     names = predictor.label_names if hasattr(predictor, "label_names") else None
@@ -105,17 +105,12 @@ def _print_predictions(run_dir: Path, count: int = 3) -> None:
 
 def released_model_dirs() -> list[Path]:
     """The released model directories: the package's own (``models/`` in a clone, package data in a wheel)."""
-    from fashionlens.hub import package_models_dir
-
     root = package_models_dir()
     return sorted(d for d in root.iterdir() if (d / "config.json").is_file()) if root.is_dir() else []
 
 
 def _print_released_models(data: Path, count: int = 3) -> None:
     """What the released models (trained on the full dataset) say about demo photos they never saw."""
-    from fashionlens.data.clothing_attributes import read_clothing_attributes
-    from fashionlens.inference import load
-
     dataset = read_clothing_attributes(data)  # records in labels.csv order
     for model_dir in released_model_dirs():
         heldout_file = model_dir / "heldout_images.txt"
@@ -144,9 +139,6 @@ def _print_released_models(data: Path, count: int = 3) -> None:
 def _show_landmarks(data: Path, folder: Path) -> None:
     """The released landmark model on one demo photo (a whole street photo it never saw): its garment
     type, attribute groups and landmarks, drawn into ``folder``."""
-    from fashionlens.explain import draw_landmarks
-    from fashionlens.inference import load, read_image
-
     photo = sorted((data / "images").glob("*.jpg"))[:1]
     for model_dir in released_model_dirs():
         config = json.loads((model_dir / "config.json").read_text())

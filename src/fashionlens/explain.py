@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fashionlens.heatmaps import heatmap_to_image_coords
+from fashionlens.progress import progress_bar
+
 POINTING_TOLERANCE_PX = 15.0  # Zhang et al. 2016, at the network's input size
 MIN_MASK_FRACTION = 0.01  # labels whose mask covers less of the image are not scored
 COLORMAP = "turbo"
@@ -101,8 +104,6 @@ def upsample(grid: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def grid_peak(grid: np.ndarray, width: int, height: int) -> tuple[float, float]:
     """(x, y) of the centre of ``grid``'s highest cell in the pixels of a ``width`` x ``height`` image."""
-    from fashionlens.heatmaps import heatmap_to_image_coords
-
     h, w = grid.shape
     row, col = divmod(int(np.argmax(grid)), w)
     xy = heatmap_to_image_coords(torch.tensor([float(col), float(row)]), (int(height), int(width)), (h, w))
@@ -115,7 +116,7 @@ def grid_peak(grid: np.ndarray, width: int, height: int) -> tuple[float, float]:
 def colourise(values: np.ndarray) -> np.ndarray:
     """A map scaled to its own range, through the colormap: ``(H, W)`` -> ``(H, W, 3)`` uint8, and the
     scaled values ``(H, W)`` in [0, 1] (a flat map is all 0)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # here: matplotlib is slow to import and only overlays need it
 
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
@@ -252,8 +253,6 @@ def play_pointing_game(predictor, dataset, rows: Sequence[int], targets: Mapping
     same name for a model trained on the dataset; the union of several names is its mask). A photo
     is a trial of a model label when one of those labels is in its mask (:func:`score_pointing`).
     """
-    from fashionlens.progress import progress_bar
-
     result = PointingResult() if result is None else result
     names = list(dataset.label_names)
     ids = {label: [names.index(name) for name in wanted] for label, wanted in targets.items()}

@@ -20,14 +20,13 @@ order (the first that answers wins):
 A released model directory holds two more files than ``save_model_dir`` writes: ``card.json`` (its
 name, task, outputs and held-out figures, read from the model card README.md at release) and
 ``manifest.json`` (SHA-256 and size of every file loading reads), both written by
-``scripts/release_model.py``. ``load_model_dir`` checks the manifest where there is one; a directory
-without one (your own runs) loads as before.
+``scripts/release_model.py``. ``modeldir.load_model_dir`` checks the manifest where there is one
+(``modeldir.verify_manifest``); a directory without one (your own runs) loads as before.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 import re
@@ -40,29 +39,23 @@ from pathlib import Path
 from typing import Any
 
 from fashionlens.errors import ModelDirError
+from fashionlens.fileio import is_int, is_number, refuse
+from fashionlens.modeldir import read_json
 
-MANIFEST_FILE = "manifest.json"
 CARD_FILE = "card.json"
-MANIFEST_VERSION = 1
 CARD_VERSION = 1
-# What a manifest covers: every file loading reads (the JSON files and the weights), so that a file
-# added after release is noticed too. Documentation (README.md, heldout_images.txt) is left out, so
-# that a wording fix in a model card does not stop the model loading; a model.onnx there is run by
-# load(runtime="onnx") only when the manifest lists it or, without a manifest, when it names the weights' SHA-256.
-COVERED_SUFFIXES = (".json", ".safetensors")
 # What a Hub download fetches: a model directory's files, not whatever else a repository holds.
 HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.txt"]
 HUB_ORG_VARIABLE = "FASHIONLENS_HUB_ORG"
 CACHE_VARIABLE = "FASHIONLENS_CACHE"
 # Hub snapshots link their files to ../../blobs/; a model directory must hold its own files (see
-# modeldir._check_inside), so a snapshot is loaded from a folder of hard links (or copies) here.
+# fileio.check_inside), so a snapshot is loaded from a folder of hard links (or copies) here.
 LINKED_SNAPSHOTS = ".snapshots"
 # The held-out figures `fashionlens models` shows when a card has them (else its first three).
 HEADLINE_METRICS = ("catalogue top-1", "street mAP", "mAP", "CF1", "OF1", "category top-1", "attr mAP")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 HUB_REFERENCE = re.compile(r"hf:/{1,2}(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 # A snapshot folder is named by its commit (what refs/main holds); anything else could name a path.
 REVISION = re.compile(r"[0-9a-f]{40}")
 
@@ -251,14 +244,11 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as error:
         raise ModelDirError(f"{reference}: Hub models need huggingface_hub (pip install huggingface_hub)") from error
-    from fashionlens import __version__
-
     offline = hub_offline()
     _warn_if_shared(cache_dir())
     try:
         snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(), local_files_only=offline,
-                                     allow_patterns=HUB_FILES, library_name="fashionlens",
-                                     library_version=__version__)
+                                     allow_patterns=HUB_FILES, library_name="fashionlens")
     except (OSError, ValueError) as error:  # huggingface_hub's: not found, gated, no network and not cached
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = (f"not in the cache {cache_dir()} and HF_HUB_OFFLINE=1 (unset it to download)" if offline
@@ -316,89 +306,6 @@ def _linked_snapshot(snapshot: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-# ------------------------------------------------------------------------------------------------
-# The integrity manifest.
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file, read 1 MiB at a time (a model's weights need not fit in memory twice)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _covered(directory: Path) -> list[str]:
-    return sorted(item.name for item in Path(directory).iterdir()
-                  if item.suffix in COVERED_SUFFIXES and item.name != MANIFEST_FILE and not item.name.startswith("."))
-
-
-def write_manifest(directory: str | os.PathLike[str]) -> Path:
-    """Write ``manifest.json``: the SHA-256 and size of every JSON and weights file of the directory."""
-    from fashionlens.modeldir import atomic_write_json
-
-    directory = Path(directory)
-    files = {name: {"sha256": file_sha256(directory / name), "size": (directory / name).stat().st_size}
-             for name in _covered(directory)}
-    path = directory / MANIFEST_FILE
-    atomic_write_json(path, {"manifest_version": MANIFEST_VERSION, "algorithm": "sha256", "files": files})
-    return path
-
-
-def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
-    from fashionlens.modeldir import _is_int, _read_json, _refuse
-
-    manifest = _read_json(path)
-    if manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise _refuse(path, "manifest_version", f"{MANIFEST_VERSION} (a newer fashionlens may read others)",
-                      manifest.get("manifest_version"))
-    if manifest.get("algorithm") != "sha256":
-        raise _refuse(path, "algorithm", "'sha256'", manifest.get("algorithm"))
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise _refuse(path, "files", "an object of file name: {sha256, size}", files)
-    for name, entry in files.items():
-        if "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("."):
-            raise ModelDirError(f"{path}: 'files': {name[:60]!r} is not a plain file name of the model directory")
-        if not isinstance(entry, dict) or not SHA256.fullmatch(str(entry.get("sha256"))) \
-                or not _is_int(entry.get("size")) or entry["size"] < 0:
-            raise _refuse(path, f"files.{name}", "{\"sha256\": 64 lowercase hex digits, \"size\": bytes}", entry)
-    return files
-
-
-def verify_manifest(directory: str | os.PathLike[str]) -> None:
-    """Check a model directory against its ``manifest.json``; nothing to check without one.
-
-    Raises ModelDirError naming the file that is missing, changed, or not in the manifest.
-    """
-    from fashionlens.modeldir import _check_inside
-
-    directory = Path(directory)
-    path = directory / MANIFEST_FILE
-    if not (path.exists() or path.is_symlink()):
-        return
-    again = ("copy or download the model again; if you changed it on purpose, delete manifest.json "
-             "(a directory without one is not checked)")
-    files = _manifest_files(path)
-    for name, expected in files.items():
-        file = directory / name
-        if not file.is_file():
-            raise ModelDirError(f"{file}: missing; {path} lists it ({expected['size']} bytes): {again}")
-        _check_inside(directory, file)
-        size = file.stat().st_size
-        if size != expected["size"]:
-            raise ModelDirError(f"{file}: {size} bytes where {path} says {expected['size']}: the file changed "
-                                f"since release (a truncated download, or an edit); {again}")
-        digest = file_sha256(file)
-        if digest != expected["sha256"]:
-            raise ModelDirError(f"{file}: SHA-256 {digest[:16]}... where {path} says {expected['sha256'][:16]}...: "
-                                f"the file changed since release; {again}")
-    unlisted = [name for name in _covered(directory) if name not in files]
-    if unlisted:
-        raise ModelDirError(f"{directory / unlisted[0]}: not in {path}, which lists every file loading reads: added "
-                            f"after release (remove it; or, releasing, rerun scripts/release_model.py)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,13 +370,11 @@ def card_for_release(directory: str | os.PathLike[str], name: str, summary: str 
                      aliases: tuple[str, ...] = ()) -> dict[str, Any]:
     """The card.json a release writes: ``name``, the folder name as an alias, the task and outputs
     (config.json), and the held-out figures of the model card (README.md)."""
-    from fashionlens.modeldir import _read_json
-
     directory = Path(directory)
     if not _is_name(name):
         raise ModelDirError(f"{name!r}: a model name is lowercase letters, digits, '.', '_' and '-', starting with a "
                             f"letter or digit")
-    config = _read_json(directory / "config.json")
+    config = read_json(directory / "config.json")
     figures = heldout_figures(directory / "README.md")
     headline = [key for key in figures["metrics"] if key in HEADLINE_METRICS] or list(figures["metrics"])[:3]
     folder = directory.resolve().name
@@ -481,35 +386,33 @@ def card_for_release(directory: str | os.PathLike[str], name: str, summary: str 
 
 def read_card(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A model directory's card.json, checked; None where there is none."""
-    from fashionlens.modeldir import _is_int, _is_number, _read_json, _refuse
-
     path = Path(directory) / CARD_FILE
     if not path.is_file():
         return None
-    card = _read_json(path)
+    card = read_json(path)
     if card.get("card_version") != CARD_VERSION:
-        raise _refuse(path, "card_version", f"{CARD_VERSION} (a newer fashionlens may read others)",
+        raise refuse(path, "card_version", f"{CARD_VERSION} (a newer fashionlens may read others)",
                       card.get("card_version"))
     if not isinstance(card.get("name"), str) or not _is_name(card["name"]):
-        raise _refuse(path, "name", "a model name (lowercase letters, digits, '.', '_', '-')", card.get("name"))
+        raise refuse(path, "name", "a model name (lowercase letters, digits, '.', '_', '-')", card.get("name"))
     aliases = card.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(alias, str) and _is_name(alias) for alias in aliases):
-        raise _refuse(path, "aliases", "a list of model names", aliases)
+        raise refuse(path, "aliases", "a list of model names", aliases)
     for key in ("summary", "task"):
         if not isinstance(card.get(key, ""), str):
-            raise _refuse(path, key, "a string", card.get(key))
+            raise refuse(path, key, "a string", card.get(key))
     outputs = card.get("outputs", {})
-    if not isinstance(outputs, dict) or not all(_is_int(count) for count in outputs.values()):
-        raise _refuse(path, "outputs", "an object of output name: count", outputs)
+    if not isinstance(outputs, dict) or not all(is_int(count) for count in outputs.values()):
+        raise refuse(path, "outputs", "an object of output name: count", outputs)
     heldout = card.get("heldout", {})
     metrics = heldout.get("metrics", {}) if isinstance(heldout, dict) else None
-    if not isinstance(metrics, dict) or not all(_is_number(value) for value in metrics.values()):
-        raise _refuse(path, "heldout.metrics", "an object of metric name: number", metrics)
+    if not isinstance(metrics, dict) or not all(is_number(value) for value in metrics.values()):
+        raise refuse(path, "heldout.metrics", "an object of metric name: number", metrics)
     headline = heldout.get("headline", [])
     if not isinstance(headline, list) or not all(key in metrics for key in headline):
-        raise _refuse(path, "heldout.headline", "a list of names in heldout.metrics", headline)
-    if heldout.get("images") is not None and not _is_int(heldout["images"]):
-        raise _refuse(path, "heldout.images", "a number of images or null", heldout["images"])
+        raise refuse(path, "heldout.headline", "a list of names in heldout.metrics", headline)
+    if heldout.get("images") is not None and not is_int(heldout["images"]):
+        raise refuse(path, "heldout.images", "a number of images or null", heldout["images"])
     return {"aliases": [], "summary": "", "outputs": {}, "heldout": {"images": None, "metrics": {}, "headline": []},
             **card}
 
@@ -523,13 +426,11 @@ def _size_on_disk(directory: Path) -> int:
 
 def describe(entry: ReleasedModel) -> dict[str, Any]:
     """One model of :func:`released_models` as a plain dict (what ``fashionlens models --json`` prints)."""
-    from fashionlens.modeldir import _read_json
-
     card = entry.card or {}
     out: dict[str, Any] = {"name": entry.name, "aliases": list(entry.aliases), "source": entry.source,
                            "path": str(entry.path), "summary": card.get("summary", "")}
     try:
-        config = _read_json(entry.path / "config.json")
+        config = read_json(entry.path / "config.json")
         out.update(task=config["task"], outputs=model_outputs(config), size_bytes=_size_on_disk(entry.path))
     except (ModelDirError, KeyError, ValueError, TypeError) as error:
         out.update(task=card.get("task"), outputs=card.get("outputs", {}), size_bytes=None,

@@ -34,8 +34,14 @@ import torch
 from PIL import Image
 
 from fashionlens.catalogue import CATEGORY, GARMENTS
+from fashionlens.data.transforms import ImagePreprocess
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
+from fashionlens.explain import Explanation, LabelMap
+from fashionlens.fileio import atomic_write_bytes, file_sha256
+from fashionlens.heatmaps import decode_heatmaps
+from fashionlens.hub import derived_path, resolve_model_dir
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
+from fashionlens.modeldir import MANIFEST_FILE, check_model_dir, load_model_dir, read_thresholds, verify_manifest
 from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
 
 # A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
@@ -275,7 +281,7 @@ class _OnnxRuntime:
     name = "onnx"
 
     def __init__(self, onnx_path: Path, source: str = ""):
-        import onnxruntime as ort
+        import onnxruntime as ort  # the optional "serve" extra; only runtime="onnx" needs it
 
         self.path, self.source = Path(onnx_path), source  # source: the line that says where it came from
 
@@ -363,8 +369,6 @@ class Predictor:
         if self.task not in ("style", "clothing"):
             raise ModelDirError(f"{model_dir}/config.json: unknown task {self.task!r} (expected 'style' or 'clothing')")
         self.image_size = int(self.preprocessing.get("image_size", self.config.get("image_size", 224)))
-        from fashionlens.data.transforms import ImagePreprocess
-
         # The evaluation transform in two steps (resize a photo, normalise a batch), for loaders too.
         self.image_preprocess = ImagePreprocess(self.image_size,
                                                 self.preprocessing.get("mean", (0.485, 0.456, 0.406)),
@@ -516,8 +520,6 @@ class Predictor:
 
         One forward pass gives the prediction and every label's map (the maps are one matrix
         product on the feature map the pooling would have seen)."""
-        from fashionlens.explain import Explanation, LabelMap
-
         wanted = [labels] if isinstance(labels, str) else list(labels)
         named = [self.label_index(name) for name in wanted if name != TOP_LABELS]
         model = self.torch_model("explain")
@@ -557,7 +559,7 @@ class Predictor:
         model = self.torch_model("embed")
         if self.task == "style":
             return int(model.backbone.out_channels)
-        return 2 * int(model.config["head_width"])
+        return 2 * model.config.head_width
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised embeddings ``(N, D)`` float32 (``(D,)`` for one image): the pooled feature the
@@ -636,8 +638,6 @@ class Predictor:
                                            indices, k, threshold, self.per_label_thresholds)
         landmarks: list[Landmark] = []
         if "heatmaps" in outputs:
-            from fashionlens.heatmaps import decode_heatmaps
-
             size = self.image_size
             xy, confidence = decode_heatmaps(torch.from_numpy(outputs["heatmaps"][None]).float(), (size, size),
                                              subpixel=True)
@@ -672,9 +672,6 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     an export of its own in the user cache, named by the weights' SHA-256 (never written into the
     model directory). ``predictor.runtime.source`` says which, in one line.
     """
-    from fashionlens.hub import resolve_model_dir, verify_manifest
-    from fashionlens.modeldir import check_model_dir, load_model_dir, read_thresholds
-
     model_dir = resolve_model_dir(model_dir)
     runtime = "onnx" if onnx is not None else runtime
     if runtime == "torch":
@@ -694,7 +691,6 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
 
 def _onnx_runtime(model_dir: Path, preprocessing: dict[str, Any], given: str | Path | None) -> _OnnxRuntime:
     """The ONNX file :func:`load` runs (see there), checked against the weights' SHA-256."""
-    from fashionlens.hub import MANIFEST_FILE, derived_path, file_sha256
 
     weights = file_sha256(model_dir / "model.safetensors")
     if given is not None:
@@ -752,9 +748,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
     are named after the model's outputs dict (``logits``, or ``category_logits``,
     ``attribute_logits``, ``heatmaps``). Raises ModelDirError if onnxruntime disagrees with torch.
     """
-    from fashionlens.modeldir import atomic_write_bytes, load_model_dir
-
-    bundle = load_model_dir(Path(model_dir), map_location="cpu")
+    bundle = load_model_dir(resolve_model_dir(model_dir), map_location="cpu")
     model = bundle.model.eval()
     size = int(bundle.preprocessing.get("image_size", bundle.config.get("image_size", 224)))
     generator = torch.Generator().manual_seed(0)
@@ -775,7 +769,6 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
             raise ModelDirError(f"{model_dir}: ONNX export failed ({type(error).__name__}: {error})") from error
     import onnx
 
-    from fashionlens.hub import file_sha256
 
     proto = onnx.load_from_string(buffer.getvalue())
     proto.metadata_props.add(key=ONNX_WEIGHTS_KEY, value=file_sha256(Path(bundle.path or model_dir) /
@@ -792,7 +785,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = ONNX_
 
 def _check_onnx(data: bytes, example: torch.Tensor, reference: dict[str, np.ndarray], tolerance: float,
                 model_dir: str | Path) -> None:
-    import onnx
+    import onnx  # the optional "serve" extra, as onnxruntime
     import onnxruntime as ort
 
     onnx.checker.check_model(onnx.load_from_string(data))

@@ -7,6 +7,7 @@ where the label is known. ``mask=None`` means all known.
 from __future__ import annotations
 
 import torch
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 from torch.nn import functional as F
 
@@ -41,9 +42,10 @@ class AsymmetricLoss(nn.Module):
 
     With ``p = sigmoid(logit)``: a positive costs ``-(1 - p)^gamma_pos * log(p)``; a negative costs
     ``-p_m^gamma_neg * log(1 - p_m)`` with the shifted probability ``p_m = max(p - clip, 0)``
-    (Eq. 3), which discards easy negatives entirely. ``reduction="mean"`` averages over known
-    entries (the scale of :func:`masked_bce_with_logits`); ``"sum"`` sums them, as the ASL reference
-    does (its learning rates assume that scale).
+    (Eq. 3), which discards easy negatives entirely. Each entry's cost is timm's
+    ``AsymmetricLossMultiLabel(reduction="none")``; timm has no mask, so the reduction is ours:
+    ``"mean"`` averages over known entries (the scale of :func:`masked_bce_with_logits`), ``"sum"``
+    sums them, as the ASL reference does (its learning rates assume that scale).
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05, eps: float = 1e-8,
@@ -51,20 +53,13 @@ class AsymmetricLoss(nn.Module):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.gamma_neg = gamma_neg
-        self.gamma_pos = gamma_pos
-        self.clip = clip
-        self.eps = eps
+        self.per_entry = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
+                                                  reduction="none")
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = _mask_like(logits, mask)
-        targets = targets.to(logits.dtype)
-        probability = torch.sigmoid(logits)
-        shifted = (probability - self.clip).clamp(min=0) if self.clip > 0 else probability
-        positive = -((1 - probability) ** self.gamma_pos) * torch.log(probability.clamp(min=self.eps))
-        negative = -(shifted ** self.gamma_neg) * torch.log((1 - shifted).clamp(min=self.eps))
-        losses = targets * positive + (1 - targets) * negative
+        losses = self.per_entry(logits, targets).to(logits.dtype)
         if self.reduction == "sum":
             return (losses * mask).sum()
         return _masked_mean(losses, mask)

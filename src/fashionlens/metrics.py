@@ -17,7 +17,9 @@ Conventions shared by the whole module
 - **Ties in average precision.** Pessimistic: among samples with the same score, negatives rank
   before positives. The result is then independent of sample order. The ML-GCN reference uses
   ``torch.sort(descending=True)``, whose tie order is implementation-defined, so on tied scores it
-  can differ from ours (upwards only: ours is the lower bound).
+  can differ from ours (upwards only: ours is the lower bound). The report's precision-recall
+  curves (``report.precision_recall_curve``) rank ties the same way. Not torchmetrics' average
+  precision: it groups tied scores into one threshold and has no mask for unknown labels.
 - **Inputs are validated**: shapes, NaN scores, and label encodings (targets 0/1 with a separate
   mask; DeepFashion's raw 1/-1/0 must be converted to targets + mask first). Problems raise
   :class:`ValueError` naming the argument, the expected form and what was found.

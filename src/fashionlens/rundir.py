@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fashionlens.modeldir import atomic_write_bytes, atomic_write_json
+from fashionlens.fileio import atomic_write_bytes, atomic_write_json
 
 #: val_predictions.npz keys. Both tasks: labels, mask (known labels), index (row in the dataset),
 #: paths. Style: scores (logits). Clothing: attr_scores (attribute logits), category_logits,

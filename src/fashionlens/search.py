@@ -32,6 +32,7 @@ import hashlib
 import json
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,8 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from fashionlens.batches import ShardWriter, already_written, loader, reuse_freed_memory
+from fashionlens.config import default_predict_workers, whole_number
 from fashionlens.errors import FashionlensError
+from fashionlens.fileio import atomic_write_bytes
+from fashionlens.hub import resolve_model_dir
+from fashionlens.inference import collect_image_paths, load
+from fashionlens.progress import progress_bar
 
 INDEX_FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -112,9 +121,6 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     shards are written whole, so a crash loses at most the shard being written.
     Refuses a folder that already holds another model's vectors.
     """
-    from fashionlens.cli_predict import ShardWriter, already_written, loader
-    from fashionlens.progress import progress_bar
-
     out = Path(out)
     sha = weights_sha256(predictor.model_dir) if predictor.model_dir else ""
     model_dir = str(Path(predictor.model_dir).resolve()) if predictor.model_dir else ""
@@ -127,8 +133,6 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     written = already_written(out) if out.is_dir() else set()
     todo = [Path(path) for path in paths if str(path) not in written]
     if workers is None:
-        from fashionlens.config import default_predict_workers
-
         workers = default_predict_workers()
     writer = ShardWriter(out)
     failed: list[str] = []
@@ -154,8 +158,6 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
 
 
 def _models_in(folder: Path) -> set[tuple[str, str]]:
-    import pyarrow.parquet as pq
-
     found: set[tuple[str, str]] = set()
     for shard in sorted(folder.glob("part-*.parquet")):
         try:
@@ -180,9 +182,6 @@ class Vectors:
 def read_vectors(folder: str | Path) -> Vectors:
     """Every row of an ``embed`` output folder (or a single Parquet file), checked: one model, one
     dimension, finite unit vectors, each path once."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
     shards = [folder] if folder.is_file() else sorted(folder.glob("part-*.parquet"))
     if not shards:
@@ -439,11 +438,6 @@ class SearchIndex:
         return cls(index, vectors.paths, files, meta)
 
     def save(self, folder: str | Path) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from fashionlens.modeldir import atomic_write_bytes
-
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise SearchError(f"{folder}: exists and is not a folder (an index is a folder)")
@@ -460,8 +454,6 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> SearchIndex:
-        import pyarrow.parquet as pq
-
         folder = Path(folder)
         meta_path = folder / META_FILE
         if not meta_path.is_file():
@@ -538,8 +530,6 @@ class SearchIndex:
 def model_dir_for(index: SearchIndex, model: str | Path | None = None) -> Path:
     """The model directory to embed queries with: ``model`` if given, else the one that embedded the
     catalogue if it is still where it was, else the index's model by name (a released model)."""
-    from fashionlens.hub import resolve_model_dir
-
     if model is None:
         recorded = index.meta.get("model_dir")
         if isinstance(recorded, str) and recorded and (Path(recorded) / "model.safetensors").is_file():
@@ -553,8 +543,6 @@ def model_dir_for(index: SearchIndex, model: str | Path | None = None) -> Path:
 
 def add_search_commands(commands) -> None:
     """The ``embed``, ``index`` and ``search`` subcommands."""
-    from fashionlens.config import whole_number
-
     embed = commands.add_parser("embed", help="embed photos (L2-normalised pooled features) into Parquet",
                                 description="Write one row per photo (path, model, model_sha256, vector: the "
                                             "L2-normalised pooled feature the model's head sees) to a folder of "
@@ -594,9 +582,6 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 def _embed_command(args: argparse.Namespace) -> int:
-    from fashionlens.cli_predict import reuse_freed_memory
-    from fashionlens.inference import collect_image_paths, load
-
     reuse_freed_memory()
 
     paths, problems = collect_image_paths(args.paths)
@@ -617,8 +602,6 @@ def _embed_command(args: argparse.Namespace) -> int:
 
 
 def _index_command(args: argparse.Namespace) -> int:
-    import time
-
     vectors = read_vectors(args.vectors)
     started = time.perf_counter()
     index = SearchIndex.build(vectors, args.kind)
@@ -629,8 +612,6 @@ def _index_command(args: argparse.Namespace) -> int:
 
 
 def _search_command(args: argparse.Namespace) -> int:
-    from fashionlens.inference import load
-
     index = SearchIndex.load(args.index)
     predictor = load(model_dir_for(index, args.model))
     failed = 0

@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashionlens.config import BackboneConfig
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = ("final", "stride8", "stride16")
@@ -97,7 +95,7 @@ def available_backbones() -> list[str]:
     return sorted(_SPECS)
 
 
-def create_backbone(name: str, pretrained: str = BackboneConfig.pretrained, stage: str = "final") -> Backbone:
+def create_backbone(name: str, pretrained: str = "auto", stage: str = "final") -> Backbone:
     """Build backbone ``name`` truncated at ``stage``, with weights from ``pretrained``."""
     if stage not in STAGES:
         raise BackboneError(f"stage must be one of {STAGES}, got {stage!r}")

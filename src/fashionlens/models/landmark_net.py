@@ -9,7 +9,7 @@ analysis with feature map upsampling and landmark-driven attention" (ECCV 2018 w
     concat(landmark features, conv4) -> category branch (convs, pool, linear)
                                       -> attribute branch (convs, pool, linear | ML-GCN head)
 
-Ablations (``config["landmarks"]``): ``"glem"`` (full), ``"convs"`` (the same branch with the
+Ablations (``ClothingNetConfig.landmarks``): ``"glem"`` (full), ``"convs"`` (the same branch with the
 non-local blocks removed, so only the 3x3 convs remain) and ``"none"`` (no landmark branch; the
 heads see conv4 only and the outputs have no ``"heatmaps"``).
 
@@ -20,51 +20,84 @@ non-local output.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashionlens.config import BackboneConfig
+from fashionlens.config import IMAGE_SIZE_RANGE
+from fashionlens.fileio import check_fields, dataclass_from_json
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
+from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
 from fashionlens.models.backbones import create_backbone
+from fashionlens.models.mlgcn import MAX_SIZE, MLGCNHead, label_maps
 
 LANDMARK_MODES = ("glem", "convs", "none")
-# Keys and values of model directories written before they were renamed, and their names now.
-_RENAMED_KEYS = {"mlgcn_hidden": "hidden_dim", "mlgcn_bias": "bias", "mlgcn_negative_slope": "negative_slope"}
-_RENAMED_LANDMARK_MODES = {"plain": "convs"}
 ATTRIBUTE_HEADS = ("linear", "mlgcn")
+# Keys of model directories written before they were renamed, and their names now.
+_RENAMED_KEYS = {"mlgcn_hidden": "hidden_dim", "mlgcn_bias": "bias", "mlgcn_negative_slope": "negative_slope"}
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "backbone": "vgg19",  # VGG-19 conv4_4 as in Lee et al. 2020
-    # The one default (config.py): "auto" gives the hub for VGG-19 (no offline VGG weights ship; use
-    # mobilenet_v2 or tf_efficientnet_lite0 offline); loading a model directory uses "none".
-    "pretrained": BackboneConfig.pretrained,
-    "stage": "stride8",
-    "landmarks": "glem",
-    "attr_head": "linear",
-    "num_categories": 50,
-    "num_attributes": 1000,
-    "num_landmarks": 8,
-    "image_size": 224,
-    "heatmap_size": 56,
-    "num_glem": 2,
-    "landmark_width": None,  # None: keep the backbone's channels (512 for VGG conv4)
-    "upsample_width": 64,
+
+@dataclass(frozen=True)
+class ClothingNetConfig:
+    """The clothing network's configuration: what :class:`LandmarkClothingNet` takes, and as a dict
+    (``dataclasses.asdict``) the model directory's ``config.json``. Checked when made."""
+
+    num_categories: int = 50  # DeepFashion's category and attribute benchmark
+    num_attributes: int = 1000
+    task: str = "clothing"
+    # The measured offline recipe (docs/results.md, the released clothing models); the paper's VGG-19
+    # conv4_4 (Lee et al. 2020) is backbone "vgg19", stage "stride8", with the hub's weights.
+    backbone: str = "mobilenet_v2"
+    pretrained: str = "auto"  # see models/backbones.py; loading a model directory uses "none"
+    stage: str = "stride16"
+    landmarks: str = "glem"  # glem | convs (the branch without the non-local blocks) | none
+    attr_head: str = "linear"
+    num_landmarks: int = 8
+    image_size: int = 224
+    heatmap_size: int = 56
+    num_glem: int = 2
+    landmark_width: int | None = None  # None: keep the backbone's channels (512 for VGG conv4)
+    upsample_width: int = 64
     # "bilinear" (+ 3x3 conv) or "deconv" (transposed convs, x2 each, as Liu & Lu and GLEM): on 64 real
     # DeepFashion-fine crops (frozen MobileNetV2 stride 16, 150 Adam steps) bilinear fitted the landmarks to
     # NE 0.025 where deconv stayed at the all-zero loss (NE 0.54, chance): docs/results.md section 2a.
-    "upsample": "bilinear",
-    "head_width": 256,
-    "dropout": 0.0,
-    "hidden_dim": 1024,  # the ML-GCN attribute head's hidden width (same name as the style model's)
-    "negative_slope": 0.2,
-    "bias": True,  # a per-label bias, as the linear head has: top-k ranks attributes against each other
-    "attr_embedding_dim": None,  # set from the embeddings by build_clothing_model
-}
+    # A config.json without the key was written before bilinear existed: deconv (from_dict).
+    upsample: str = "bilinear"
+    head_width: int = 256
+    dropout: float = 0.0
+    hidden_dim: int = 1024  # the ML-GCN attribute head's hidden width (same name as the style model's)
+    negative_slope: float = 0.2
+    bias: bool = True  # a per-label bias, as the linear head has: top-k ranks attributes against each other
+    attr_embedding_dim: int | None = None  # set from the embeddings by LandmarkClothingNet
+    # How the ML-GCN head's label graph was built (a record for people; the weights hold the graph).
+    embeddings: str | None = None
+    graph: str | None = None
+    t: float | None = None
+    p: float | None = None
+    min_lift: float | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {key: (1, MAX_SIZE) for key in ("num_categories", "num_attributes", "landmark_width",
+                                                "upsample_width", "head_width", "hidden_dim", "attr_embedding_dim")}
+        check_fields(self, ranges={**sizes, "num_landmarks": (1, 256), "num_glem": (0, 64),
+                                   "image_size": IMAGE_SIZE_RANGE, "heatmap_size": (1, IMAGE_SIZE_RANGE[1])},
+                     choices={"task": ("clothing",), "stage": ("stride8", "stride16"), "landmarks": LANDMARK_MODES,
+                              "attr_head": ATTRIBUTE_HEADS, "upsample": ("bilinear", "deconv")})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClothingNetConfig:
+        """A ``config.json`` of any fashionlens version (or a mapping of some of its keys) as a config:
+        old keys and values renamed, here only; ValueError names a bad key."""
+        data = {"upsample": "deconv", **data}
+        if data.get("landmarks") == "plain":
+            data["landmarks"] = "convs"
+        return dataclass_from_json(cls, data, "a clothing model's config.json", renamed=_RENAMED_KEYS)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -181,50 +214,41 @@ class _PooledBranch(nn.Module):
 
 
 class LandmarkClothingNet(nn.Module):
-    """Category, attribute and landmark-heatmap prediction from one backbone. Build it with
-    :func:`build_clothing_model` (from a config dict); outputs follow docs/design-contract.md."""
+    """Category, attribute and landmark-heatmap prediction from one backbone, built from a
+    :class:`ClothingNetConfig`; outputs follow docs/design-contract.md."""
 
-    def __init__(self, config: Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
+    def __init__(self, config: ClothingNetConfig, attr_embeddings: torch.Tensor | None = None,
                  attr_adjacency: torch.Tensor | None = None):
         super().__init__()
-        cfg = {**DEFAULT_CONFIG, **upgrade_config(config)}
-        if cfg["landmarks"] not in LANDMARK_MODES:
-            raise ValueError(f"config['landmarks'] must be one of {LANDMARK_MODES}, got {cfg['landmarks']!r}")
-        if cfg["attr_head"] not in ATTRIBUTE_HEADS:
-            raise ValueError(f"config['attr_head'] must be one of {ATTRIBUTE_HEADS}, got {cfg['attr_head']!r}")
-        self.backbone = create_backbone(cfg["backbone"], pretrained=cfg["pretrained"], stage=cfg["stage"])
+        self.backbone = create_backbone(config.backbone, pretrained=config.pretrained, stage=config.stage)
         conv4_channels = self.backbone.out_channels
         fused_channels = conv4_channels
         self.landmark_proj: nn.Module | None = None
         self.landmark_blocks: nn.Sequential | None = None
         self.upsampler: HeatmapUpsampler | None = None
-        if cfg["landmarks"] != "none":
-            width = cfg["landmark_width"] or conv4_channels
-            cfg["landmark_width"] = int(width)
+        if config.landmarks != "none":
+            width = config.landmark_width or conv4_channels
+            config = dataclasses.replace(config, landmark_width=width)
             self.landmark_proj = (nn.Identity() if width == conv4_channels
                                   else _conv_bn_relu(conv4_channels, width, kernel_size=1))
-            use_nonlocal = cfg["landmarks"] == "glem"
+            use_nonlocal = config.landmarks == "glem"
             self.landmark_blocks = nn.Sequential(*[GLEM(width, use_nonlocal=use_nonlocal)
-                                                   for _ in range(int(cfg["num_glem"]))])
-            scale = max(1, round(cfg["heatmap_size"] * self.backbone.stride / cfg["image_size"]))
-            self.upsampler = HeatmapUpsampler(width, int(cfg["num_landmarks"]), scale,
-                                              int(cfg["upsample_width"]), cfg["upsample"])
+                                                   for _ in range(config.num_glem)])
+            scale = max(1, round(config.heatmap_size * self.backbone.stride / config.image_size))
+            self.upsampler = HeatmapUpsampler(width, config.num_landmarks, scale, config.upsample_width,
+                                              config.upsample)
             fused_channels = conv4_channels + width
-        head_width = int(cfg["head_width"])
-        self.category_branch = _PooledBranch(fused_channels, head_width, float(cfg["dropout"]))
-        self.category_fc = nn.Linear(head_width, int(cfg["num_categories"]))
-        self.attribute_branch = _PooledBranch(fused_channels, head_width, float(cfg["dropout"]))
-        if cfg["attr_head"] == "mlgcn":
-            from fashionlens.models.mlgcn import MLGCNHead
-
-            embeddings, adjacency = _graph_inputs(cfg, attr_embeddings, attr_adjacency)
-            cfg["attr_embedding_dim"] = int(embeddings.shape[1])
-            self.attribute_fc = MLGCNHead(embeddings, adjacency, head_width, hidden=int(cfg["hidden_dim"]),
-                                          negative_slope=float(cfg["negative_slope"]),
-                                          bias=bool(cfg["bias"]))
+        self.category_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
+        self.category_fc = nn.Linear(config.head_width, config.num_categories)
+        self.attribute_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
+        if config.attr_head == "mlgcn":
+            embeddings, adjacency = _graph_inputs(config, attr_embeddings, attr_adjacency)
+            config = dataclasses.replace(config, attr_embedding_dim=int(embeddings.shape[1]))
+            self.attribute_fc = MLGCNHead(embeddings, adjacency, config.head_width, hidden=config.hidden_dim,
+                                          negative_slope=config.negative_slope, bias=config.bias)
         else:
-            self.attribute_fc = nn.Linear(head_width, int(cfg["num_attributes"]))
-        self.config: dict[str, Any] = cfg
+            self.attribute_fc = nn.Linear(config.head_width, config.num_attributes)
+        self.config = config  # with the derived landmark_width and attr_embedding_dim
 
     @property
     def has_landmarks(self) -> bool:
@@ -232,7 +256,7 @@ class LandmarkClothingNet(nn.Module):
 
     def heatmap_size_for(self, image_hw: Sequence[int]) -> tuple[int, int]:
         """Heatmap size for an input of ``image_hw``: ``heatmap_size / image_size`` of it (56 at 224)."""
-        ratio = self.config["heatmap_size"] / self.config["image_size"]
+        ratio = self.config.heatmap_size / self.config.image_size
         # int(): while the ONNX exporter traces, the sizes arrive as 0-d tensors; the exported graph
         # has a fixed spatial size (only the batch axis is dynamic), so a constant is what it needs.
         height, width = (int(value) for value in image_hw)
@@ -280,8 +304,6 @@ class LandmarkClothingNet(nn.Module):
         (all by default), in one pass: the attribute classifiers applied at every place of the
         attribute branch's feature map before its average pooling (so a map's mean is the logit;
         ``h = H / (2 * backbone stride)``, the branch's first conv has stride 2)."""
-        from fashionlens.models.mlgcn import label_maps
-
         feats = self.forward_features(images)
         features = feats["features"]
         attribute_map = self.attribute_branch.convs(features)
@@ -300,20 +322,12 @@ class LandmarkClothingNet(nn.Module):
         return torch.cat([self.category_branch(features), self.attribute_branch(features)], dim=1)
 
 
-def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A network config with the keys and values of older model directories renamed to today's."""
-    cfg = {_RENAMED_KEYS.get(key, key): value for key, value in dict(config).items()}
-    cfg.setdefault("upsample", "deconv")  # every saved config has it; one written by hand before bilinear
-    cfg["landmarks"] = _RENAMED_LANDMARK_MODES.get(cfg.get("landmarks"), cfg.get("landmarks", "glem"))
-    return cfg
-
-
-def _graph_inputs(cfg: Mapping[str, Any], embeddings: torch.Tensor | None,
+def _graph_inputs(config: ClothingNetConfig, embeddings: torch.Tensor | None,
                   adjacency: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    c = int(cfg["num_attributes"])
+    c = config.num_attributes
     if embeddings is None and adjacency is None:
         # Rebuilding from a saved config: placeholders of the right shape, overwritten by load_state_dict.
-        dim = cfg.get("attr_embedding_dim")
+        dim = config.attr_embedding_dim
         if not dim:
             raise ValueError("attr_head='mlgcn' needs attr_embeddings and attr_adjacency, or a config with "
                              "'attr_embedding_dim' (saved by a model built with them) to rebuild placeholders")
@@ -329,9 +343,9 @@ def _graph_inputs(cfg: Mapping[str, Any], embeddings: torch.Tensor | None,
     return embeddings, adjacency
 
 
-def build_clothing_model(config: Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
+def build_clothing_model(config: ClothingNetConfig | Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
                          attr_adjacency: torch.Tensor | None = None) -> LandmarkClothingNet:
-    """Build the clothing network from ``config`` (missing keys take :data:`DEFAULT_CONFIG`).
+    """Build the clothing network from its config, or a mapping of its keys (a ``config.json``).
 
     ``model.config`` holds the complete config (with derived values filled in, e.g.
     ``landmark_width`` and ``attr_embedding_dim``); ``build_clothing_model(model.config)`` followed by
@@ -339,6 +353,8 @@ def build_clothing_model(config: Mapping[str, Any], attr_embeddings: torch.Tenso
     pass ``pretrained="none"`` in the config to skip loading backbone weights that the state dict
     replaces anyway.
     """
+    if not isinstance(config, ClothingNetConfig):
+        config = ClothingNetConfig.from_dict(config)
     return LandmarkClothingNet(config, attr_embeddings, attr_adjacency)
 
 
@@ -390,8 +406,6 @@ def clothing_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
             parts["category"] = F.cross_entropy(logits, target, ignore_index=-1)
 
     if "attribute_logits" in outputs and "labels" in batch:
-        from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
-
         logits = outputs["attribute_logits"]
         labels = batch["labels"].to(logits.dtype)
         mask = batch.get("label_mask")

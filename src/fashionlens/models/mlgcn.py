@@ -4,24 +4,28 @@ A two-layer graph convolution turns the label word vectors into one classifier p
 logits are the image feature times those classifiers. The word vectors and the adjacency are
 buffers: they are saved in ``model.safetensors`` with the weights, never trained, and never
 recomputed when a saved model is loaded (:func:`build_style_model` rebuilds zero-filled buffers of
-the right shapes from ``config.json``; loading the weights fills them).
+the right shapes from ``config.json``, a :class:`StyleNetConfig`; loading the weights fills them).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fashionlens.config import BackboneConfig
-
-from .backbones import Backbone, create_backbone
+from fashionlens.config import IMAGE_SIZE_RANGE
+from fashionlens.fileio import check_fields, dataclass_from_json
+from fashionlens.models.backbones import Backbone, create_backbone
 
 POOLS = ("max", "avg")
 HEADS = ("mlgcn", "linear")
+MAX_SIZE = 65536  # any width, count or embedding size a config.json may ask for; the real ones are a few thousand
+
 
 
 def label_maps(feature_map: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None = None,
@@ -192,50 +196,69 @@ class MultiLabelClassifier(nn.Module):
                 "label_maps": label_maps(feature_map, weights, bias, labels)}
 
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "backbone": "tf_efficientnet_lite0",
-    "pretrained": BackboneConfig.pretrained,  # the one default (config.py); loading a model directory uses "none"
-    "pool": "max",
-    "head": "mlgcn",
-    "embedding_dim": 50,
-    "hidden_dim": 1024,
-    "residual": False,
-}
+@dataclass(frozen=True)
+class StyleNetConfig:
+    """The style model's configuration: what :func:`build_style_model` takes, and as a dict
+    (``dataclasses.asdict``) the model directory's ``config.json``. Checked when made."""
+
+    num_labels: int
+    task: str = "style"
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str = "auto"  # see models/backbones.py; loading a model directory uses "none"
+    pool: str = "max"
+    head: str = "mlgcn"
+    image_size: int = 224
+    embedding_dim: int = 50  # the ML-GCN head's label-vector width
+    hidden_dim: int = 1024  # the GCN's hidden width
+    residual: bool = False  # learned classifiers added to the GCN's
+    # A learned per-label bias on the ML-GCN logits (the reference has none; docs/results.md measures it);
+    # a config.json without the key was written before it existed: none (from_dict).
+    bias: bool = True
+    activation: str = "sigmoid"  # softmax: one label per photo (class folders)
+    # How the label graph was built (a record for people; the weights hold the graph itself).
+    embeddings: str | None = None
+    graph: str | None = None
+    t: float | None = None
+    p: float | None = None
+    min_lift: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, ranges={"num_labels": (1, MAX_SIZE), "image_size": IMAGE_SIZE_RANGE,
+                                   "embedding_dim": (1, MAX_SIZE), "hidden_dim": (1, MAX_SIZE)},
+                     choices={"task": ("style",), "pool": POOLS, "head": HEADS, "activation": ("sigmoid", "softmax")})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StyleNetConfig:
+        """A ``config.json`` (or a mapping of some of its keys) as a config; ValueError names a bad key."""
+        return dataclass_from_json(cls, {"bias": False, **data}, "a style model's config.json")
 
 
-def build_style_model(config: dict[str, Any], embeddings: np.ndarray | torch.Tensor | None = None,
+def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np.ndarray | torch.Tensor | None = None,
                       adjacency: np.ndarray | torch.Tensor | None = None) -> MultiLabelClassifier:
-    """Build the style model from a config dict (the ``config.json`` of a model directory).
-
-    Keys: ``backbone``, ``pretrained`` (``"shipped"``/``"hub"``/``"none"``/path), ``pool``,
-    ``head`` (``"mlgcn"``/``"linear"``), ``num_labels``, ``embedding_dim``, ``hidden_dim``,
-    ``residual``; missing keys take :data:`DEFAULT_CONFIG`.
+    """Build the style model from its config (or a mapping of its keys, the ``config.json`` of a model
+    directory); ``model.config`` is the config.
 
     For a new ``"mlgcn"`` model pass ``embeddings`` ``(C, E)`` and ``adjacency`` ``(C, C)``. To
     rebuild a saved model, pass neither and ``pretrained="none"``: the buffers are created
     zero-filled with the shapes from the config and ``load_state_dict`` fills them.
     """
-    merged = {**DEFAULT_CONFIG, **config}
-    if "num_labels" not in merged:
-        raise ValueError("style model config needs 'num_labels'")
-    num_labels = int(merged["num_labels"])
-    head_name = merged["head"]
-    if head_name not in HEADS:
-        raise ValueError(f"config 'head' must be one of {HEADS}, got {head_name!r}")
-    backbone = create_backbone(merged["backbone"], pretrained=merged["pretrained"], stage="final")
+    if not isinstance(config, StyleNetConfig):
+        config = StyleNetConfig.from_dict(config)
+    backbone = create_backbone(config.backbone, pretrained=config.pretrained, stage="final")
     feature_dim = backbone.out_channels
-    if head_name == "linear":
-        head: nn.Module = LinearHead(feature_dim, num_labels)
+    if config.head == "linear":
+        head: nn.Module = LinearHead(feature_dim, config.num_labels)
     else:
-        embedding_dim = int(merged["embedding_dim"])
         if embeddings is None:
-            embeddings = torch.zeros(num_labels, embedding_dim)
+            embeddings = torch.zeros(config.num_labels, config.embedding_dim)
         if adjacency is None:
-            adjacency = torch.zeros(num_labels, num_labels)
+            adjacency = torch.zeros(config.num_labels, config.num_labels)
         shape = tuple(np.shape(embeddings))
-        if shape != (num_labels, embedding_dim):
-            raise ValueError(f"embeddings have shape {shape}, config says ({num_labels}, {embedding_dim}) "
-                             f"(num_labels, embedding_dim)")
-        head = MLGCNHead(embeddings, adjacency, feature_dim, hidden=int(merged["hidden_dim"]),
-                         residual=bool(merged["residual"]), bias=bool(merged.get("bias", False)))
-    return MultiLabelClassifier(backbone, head, pool=merged["pool"])
+        if shape != (config.num_labels, config.embedding_dim):
+            raise ValueError(f"embeddings have shape {shape}, config says ({config.num_labels}, "
+                             f"{config.embedding_dim}) (num_labels, embedding_dim)")
+        head = MLGCNHead(embeddings, adjacency, feature_dim, hidden=config.hidden_dim, residual=config.residual,
+                         bias=config.bias)
+    model = MultiLabelClassifier(backbone, head, pool=config.pool)
+    model.config = config
+    return model

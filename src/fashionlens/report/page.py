@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashionlens.metrics import multilabel_metrics
 from fashionlens.report.plots import (
     STYLE_TABLE_KEYS,
     _read_json,
@@ -272,8 +273,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if len(types) == len(display):
             display = [f"{name} ({kind})" for name, kind in zip(display, types)]
         if not per_class and len(label_names) == predictions["scores"].shape[1]:
-            from fashionlens.metrics import multilabel_metrics
-
             per_class = multilabel_metrics(predictions["scores"], predictions["labels"], predictions.get("mask"),
                                            label_names=label_names)["per_class_AP"]
     _attempt(page, "Average precision per label", "Sorted best to worst; dashed line: mean over the labels shown.",

@@ -257,21 +257,20 @@ def plot_per_label_ap(per_class_ap: dict[str, float | None], path: str | Path, m
 
 
 def precision_recall_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(recall, precision) at every distinct score threshold, from the highest score down.
+    """(recall, precision) down the ranking, from the highest score.
 
-    Both start at recall 0 (precision 1), so the curve is anchored on the left edge, and end at the
-    first threshold that reaches the final recall.
+    Tied scores are ranked pessimistically, negatives before positives: the convention of
+    ``metrics.multilabel_metrics``' AP, so the area under this curve (``sum(diff(recall) *
+    precision[1:])``) is that AP. Both start at recall 0 (precision 1), so the curve is anchored on
+    the left edge, and end at the rank that reaches the final recall.
     """
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive).astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    scores, positive = scores[order], positive[order]
-    # Only the last position of each tied score group is a threshold: ties enter together.
-    ends = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1] if len(scores) else np.zeros(0, dtype=int)
-    hits = np.cumsum(positive)[ends]
-    predicted = ends + 1
+    order = np.lexsort((positive, -scores))  # by score, descending; within a tie, negatives first
+    hits = np.cumsum(positive[order])
+    predicted = np.arange(1, len(hits) + 1)
     total = max(int(positive.sum()), 1)
-    # Thresholds below the one that first reaches full recall only add negatives: stop there.
+    # Ranks past the one that first reaches full recall only add negatives: stop there.
     stop = int(np.argmax(hits)) + 1 if len(hits) else 0
     recall = np.r_[0.0, hits[:stop] / total]
     precision = np.r_[1.0, hits[:stop] / predicted[:stop]]

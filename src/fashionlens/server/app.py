@@ -622,8 +622,9 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, runt
     app = create_app(model_dir, max_upload_mb=max_upload_mb, runtime=runtime, index=index,
                      allowed_hosts=local_hosts(host, allow_hosts))
     shown = f"[{host}]" if ":" in host else host
-    if getattr(app.state.predictor.runtime, "source", ""):
-        print(app.state.predictor.runtime.source)  # which ONNX file runs, and why that one
+    source = getattr(app.state.serving.predictor.runtime, "source", "")
+    if source:
+        print(source)  # which ONNX file runs, and why that one
     print(f"fashionlens: serving {model_dir} at http://{shown}:{port}/ (API docs at /docs); Ctrl+C stops it")
     uvicorn.Server(uvicorn_config(app, host, port, log_level="info")).run()
     return 0

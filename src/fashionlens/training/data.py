@@ -4,7 +4,6 @@ and the frozen-feature cache. Lightning adds the DistributedSampler under DDP.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning as L
@@ -13,8 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fashionlens.config import ClothingConfig, ConfigError, DataConfig, StyleConfig, default_workers
+from fashionlens.config import ClothingConfig, ConfigError, DataConfig, DataSource, StyleConfig, default_workers
+from fashionlens.data import open_dataset
+from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
+from fashionlens.data.merge import load_aliases, merge_datasets, normalise_name
+from fashionlens.data.transforms import BOX_CROP_SCALES, build_transforms
 from fashionlens.errors import FashionlensError
+from fashionlens.progress import progress_bar
 from fashionlens.vocabulary import SPLIT_FORMATS
 
 
@@ -44,14 +48,10 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
     ``label_names`` force the vocabulary of a single source; ``source_vocabulary`` (format -> names)
     forces it for the sources of that format when several are merged.
     """
-    from fashionlens.data import open_dataset
-
     if len(data.sources) == 1:
         source = data.sources[0]
         return open_dataset(source.path, source.format, split=split, skip_bad=data.skip_bad, transform=transform,
                             label_names=label_names)
-    from fashionlens.data.merge import load_aliases, merge_datasets
-
     aliases = load_aliases(data.aliases) if data.aliases else None
     parts = [open_dataset(s.path, s.format, split=split if s.format in SPLIT_FORMATS else None,
                           skip_bad=data.skip_bad, transform=transform,
@@ -106,8 +106,6 @@ class FeatureCache(torch.utils.data.Dataset):
     @classmethod
     @torch.no_grad()
     def extract(cls, model: nn.Module, dataset, batch_size: int, workers: int, description: str) -> "FeatureCache":
-        from fashionlens.progress import progress_bar
-
         model.eval()
         device = next(model.parameters()).device
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
@@ -143,8 +141,6 @@ class TrainingData(L.LightningDataModule):
 
     def __init__(self, config: StyleConfig | ClothingConfig, mean, std):
         super().__init__()
-        from fashionlens.data.transforms import BOX_CROP_SCALES, build_transforms
-
         self.config = config
         data = config.data
         size = config.backbone.image_size
@@ -165,18 +161,12 @@ class TrainingData(L.LightningDataModule):
         else:
             vocabulary = None
             if config.task == "clothing":  # 7 categories + 30 typed attributes; categories are the category head
-                from fashionlens.data.clothing_attributes import (
-                    CLOTHING_ATTRIBUTE_NAMES,
-                )
-
                 vocabulary = list(CLOTHING_ATTRIBUTE_NAMES)
             open_kw: dict[str, Any] = {}
             if len(data.sources) > 1 and vocabulary is not None:
                 open_kw, vocabulary = {"source_vocabulary": {"clothing-attributes": vocabulary}}, None
             self.train_full = open_sources(data, self.train_transform, label_names=vocabulary, **open_kw)
             if data.val is not None:
-                from fashionlens.config import DataSource
-
                 val_data = DataConfig(sources=(DataSource(data.val, fmt),), skip_bad=data.skip_bad)
                 self.val_full = open_sources(val_data, self.eval_transform, label_names=self.train_full.label_names)
                 self.train_idx = list(range(len(self.train_full)))
@@ -273,8 +263,6 @@ class TrainingData(L.LightningDataModule):
 
 def typed_columns(merged) -> tuple[list[int], list[str]]:
     """The columns of a merged dataset whose label has an attribute type in some source, and the types."""
-    from fashionlens.data.merge import normalise_name
-
     types: dict[str, str] = {}
     for part in merged.datasets:
         for name, kind in zip(part.label_names, getattr(part, "attribute_types", None) or []):

@@ -6,19 +6,21 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from fashionlens.errors import FashionlensError
-from fashionlens.modeldir import load_model_dir
 from fashionlens.config import default_workers
+from fashionlens.data import open_dataset
+from fashionlens.errors import FashionlensError
+from fashionlens.hub import resolve_model_dir
+from fashionlens.modeldir import load_model_dir
 from fashionlens.training.data import ColumnSubset
 from fashionlens.training.task import collect_outputs
+from fashionlens.training.tasks.clothing import ClothingTask
+from fashionlens.training.tasks.style import StyleTask
 
 
 def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None = None, batch_size: int = 32,
                        skip_bad: bool = False, workers: int | None = None) -> dict:
     """Metrics of a saved model on a whole dataset (labels matched to the model's by name)."""
-    from fashionlens.data import open_dataset
-
-    bundle = load_model_dir(model_dir)
+    bundle = load_model_dir(resolve_model_dir(model_dir))
     # A clothing model's attributes are a subset of some readers' labels (the Clothing Attribute
     # Dataset's categories are its category head): read the dataset in the model's vocabulary.
     vocabulary = bundle.label_names if bundle.task == "clothing" else None
@@ -43,10 +45,6 @@ def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None 
 def task_module(bundle):
     """The LightningModule of a loaded model directory, for its ``outputs`` and ``metrics`` (no recipe)."""
     if bundle.task == "style":
-        from fashionlens.training.tasks.style import StyleTask
-
         return StyleTask(bundle.model, bundle.label_names)
-    from fashionlens.training.tasks.clothing import ClothingTask
-
     return ClothingTask(bundle.model, bundle.labels["attribute_types"],
                         attribute_groups=bundle.labels.get("attribute_groups") or (), label_names=bundle.label_names)

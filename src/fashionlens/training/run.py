@@ -22,20 +22,19 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fashionlens.config import (
-    ClothingConfig,
-    StyleConfig,
-    TaskConfig,
-    to_dict,
-    validate,
-    write_yaml,
-)
+from fashionlens.calibration import choose_thresholds, sigmoid
+from fashionlens.config import ClothingConfig, StyleConfig, TaskConfig, to_dict, validate, write_yaml
 from fashionlens.errors import FashionlensError
-from fashionlens.hub import file_sha256
-from fashionlens.modeldir import atomic_write_bytes, atomic_write_json, save_model_dir
-from fashionlens.rundir import RunDir
+from fashionlens.fileio import atomic_write_bytes, atomic_write_json, file_sha256
+from fashionlens.modeldir import save_model_dir
+from fashionlens.models.backbones import backbone_normalisation
+from fashionlens.models.knobs import with_network_defaults
+from fashionlens.progress import interactive
+from fashionlens.rundir import SCORES_KEY, RunDir
 from fashionlens.training.data import FeatureCache, TrainingData, sample_path
+from fashionlens.training.recipe import FreezeThenFinetune
 from fashionlens.training.task import Task, collect_outputs
+from fashionlens.training.tasks import clothing, style
 
 MANIFEST = "manifest.json"
 
@@ -67,7 +66,6 @@ class RunCheckpointIO(TorchCheckpointIO):
     SHA-256 go into ``checkpoints/manifest.json``; `--resume` only loads files listed there with a
     matching hash, so a file dropped into the folder is never unpickled.
     """
-
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         buffer = io.BytesIO()
@@ -195,9 +193,6 @@ def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from fashionlens.progress import interactive
-    from fashionlens.training.recipe import FreezeThenFinetune
-
     quiet_lightning()
     trainer_config = config.trainer
     on_gpu = torch.cuda.is_available() and trainer_config.accelerator in ("auto", "gpu", "cuda")
@@ -282,8 +277,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _builder(config: TaskConfig) -> Callable[[TaskConfig, TrainingData], dict[str, Any]]:
-    from fashionlens.training.tasks import clothing, style
-
     return style.build if config.task == "style" else clothing.build
 
 
@@ -293,9 +286,7 @@ def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
     ``built`` holds ``task`` (the LightningModule), ``network`` (the model's config.json),
     ``labels``, ``graph`` and ``preprocessing`` (with ``image_size``, ``mean`` and ``std``).
     """
-    from fashionlens.models.backbones import backbone_normalisation
-
-    validate(config)
+    config = validate(with_network_defaults(config))
     mean, std = backbone_normalisation(config.backbone.name)
     data = TrainingData(config, mean, std)
     built = _builder(config)(config, data)
@@ -328,9 +319,6 @@ def metrics_per_source(task: Task, outputs: dict[str, torch.Tensor], dataset) ->
 
 def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names: list[str]):
     """Per-label thresholds on the final validation outputs (None with ``calibration.method: none``)."""
-    from fashionlens.calibration import choose_thresholds, sigmoid
-    from fashionlens.rundir import SCORES_KEY
-
     settings = config.calibration
     if settings.method == "none" or (config.task == "style" and config.recipe.loss == "softmax"):
         return None
@@ -341,7 +329,7 @@ def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names:
 
 def run_training(config: TaskConfig) -> Path:
     """Train ``config``; write the run directory (docs/design-contract.md); return its path."""
-    validate(config)
+    config = validate(with_network_defaults(config))
     L.seed_everything(config.recipe.seed, workers=True)
     run = RunDir(config.out).create()
     write_yaml(config, run.config_yaml)

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from fashionlens.config import RecipeConfig
+from fashionlens.progress import progress_bar
+from fashionlens.training.recipe import configure_optimizers
 
 
 class Task(L.LightningModule):
@@ -69,8 +71,6 @@ class Task(L.LightningModule):
         return images
 
     def configure_optimizers(self):
-        from fashionlens.training.recipe import configure_optimizers
-
         if self.recipe is None:
             raise RuntimeError("this task was built without a recipe (evaluation only); it cannot train")
         return configure_optimizers(self.model, self.backbone, self.recipe)
@@ -160,8 +160,6 @@ def unique_by_index(records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 @torch.no_grad()
 def collect_outputs(task: Task, loader, device=None, progress: bool = True) -> dict[str, torch.Tensor]:
     """``task.outputs`` over a loader, concatenated (one record per sample, in index order)."""
-    from fashionlens.progress import progress_bar
-
     task.eval()
     device = device or next(task.parameters()).device
     records: list[dict[str, torch.Tensor]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,13 @@ import torch
 from torch import nn
 
 from fashionlens.config import ClothingConfig
+from fashionlens.heatmaps import decode_heatmaps
+from fashionlens.losses import attribute_loss_weights
+from fashionlens.metrics import attribute_group_metrics, deepfashion_metrics, landmark_metrics, multilabel_metrics
+from fashionlens.models.knobs import network_fields, with_network_defaults
+from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
 from fashionlens.training.task import Task
+from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
 from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
 
 
@@ -45,8 +52,6 @@ class ClothingTask(Task):
         return self.model(images)
 
     def loss(self, outputs, batch):
-        from fashionlens.models.landmark_net import clothing_loss
-
         kwargs: dict[str, Any] = {}
         if self.heatmap_sigma is not None:
             kwargs["heatmap_sigma"] = self.heatmap_sigma
@@ -80,8 +85,6 @@ class ClothingTask(Task):
         """The network's outputs as records: logits, and with a landmark branch (and ``landmarks``)
         the decoded landmark positions in input pixels (the Predictor's decoder, subpixel), with
         ``confidence`` their peak values too."""
-        from fashionlens.heatmaps import decode_heatmaps
-
         record = {"category_logits": outputs["category_logits"].float().detach(),
                   "attr_scores": outputs["attribute_logits"].float().detach()}
         if landmarks and "heatmaps" in outputs:
@@ -104,13 +107,6 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
     accuracies and the mean class accuracy replace the top-k. Photos whose dataset annotates no
     attribute (class folders: every attribute unknown) give category figures only: figures of 0
     would read as a model that never finds one."""
-    from fashionlens.metrics import (
-        attribute_group_metrics,
-        deepfashion_metrics,
-        landmark_metrics,
-        multilabel_metrics,
-    )
-
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
     annotated = bool(outputs["mask"].sum() > 0)
     if annotated and attribute_groups:
@@ -131,25 +127,13 @@ def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str
 
 def build(config: ClothingConfig, data) -> dict[str, Any]:
     """The clothing network and task for ``config`` on the opened ``data`` (a TrainingData)."""
-    from fashionlens.losses import attribute_loss_weights
-    from fashionlens.models.landmark_net import build_clothing_model
-    from fashionlens.training.tasks.style import (
-        build_label_graph_inputs,
-        graph_record,
-        words_for_labels,
-    )
-
+    config = with_network_defaults(config)
     base = data.train_full
     attribute_names, attribute_types = data.label_names, data.attribute_types
     category_names = data.category_names
     train_labels, train_mask = data.train_label_matrix()
-    network = {"task": "clothing", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
-               "stage": config.model.stage, "landmarks": config.model.landmarks, "attr_head": config.head.kind,
-               "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
-               "num_categories": len(category_names), "num_attributes": len(attribute_names),
-               "num_landmarks": len(LANDMARK_NAMES), "heatmap_size": config.model.heatmap_size,
-               "head_width": config.model.head_width, "upsample_width": config.model.upsample_width,
-               "image_size": config.backbone.image_size}
+    network = {**network_fields(config), "num_categories": len(category_names),
+               "num_attributes": len(attribute_names), "num_landmarks": len(LANDMARK_NAMES)}
     attr_embeddings = attr_adjacency = graph_json = None
     if config.head.kind == "mlgcn":
         # The attribute outputs are fixed (all attributes): an attribute without training positives
@@ -174,5 +158,5 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
                    "landmark_names": list(LANDMARK_NAMES), "attribute_groups": list(groups),
                    "landmarks_by_category": getattr(base, "landmarks_by_category", None) or {}}
     # The network's own config: every key, defaults included, so a later default cannot change it.
-    return {"task": task, "network": {**model.config, **network}, "labels": labels_json, "graph": graph_json,
+    return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square", "crop_to_bbox": True}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -10,8 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashionlens import labels as label_tools
 from fashionlens.catalogue import catalogue_labels
-from fashionlens.config import StyleConfig
+from fashionlens.config import ConfigError, StyleConfig
+from fashionlens.losses import AsymmetricLoss, masked_bce_with_logits, single_label_cross_entropy
+from fashionlens.metrics import multilabel_metrics
+from fashionlens.models.knobs import network_fields, with_network_defaults
+from fashionlens.models.mlgcn import build_style_model
 from fashionlens.training.task import Task
 
 SCALAR_METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "CP", "CR", "OP", "OR")
@@ -30,17 +36,11 @@ class StyleTask(Task):
         self.label_names = list(label_names)
         self.single_label = loss == "softmax"
         if loss == "asl":
-            from fashionlens.losses import AsymmetricLoss
-
             self.criterion = AsymmetricLoss()
         elif loss == "softmax":  # one label per photo (class folders): a softmax over the labels
-            from fashionlens.losses import single_label_cross_entropy
-
             self.criterion = single_label_cross_entropy
             self.monitor, self.progress_keys = "top1", ("top1",)
         else:
-            from fashionlens.losses import masked_bce_with_logits
-
             self.criterion = masked_bce_with_logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,6 @@ class StyleTask(Task):
                 "index": batch["index"].detach()}, loss
 
     def metrics(self, outputs):
-        from fashionlens.metrics import multilabel_metrics
-
         metrics = multilabel_metrics(outputs["scores"], outputs["labels"], outputs["mask"],
                                      label_names=self.label_names)
         metrics.update(top1_accuracy(outputs["scores"], outputs["labels"], outputs["mask"]))
@@ -146,8 +144,6 @@ def available_memory_bytes() -> int | None:
 def check_mlgcn_memory(num_labels: int, embeddings: str, hidden_dim: int, available: int | None = None) -> None:
     """Refuse (ConfigError) an ML-GCN head whose estimate (:func:`mlgcn_memory_bytes`) exceeds the
     available memory, before anything is allocated, naming the sizes and what would fit."""
-    from fashionlens.config import ConfigError
-
     width = embedding_width(embeddings, num_labels)
     parts = mlgcn_memory_bytes(num_labels, width, hidden_dim)
     needed = sum(parts.values())
@@ -180,8 +176,6 @@ def build_label_graph_inputs(train_labels: np.ndarray, train_mask: np.ndarray, l
     training positive. A head too large for this machine's memory is refused first
     (:func:`check_mlgcn_memory`).
     """
-    from fashionlens import labels as label_tools
-
     check_mlgcn_memory(len(label_names), str(graph_config.embeddings).strip(), hidden_dim)
     embeddings = label_tools.label_vectors(graph_config.embeddings, label_names, words,
                                            fallback=graph_config.embedding_fallback)
@@ -202,8 +196,6 @@ def labels_with_positives(train_labels: np.ndarray, train_mask: np.ndarray, labe
     the others are left out of the model, with a warning naming them."""
     import warnings
 
-    from fashionlens import labels as label_tools
-
     _, positives = label_tools.cooccurrence_counts(train_labels, train_mask)
     empty = [label_names[k] for k in range(len(label_names)) if positives[k] <= 0]
     if empty:
@@ -222,21 +214,17 @@ def network_config(config: StyleConfig, num_labels: int | None = None,
     """The style model's config.json (what ``build_style_model`` takes) for ``config``: the one place
     it is assembled, for training, benchmarks and tests alike. ``num_labels`` and ``embedding_dim``
     (ML-GCN label inputs) are known once the data is open; ``build`` fills them in."""
-    network = {"task": "style", "backbone": config.backbone.name, "pretrained": config.backbone.pretrained,
-               "pool": config.head.pool, "head": config.head.kind, "image_size": config.backbone.image_size,
-               "residual": config.head.residual, "hidden_dim": config.head.hidden_dim, "bias": config.head.bias,
-               "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
+    network = {**network_fields(config), "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
     if num_labels is not None:
         network["num_labels"] = int(num_labels)
-    if config.head.kind == "mlgcn" and embedding_dim is not None:
+    if network["head"] == "mlgcn" and embedding_dim is not None:
         network.update(graph_record(config.graph), embedding_dim=int(embedding_dim))
     return network
 
 
 def build(config: StyleConfig, data) -> dict[str, Any]:
     """The style model and task for ``config`` on the opened ``data`` (a TrainingData)."""
-    from fashionlens.models.mlgcn import build_style_model
-
+    config = with_network_defaults(config)
     label_names = list(data.label_names)
     train_labels, train_mask = data.train_label_matrix()
     embeddings = adjacency = graph_json = None
@@ -263,5 +251,6 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     # The category apart from the attributes, and which attributes apply to which garment (catalogue.py).
     labels_json.update(catalogue_labels(kept_names, getattr(data.train_full, "category_names", None) or [],
                                         train_labels[:, kept], train_mask[:, kept]))
-    return {"task": task, "network": network, "labels": labels_json, "graph": graph_json,
+    # The network's own config: every key, defaults included, so a later default cannot change it.
+    return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square"}}
