@@ -83,7 +83,7 @@ def test_broken_json(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Many files: worker processes, the cache, hostile nesting (issues 17 and 13).
+# Many files: their order, the cache, hostile nesting (issues 17, 13 and 31).
 
 
 def _folder_of_variants(tmp_path: Path, shared_data: Path, count: int = 40) -> Path:

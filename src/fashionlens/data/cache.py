@@ -97,7 +97,7 @@ class AnnotationCache:
                 return None
             columns = {}
             for name in table.column_names:
-                column = table[name].combine_chunks()
+                column = table[name].chunk(0) if table[name].num_chunks == 1 else table[name].combine_chunks()
                 if pa.types.is_fixed_size_list(column.type):
                     shape = header["shapes"][name]
                     column = column.values.to_numpy(zero_copy_only=True).reshape(-1, *shape)
@@ -127,7 +127,8 @@ class AnnotationCache:
             # Not modeldir.atomic_write_bytes: that wants the whole file as bytes in memory (340 MB more
             # for DeepFashion) and syncs it to disk, which a cache does not need.
             descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            with os.fdopen(descriptor, "wb") as handle, pa.ipc.new_file(handle, table.schema) as writer:
+            os.close(descriptor)
+            with pa.OSFile(temporary, "wb") as handle, pa.ipc.new_file(handle, table.schema) as writer:
                 writer.write_table(table)
             os.replace(temporary, self.path)
         except OSError as error:

@@ -243,16 +243,13 @@ def _tokenise(data: bytes, first_line: int) -> _Tokens:
     return _Tokens(a, starts, ends, before[rows] - counts, counts, first_line + rows)
 
 
-def _numbers(column: np.ndarray, dtype: type, lines: np.ndarray, path: Path, check: Callable[..., Any]) -> np.ndarray:
-    """A column as numbers (numpy parses as int() and float() do); the first that is not one is rescanned."""
+def _numbers(column: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A column as numbers (numpy parses bytes as int() and float() do) and where it holds no finite one."""
     try:
         values = column.astype(dtype)
     except (ValueError, OverflowError):
-        values = None
-    if values is None or not np.isfinite(values).all():
-        bad = next(i for i, v in enumerate(column.tolist()) if not _parses(v, dtype))
-        _rescan(path, check, [int(lines[bad])])
-    return values
+        return np.zeros(len(column), dtype), np.array([not _parses(value, dtype) for value in column.tolist()])
+    return values, ~np.isfinite(values)
 
 
 def _parses(value: bytes, dtype: type) -> bool:
@@ -260,42 +257,6 @@ def _parses(value: bytes, dtype: type) -> bool:
         return bool(np.isfinite(dtype(value.decode())))
     except (ValueError, OverflowError):
         return False
-
-
-def _category_rows(path: Path, root: Path, num_categories: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image names (bytes), 0-based categories and line numbers of list_category_img.txt."""
-
-    def check(tokens: list[str], line: int) -> None:
-        _columns(tokens, 2, path, line, "image_name category_label")
-        resolve_inside(root, tokens[0], path, line)
-        _int(tokens[1], path, line, "category_label", range(1, num_categories + 1))
-
-    names, labels, lines = [np.zeros(0, "S1")], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    _, count, blocks = _blocks(path)
-    for data, first in blocks:
-        tokens = _tokenise(data, first)
-        if (tokens.counts != 2).any():
-            _rescan(path, check, tokens.lines[tokens.counts != 2])
-        names.append(tokens.column(0))
-        labels.append(_numbers(tokens.column(1), int, tokens.lines, path, check).astype(np.int64))
-        lines.append(tokens.lines)
-    all_names, all_labels, all_lines = (np.concatenate(parts) for parts in (names, labels, lines))
-    _check_count(path, count, len(all_lines))
-    bad = (all_labels < 1) | (all_labels > num_categories)
-    if bad.any():
-        _rescan(path, check, all_lines[bad])
-    # Only absolute names and names with '..' (or a drive's ':') can leave the root: check those exactly.
-    risky = (np.char.find(all_names, b"..") >= 0) | (np.char.find(all_names, b":") >= 0)
-    risky |= np.char.startswith(all_names, b"/") | np.char.startswith(all_names, b"\\")
-    for i in np.flatnonzero(risky):
-        resolve_inside(root, all_names[i].decode(), path, int(all_lines[i]))
-    _, first, inverse = np.unique(all_names, return_index=True, return_inverse=True)
-    repeated = np.flatnonzero(first[inverse] != np.arange(len(all_names)))
-    if len(repeated):
-        i = repeated[0]
-        raise DataError(f"duplicate row for image {all_names[i].decode()!r}: first listed at {path}:{all_lines[first[inverse[i]]]}",
-                        path=path, line=int(all_lines[i]))
-    return all_names, all_labels - 1, all_lines
 
 
 class _Lookup:
@@ -310,9 +271,8 @@ class _Lookup:
             return np.arange(len(names))
         rows = pc.fill_null(pc.index_in(pa.array(names.tolist(), type=pa.binary()), value_set=self.value_set), -1)
         rows = rows.to_numpy(zero_copy_only=False).astype(np.int64)
-        _, first = np.unique(rows, return_index=True)
         seen = np.zeros(len(rows), dtype=bool)
-        seen[first] = True
+        seen[np.unique(rows, return_index=True)[1]] = True
         bad = np.flatnonzero((rows < 0) | ~seen)
         if len(bad):
             name, line = names[bad[0]].decode("utf-8", "surrogateescape"), int(lines[bad[0]])
@@ -326,6 +286,61 @@ class _Lookup:
     def row(self, name: str) -> int:
         found = np.flatnonzero(self.names == name.encode("utf-8", "surrogateescape"))
         return int(found[0]) if len(found) else -1
+
+
+Parsed = tuple[np.ndarray, Any]  # per row of a block: whether the rescan must read it; what the block says
+
+
+def _read_list(path: Path, check: Callable[[list[str], int], Any], parse: Callable[[_Tokens, list[str]], Parsed],
+               lookup: _Lookup | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+    """Every block of ``path`` through ``parse``; rows it marks are rescanned with ``check``.
+
+    Returns the image names (bytes), their lines, their rows in list_category_img.txt (with
+    ``lookup``) and what ``parse`` said of each block.
+    """
+    header, count, blocks = _blocks(path)
+    names, lines, parts = [np.zeros(0, "S1")], [np.zeros(0, np.int64)], []
+    for data, first in blocks:
+        tokens = _tokenise(data, first)
+        bad, part = parse(tokens, header)
+        if bad.any():
+            _rescan(path, check, tokens.lines[bad])
+        names.append(tokens.column(0))
+        lines.append(tokens.lines)
+        parts.append(part)
+    all_names, all_lines = np.concatenate(names), np.concatenate(lines)
+    rows = None if lookup is None else lookup.rows(path, all_names, all_lines)
+    _check_count(path, count, len(all_lines))
+    return all_names, all_lines, rows, parts
+
+
+def _category_rows(path: Path, root: Path, num_categories: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image names (bytes), 0-based categories and line numbers of list_category_img.txt."""
+
+    def check(tokens: list[str], line: int) -> None:
+        _columns(tokens, 2, path, line, "image_name category_label")
+        resolve_inside(root, tokens[0], path, line)
+        _int(tokens[1], path, line, "category_label", range(1, num_categories + 1))
+
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        if (tokens.counts != 2).any():
+            return tokens.counts != 2, None
+        labels, bad = _numbers(tokens.column(1), int)
+        return bad | (labels < 1) | (labels > num_categories), labels - 1
+
+    names, lines, _, parts = _read_list(path, check, parse, None)
+    # Only absolute names and names with '..' (or a drive's ':') can leave the root: check those exactly.
+    risky = (np.char.find(names, b"..") >= 0) | (np.char.find(names, b":") >= 0)
+    risky |= np.char.startswith(names, b"/") | np.char.startswith(names, b"\\")
+    for i in np.flatnonzero(risky):
+        resolve_inside(root, names[i].decode(), path, int(lines[i]))
+    _, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    repeated = np.flatnonzero(first[inverse] != np.arange(len(names)))
+    if len(repeated):
+        i = repeated[0]
+        raise DataError(f"duplicate row for image {names[i].decode()!r}: first listed at {path}:{lines[first[inverse[i]]]}",
+                        path=path, line=int(lines[i]))
+    return names, np.concatenate([np.zeros(0, np.int64), *parts]).astype(np.int64), lines
 
 
 def _attribute_block(data: bytes, num_attrs: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -376,14 +391,16 @@ def _attribute_block(data: bytes, num_attrs: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _attributes(path: Path, lookup: _Lookup, num_attrs: int) -> tuple[np.ndarray, int]:
+    """``(images, num_attrs)`` int8 values, and how many rows the file has. Not tokenised: each block's
+    values are checked and decoded by ``_attribute_block`` (about 3x faster on its 878 MB)."""
+
     def check(tokens: list[str], line: int) -> None:
         _columns(tokens, 1 + num_attrs, path, line, f"image_name then {num_attrs} attribute labels")
-        bad = [t for t in tokens[1:] if t not in ("1", "-1", "0")]
-        if bad:
-            try:
-                raise DataError(f"expected attribute labels 1, -1 or 0, found {int(bad[0])}", path=path, line=line)
-            except ValueError:
-                raise DataError(f"expected attribute labels 1, -1 or 0, found {bad[0]!r}", path=path, line=line) from None
+        for token in tokens[1:]:
+            value = int(token) if token.lstrip("-").isdigit() else None
+            if value not in (1, -1, 0):
+                found = repr(token) if value is None else value
+                raise DataError(f"expected attribute labels 1, -1 or 0, found {found}", path=path, line=line)
 
     n = len(lookup.names)
     values = np.zeros((n, num_attrs), dtype=np.int8)  # rows in the file's order, while there is room
@@ -397,7 +414,8 @@ def _attributes(path: Path, lookup: _Lookup, num_attrs: int) -> tuple[np.ndarray
         block_names, block_values = block
         values[found : found + len(block_names)] = block_values[: max(0, n - found)]
         names.append(block_names)
-        lines.append(_tokenise(data, first).lines if len(block_names) < data.count(b"\n") else first + np.arange(len(block_names)))
+        blank_lines = len(block_names) < data.count(b"\n")
+        lines.append(_tokenise(data, first).lines if blank_lines else first + np.arange(len(block_names)))
         found += len(block_names)
     rows = lookup.rows(path, np.concatenate(names), np.concatenate(lines))
     _check_count(path, count, found)
@@ -415,23 +433,15 @@ def _bboxes(path: Path, lookup: _Lookup) -> tuple[np.ndarray, int]:
         if x2 <= x1 or y2 <= y1:
             raise DataError(f"expected x_1 < x_2 and y_1 < y_2, found {x1:g} {y1:g} {x2:g} {y2:g}", path=path, line=line)
 
-    names, coords, lines = [np.zeros(0, "S1")], [np.zeros((0, 4))], [np.zeros(0, np.int64)]
-    _, count, blocks = _blocks(path)
-    for data, first in blocks:
-        tokens = _tokenise(data, first)
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
         if (tokens.counts != 5).any():
-            _rescan(path, check, tokens.lines[tokens.counts != 5])
-        x1, y1, x2, y2 = box = [_numbers(tokens.column(k), float, tokens.lines, path, check) for k in range(1, 5)]
-        if ((x2 <= x1) | (y2 <= y1)).any():
-            _rescan(path, check, tokens.lines[(x2 <= x1) | (y2 <= y1)])
-        names.append(tokens.column(0))
-        coords.append(np.stack(box, axis=1))
-        lines.append(tokens.lines)
-    all_lines = np.concatenate(lines)
-    rows = lookup.rows(path, np.concatenate(names), all_lines)
-    _check_count(path, count, len(rows))
+            return tokens.counts != 5, None
+        (x1, b1), (y1, b2), (x2, b3), (y2, b4) = (_numbers(tokens.column(k), float) for k in range(1, 5))
+        return b1 | b2 | b3 | b4 | (x2 <= x1) | (y2 <= y1), np.stack([x1, y1, x2, y2], axis=1)
+
+    _, _, rows, parts = _read_list(path, check, parse, lookup)
     boxes = np.full((len(lookup.names), 4), np.nan)
-    boxes[rows] = np.concatenate(coords)
+    boxes[rows] = np.concatenate([np.zeros((0, 4)), *parts])
     return boxes, len(rows)
 
 
@@ -447,8 +457,7 @@ def _landmark_layout(header: list[str], path: Path) -> tuple[bool, bool, int, st
 def _landmarks(path: Path, lookup: _Lookup, categories: np.ndarray,
                category_types: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Landmarks into the fixed 8 slots; the column layout is read from the header line."""
-    header, count, blocks = _blocks(path)
-    has_type, has_variation, lead, layout = _landmark_layout(header, path)
+    has_type, has_variation, lead, layout = _landmark_layout(iter_list_file(path)[0], path)
 
     def check(tokens: list[str], line: int) -> None:
         rest = len(tokens) - lead
@@ -475,49 +484,40 @@ def _landmarks(path: Path, lookup: _Lookup, categories: np.ndarray,
             _int(v, path, line, f"landmark_visibility_{k + 1}", (0, 1, 2))
             _float(x, path, line, f"landmark_location_x_{k + 1}"), _float(y, path, line, f"landmark_location_y_{k + 1}")
 
-    names, lines, types, slots = [np.zeros(0, "S1")], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
-    for data, first in blocks:
-        tokens = _tokenise(data, first)
-        rest = tokens.counts - lead
-        triples = rest // 3
-        bad = (rest < 0) | (rest % 3 != 0) | ~np.isin(triples, list(TYPE_BY_LANDMARK_COUNT))
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        triples = (tokens.counts - lead) // 3
+        bad = (tokens.counts < lead) | ((tokens.counts - lead) % 3 != 0) | ~np.isin(triples, list(TYPE_BY_LANDMARK_COUNT))
         if bad.any():
-            _rescan(path, check, tokens.lines[bad])
-        offset = sum(len(part) for part in names)
+            return bad, None
+        slots = []  # (rows of the block, slot, visibility, x, y)
         for triple_count, clothes_type in TYPE_BY_LANDMARK_COUNT.items():
             group = np.flatnonzero(triples == triple_count)
-            if not len(group):
-                continue
-            group_lines = tokens.lines[group]
             if has_type:
-                written = _numbers(tokens.column(1, group), int, group_lines, path, check)
-                if (written != clothes_type).any():
-                    _rescan(path, check, group_lines[written != clothes_type])
+                written, wrong = _numbers(tokens.column(1, group), int)
+                bad[group] |= wrong | (written != clothes_type)
             if has_variation:
-                _numbers(tokens.column(1 + int(has_type), group), int, group_lines, path, check)
-            for k, slot in enumerate(LANDMARK_SLOTS[clothes_type]):
-                v = _numbers(tokens.column(lead + 3 * k, group), int, group_lines, path, check)
-                if ((v < 0) | (v > 2)).any():
-                    _rescan(path, check, group_lines[(v < 0) | (v > 2)])
-                xy = [_numbers(tokens.column(lead + 3 * k + d, group), float, group_lines, path, check) for d in (1, 2)]
-                slots.append((offset + group, slot, v, *xy))
-        names.append(tokens.column(0))
-        lines.append(tokens.lines)
-        types.append(np.array([TYPE_BY_LANDMARK_COUNT.get(t, 0) for t in range(9)])[np.clip(triples, 0, 8)])
-    all_lines, all_types = np.concatenate(lines), np.concatenate(types)
-    rows = lookup.rows(path, np.concatenate(names), all_lines)
-    _check_count(path, count, len(rows))
-    if not has_type:
-        known = categories[rows] >= 0
-        disagree = known & (np.asarray(category_types)[np.maximum(categories[rows], 0)] != all_types)
-        if disagree.any():
-            _rescan(path, check, all_lines[disagree])
-    n = len(lookup.names)
+                bad[group] |= _numbers(tokens.column(1 + int(has_type), group), int)[1]
+            for k, slot in enumerate(LANDMARK_SLOTS[clothes_type] if len(group) else ()):
+                (v, wrong), (x, wrong_x), (y, wrong_y) = (_numbers(tokens.column(lead + 3 * k + d, group), t)
+                                                          for d, t in ((0, int), (1, float), (2, float)))
+                bad[group] |= wrong | wrong_x | wrong_y | (v < 0) | (v > 2)
+                slots.append((group, slot, v, x, y))
+        return bad, (slots, np.array([TYPE_BY_LANDMARK_COUNT.get(t, 0) for t in range(9)])[triples])
+
+    _, lines, rows, parts = _read_list(path, check, parse, lookup)
+    n, start = len(lookup.names), 0
     points = np.zeros((n, NUM_LANDMARKS, 2), dtype=np.float32)
     visibility = np.full((n, NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
-    for index, slot, v, x, y in slots:
-        visibility[rows[index], slot] = v
-        points[rows[index], slot, 0], points[rows[index], slot, 1] = x, y
+    types = np.zeros(len(rows), dtype=np.int64)
+    for slots, block_types in parts:
+        for group, slot, v, x, y in slots:
+            target = rows[start + group]
+            visibility[target, slot], points[target, slot, 0], points[target, slot, 1] = v, x, y
+        types[start : start + len(block_types)] = block_types
+        start += len(block_types)
+    disagree = np.asarray(category_types, dtype=np.int64)[categories[rows]] != types
+    if not has_type and disagree.any():
+        _rescan(path, check, lines[disagree])
     present = np.zeros(n, dtype=bool)
     present[rows] = True
     return points, visibility, present
@@ -529,27 +529,19 @@ def _partition(path: Path, lookup: _Lookup) -> np.ndarray:
         if tokens[1] not in SPLITS:
             raise DataError(f"expected evaluation_status in {SPLITS}, found {tokens[1]!r}", path=path, line=line)
 
-    names, codes, lines = [np.zeros(0, "S1")], [np.zeros(0, np.int8)], [np.zeros(0, np.int64)]
-    _, count, blocks = _blocks(path)
-    for data, first in blocks:
-        tokens = _tokenise(data, first)
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
         if (tokens.counts != 2).any():
-            _rescan(path, check, tokens.lines[tokens.counts != 2])
+            return tokens.counts != 2, None
         status = tokens.column(1)
-        code = np.full(len(status), -1, dtype=np.int8)
+        codes = np.full(len(status), -1, dtype=np.int8)
         for k, split in enumerate(SPLITS):
-            code[status == split.encode()] = k
-        if (code < 0).any():
-            _rescan(path, check, tokens.lines[code < 0])
-        names.append(tokens.column(0))
-        codes.append(code)
-        lines.append(tokens.lines)
-    rows = lookup.rows(path, np.concatenate(names), np.concatenate(lines))
-    _check_count(path, count, len(rows))
-    splits = np.full(len(lookup.names), -1, dtype=np.int8)
-    splits[rows] = np.concatenate(codes)
-    return splits
+            codes[status == split.encode()] = k
+        return codes < 0, codes
 
+    _, _, rows, parts = _read_list(path, check, parse, lookup)
+    splits = np.full(len(lookup.names), -1, dtype=np.int8)
+    splits[rows] = np.concatenate([np.zeros(0, np.int8), *parts])
+    return splits
 
 
 # --------------------------------------------------------------------------------------------------
