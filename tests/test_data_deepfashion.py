@@ -423,6 +423,12 @@ def test_the_cache_is_used_until_a_list_file_changes(df_root: Path, tmp_path: Pa
     assert [(r.image, r.labels.tolist(), r.bbox, r.line) for r in again.records] == [
         (r.image, r.labels.tolist(), r.bbox, r.line) for r in first.records]
     assert again[0]["labels"][[FLORAL_EMBROIDERED, STRAPPY, V_NECK]].tolist() == [1.0, 1.0, 0.0]
+    # Columns are copy-on-write views of the cache file: writable (torch warns on read-only arrays),
+    # and writing to one leaves the file as it was.
+    mapped = deepfashion.parse_deepfashion(df_root)
+    assert mapped.attribute_values.flags.writeable and mapped.bboxes.flags.writeable
+    mapped.attribute_values[0, V_NECK] = 1
+    assert deepfashion.parse_deepfashion(df_root).attribute_values[0, V_NECK] == -1
 
     # Same size, new mtime: the key sees it.
     path = df_root / "Anno" / "list_attr_img.txt"

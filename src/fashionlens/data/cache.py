@@ -86,12 +86,14 @@ class AnnotationCache:
     def load(self) -> tuple[dict[str, Any], Columns] | None:
         """``(meta, columns)`` when the cache file exists, reads and carries the key; else None.
 
-        Numeric columns are views of the memory-mapped file: nothing is read until a row is used.
+        Numeric columns are copy-on-write views of the memory-mapped file (as numpy arrays always
+        are writable): nothing is read until a row is used, and writing to one never changes the file.
         """
         if self.path is None:
             return None
         try:
-            table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+            data = np.asarray(np.memmap(self.path, dtype=np.uint8, mode="c"))
+            table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
             header = json.loads(table.schema.metadata[b"fashionlens"])
             if header["key"] != self.key:
                 return None
@@ -99,10 +101,9 @@ class AnnotationCache:
             for name in table.column_names:
                 column = table[name].chunk(0) if table[name].num_chunks == 1 else table[name].combine_chunks()
                 if pa.types.is_fixed_size_list(column.type):
-                    shape = header["shapes"][name]
-                    column = column.values.to_numpy(zero_copy_only=True).reshape(-1, *shape)
+                    column = _view(data, column.values).reshape(-1, *header["shapes"][name])
                 elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-                    column = column.to_numpy(zero_copy_only=True)
+                    column = _view(data, column)
                 columns[name] = column
         except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
             return None
@@ -136,6 +137,13 @@ class AnnotationCache:
                 os.unlink(temporary)
             return f"annotation cache not written ({error}); set {ANNOTATION_CACHE_ENV} to a writable folder, or to 'off'"
         return None
+
+
+def _view(data: np.ndarray, array: pa.Array) -> np.ndarray:
+    """The numbers of ``array``, read from ``data`` (the mapped file), as a numpy view of ``data``."""
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    start = array.buffers()[1].address - data.ctypes.data + array.offset * dtype.itemsize
+    return data[start : start + len(array) * dtype.itemsize].view(dtype)
 
 
 class LazySequence(Sequence[T]):
