@@ -282,4 +282,4 @@ def test_a_cache_that_cannot_be_written_is_a_note_and_leaves_nothing(folder: Pat
     dataset = READERS["csv"](path)
     assert len(dataset) == 50 and not list((tmp_path / "cache").iterdir())
     assert dataset.notes == ["annotation cache not written ([Errno 28] No space left on device); "
-                             f"set FASHIONLENS_ANNOTATION_CACHE to a writable folder, or to 'off'"]
+                             "set FASHIONLENS_ANNOTATION_CACHE to a writable folder, or to 'off'"]

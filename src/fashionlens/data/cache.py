@@ -64,7 +64,7 @@ class AnnotationCache:
     be worth it; ``load`` then gives None and ``store`` does nothing.
     """
 
-    def __init__(self, kind: str, source: Path, files: Sequence[Path], options: Any, enabled: bool = True) -> None:
+    def __init__(self, kind: str, source: Path, files: Sequence[str | Path], options: Any, enabled: bool = True) -> None:
         self.path: Path | None = None
         folder = cache_dir() if enabled else None
         if folder is None:

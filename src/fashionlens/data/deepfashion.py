@@ -264,12 +264,12 @@ class _Lookup:
 
     def __init__(self, root: Path, names: np.ndarray) -> None:
         self.root, self.names = root, names
-        self.value_set = pa.array(names.tolist(), type=pa.binary())
 
     def rows(self, path: Path, names: np.ndarray, lines: np.ndarray) -> np.ndarray:
         if len(names) == len(self.names) and np.array_equal(names, self.names):  # the benchmark's own order
             return np.arange(len(names))
-        rows = pc.fill_null(pc.index_in(pa.array(names.tolist(), type=pa.binary()), value_set=self.value_set), -1)
+        value_set = pa.array(self.names.tolist(), type=pa.binary())
+        rows = pc.fill_null(pc.index_in(pa.array(names.tolist(), type=pa.binary()), value_set=value_set), -1)
         rows = rows.to_numpy(zero_copy_only=False).astype(np.int64)
         seen = np.zeros(len(rows), dtype=bool)
         seen[np.unique(rows, return_index=True)[1]] = True
@@ -554,7 +554,8 @@ class DeepFashionAnnotations:
 
     Row ``i`` is line ``lines[i]`` of ``list_category_img.txt``. ``attribute_values`` holds the
     attribute labels as written (1, -1, 0 = unknown; one int8 array, half the memory of labels plus
-    mask, which each record gets as its own small arrays). ``bboxes`` is NaN where an image has no box row; ``splits`` holds indices into ``SPLITS`` (-1: not in the partition) and is None
+    mask, which each record gets as its own small arrays). ``bboxes`` is NaN where an image has no
+    box row; ``splits`` holds indices into ``SPLITS`` (-1: not in the partition) and is None
     without a partition file. A bad partition file is only an error when a split is asked for
     (``partition_error``), as it was when the partition was read per split.
     """

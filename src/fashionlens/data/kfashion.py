@@ -192,7 +192,9 @@ def read_kfashion(
     path_or_folder = Path(path_or_folder)
     if path_or_folder.is_dir():
         root = path_or_folder
-        json_files = [str(p.relative_to(root)) for p in sorted(root.rglob("*.json")) if not p.is_dir()]
+        top = os.path.join(root, "")  # os.walk, like Path.rglob, does not follow links to folders
+        json_files = sorted((os.path.join(folder, name)[len(top) :] for folder, _, names in os.walk(root)
+                             for name in names if name.endswith(".json")), key=lambda name: name.split("/"))
     elif path_or_folder.exists():
         root, json_files = path_or_folder.parent, [path_or_folder.name]
     else:
@@ -204,7 +206,7 @@ def read_kfashion(
     if not files:
         raise DataError("expected K-Fashion *.json annotation files, found none", path=path_or_folder)
 
-    store = AnnotationCache("kfashion", root, [root / name for name in files], READER_VERSION, enabled=cache)
+    store = AnnotationCache("kfashion", root, [os.path.join(root, name) for name in files], READER_VERSION, enabled=cache)
     cached = store.load()
     if cached is not None:
         columns = cached[1]

@@ -292,7 +292,8 @@ def _columns(kind: str, data: bytes, path: Path) -> tuple[pa.Array, tuple, tuple
     return pa.array([e[0] for e in entries], type=pa.string()), pairs[0], pairs[1], np.array(lines, dtype=np.int64)
 
 
-def _parse(kind: str, data: bytes, path: Path, base: Path, allow_outside_root: bool) -> tuple[pa.Array, np.ndarray, list[str], np.ndarray, np.ndarray]:
+def _parse(kind: str, data: bytes, path: Path, base: Path,
+           allow_outside_root: bool) -> tuple[pa.Array, np.ndarray, list[str], np.ndarray, np.ndarray]:
     """Normalised image paths, lines, vocabulary, labels and mask of a whole manifest."""
     images, (rows_p, names_p), (rows_u, names_u), lines = _columns(kind, data, path)
 
