@@ -83,7 +83,7 @@ def test_broken_json(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Many files: worker processes, the cache, hostile nesting (issues 17 and 13).
+# Many files: their order, the cache, hostile nesting (issues 17, 13 and 31).
 
 
 def _folder_of_variants(tmp_path: Path, shared_data: Path, count: int = 40) -> Path:
@@ -108,52 +108,18 @@ def _summary(dataset) -> list:
             for r, boxes in zip(dataset.records, dataset.garment_boxes)]
 
 
-def test_worker_processes_read_what_one_process_reads(tmp_path: Path, shared_data: Path) -> None:
+def test_a_folder_reads_in_rglob_order_and_names_the_first_bad_file(tmp_path: Path, shared_data: Path) -> None:
     folder = _folder_of_variants(tmp_path, shared_data)
-    one, pool = read_kfashion(folder, workers=1, cache=False), read_kfashion(folder, workers=2, cache=False)
-    assert _summary(one) == _summary(pool) and one.notes == pool.notes and len(one) == 40
+    dataset = read_kfashion(folder, cache=False)
+    assert len(dataset) == 40 and dataset.notes[0] == "ignored 1 derived *_extracted.json file(s) (not annotations)"
     # Sorted as Path.rglob sorts: by path parts ("a" before "a-b").
-    assert [r.source.parent.name for r in one.records[:2]] == ["a", "a"]
-    assert one.records[0].image.name == "1001.jpg" and one.records[-1].image.name == "1038.jpg"  # the expected name, not found
-    assert one.garment_boxes[0][-1] == ("top", (1.0, 2.0, 11.0, 22.0))
-    # The first bad file in that order is the one named, whichever worker met it.
+    assert [r.source.parent.name for r in dataset.records[:2]] == ["a", "a"]
+    assert dataset.records[0].image.name == "1001.jpg" and dataset.records[-1].image.name == "1038.jpg"  # the expected name, not found
+    assert dataset.garment_boxes[0][-1] == ("top", (1.0, 2.0, 11.0, 22.0))
     for name in ("a-b/1010.json", "a/1003.json"):
         (folder / name).write_text('{"이미지 정보": {', encoding="utf-8")
-    for workers in (1, 2):
-        with pytest.raises(DataError, match=r"a/1003.json:1: expected a JSON document, found invalid JSON"):
-            read_kfashion(folder, workers=workers, cache=False)
-
-
-@pytest.mark.slow
-def test_forked_stat_children_give_what_one_process_gives(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
-    """A cached read stats every file; children share the work, and a child that fails has its share
-    done by the reader itself."""
-    import os
-
-    import numpy as np
-
-    from fashionlens.data import kfashion
-
-    folder = _folder_of_variants(tmp_path, shared_data)
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.json"))
-    one = kfashion._stats(folder, names, workers=1)
-    assert one.shape == (41, 3) and one[0, 0] == (folder / names[0]).stat().st_size
-    assert one[:, 1].tolist() == [(folder / n).stat().st_mtime_ns for n in names]
-    for workers in (0, 2, 3, 50):  # 0 (or 1): this process alone
-        assert np.array_equal(kfashion._stats(folder, names, workers=workers), one)
-    reader = os.getpid()
-    stats_here = kfashion._stats_here
-
-    def fails_in_a_child(root, share):
-        if os.getpid() != reader:
-            raise RuntimeError("a child that breaks")
-        return stats_here(root, share)
-
-    monkeypatch.setattr(kfashion, "_stats_here", fails_in_a_child)
-    assert np.array_equal(kfashion._stats(folder, names, workers=3), one)
-    monkeypatch.undo()
-    (folder / names[-1]).unlink()  # in the last child's share
-    assert kfashion._stats(folder, names, workers=3) is None and kfashion._stats(folder, names, workers=1) is None
+    with pytest.raises(DataError, match=r"a/1003.json:1: expected a JSON document, found invalid JSON"):
+        read_kfashion(folder, cache=False)
 
 
 def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
@@ -163,14 +129,13 @@ def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Pat
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     folder = _folder_of_variants(tmp_path, shared_data)
     first = read_kfashion(folder)
-    cache.wait_for_writes()
-    assert len(list((tmp_path / "cache").glob("kfashion-*.arrays"))) == 1
-    parse_all = kfashion._parse_all
+    assert len(list((tmp_path / "cache").glob("kfashion-*.arrow"))) == 1
+    parse = kfashion._parse
 
     def no_parse(*args):
         raise AssertionError("parsed again")
 
-    monkeypatch.setattr(kfashion, "_parse_all", no_parse)
+    monkeypatch.setattr(kfashion, "_parse", no_parse)
     again = read_kfashion(folder)
     assert _summary(again) == _summary(first) and again.notes == first.notes
     # An image that appears later is found: images are looked up on every read, not cached.
@@ -178,40 +143,8 @@ def test_the_cache_is_used_until_a_file_changes(tmp_path: Path, shared_data: Pat
     assert read_kfashion(folder).records[20].image == folder / "a-b" / "1000.png"
     path = folder / "a" / "1001.json"
     path.write_text(path.read_text(encoding="utf-8").replace('"스타일": "프레피"', '"스타일": "로맨틱"'), encoding="utf-8")
-    monkeypatch.setattr(kfashion, "_parse_all", parse_all)
+    monkeypatch.setattr(kfashion, "_parse", parse)
     assert read_kfashion(folder)[0]["labels"].nonzero().flatten().tolist() == [ROMANTIC]
-
-
-def test_the_folder_listing_is_cached_until_a_folder_changes(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
-    import os
-
-    from fashionlens.data import cache, kfashion
-
-    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
-    monkeypatch.setattr(kfashion, "LISTING_CACHE_MIN_FILES", 0)
-    folder = _folder_of_variants(tmp_path, shared_data)
-
-    def age(days: float = 1.0) -> None:  # folders last changed a while ago (a fresh one is not cached)
-        for sub in (folder, folder / "a", folder / "a-b"):
-            os.utime(sub, (sub.stat().st_atime - days * 86400, sub.stat().st_mtime - days * 86400))
-
-    age()
-    first = read_kfashion(folder)
-    cache.wait_for_writes()
-    assert len(list((tmp_path / "cache").glob("kfashion-listing-*.arrays"))) == 1
-    list_folder = kfashion._list_folder
-
-    def no_listing(*args, **kwargs):
-        raise AssertionError("listed again")
-
-    monkeypatch.setattr(kfashion, "_list_folder", no_listing)
-    again = read_kfashion(folder)
-    assert _summary(again) == _summary(first) and again.notes == first.notes
-    # A new image changes its folder: listed again, and found.
-    monkeypatch.setattr(kfashion, "_list_folder", list_folder)
-    shutil.copyfile(shared_data / "kfashion" / "100026.jpg", folder / "a-b" / "1000.png")
-    assert read_kfashion(folder).records[20].image == folder / "a-b" / "1000.png"
     # A new annotation file is read too; one removed is gone.
     shutil.copyfile(folder / "a" / "1001.json", folder / "a" / "2001.json")
     (folder / "a-b" / "1002.json").unlink()

@@ -14,12 +14,12 @@ Layout under ``root``::
     Eval/list_eval_partition.txt   image_name evaluation_status              -- needed for ``split``
 
 At the benchmark's size (289,222 images; ``list_attr_img.txt`` alone is 878 MB) the list files are
-parsed with numpy over their bytes, never token by token in Python. A file in which that fast
-parse finds anything unexpected (a bad value, an unknown or repeated image, a stray character, a
-count that disagrees) is read again by the line-by-line checker, whose messages name the file and
-the line. One parse serves all three splits (``parse_deepfashion``, ``read_deepfashion_splits``)
-and is kept in the annotation cache (``fashionlens.data.cache``), so reading the same files again
-maps the cache instead of parsing. Measured in docs/benchmarks.md ("Readers at full size").
+parsed with numpy over their bytes, in blocks of whole lines, never token by token in Python. A
+row that a vectorised check refuses is read again on its own in Python (``_rescan``), which names
+the file, the line and what is wrong. One parse serves all three splits (``parse_deepfashion``,
+``read_deepfashion_splits``) and is kept in the annotation cache (``fashionlens.data.cache``), so
+reading the same files again maps the cache instead of parsing. Measured in docs/benchmarks.md
+("Readers at full size").
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Self, Unpack
+from typing import Any, NoReturn, Unpack
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from fashionlens.data.base import FashionDataset, ReaderOptions, Record, force_vocabulary, resolve_inside
-from fashionlens.data.cache import LazyFashionDataset, LazyRecords, Strings, cache_for_files
+from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRecords
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS, CUT_OFF, NUM_LANDMARKS
 
@@ -63,25 +65,16 @@ LIST_FILES = (
     "Eval/list_eval_partition.txt",
 )
 # Bump when what parse_deepfashion keeps in the cache changes: older cache files are then ignored.
-CACHE_LAYOUT = 1
-# Image names longer than this (bytes) send list_attr_img.txt to the line-by-line reader.
+READER_VERSION = 2
+# Image names longer than this (bytes) send a block of list_attr_img.txt to the rescan.
 _NAME_WINDOW = 256
-
-
-@dataclass
-class ListFile:
-    path: Path
-    header: list[str]
-    rows: list[tuple[int, list[str]]]  # (1-based line number, tokens)
 
 
 def iter_list_file(path: Path, split_name_from_end: bool = False) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """Header and a lazy iterator of (1-based line number, tokens) over a benchmark list file.
 
-    Streaming matters for ``list_attr_img.txt``: 289k rows x 1000 tokens would be ~15 GB as Python
-    strings held at once. The iterator raises DataError at its end if line 1's count is wrong.
-    ``split_name_from_end`` is for the vocabulary files, whose names contain spaces: only the last
-    token (the type number) is split off.
+    The iterator raises DataError at its end if line 1's count is wrong. ``split_name_from_end`` is
+    for the vocabulary files, whose names contain spaces: only the last token (the type) is split off.
     """
     try:
         handle = path.open(encoding="utf-8")
@@ -107,22 +100,15 @@ def iter_list_file(path: Path, split_name_from_end: bool = False) -> tuple[list[
             try:
                 for number, line in enumerate(handle, start=3):
                     stripped = line.strip()
-                    if not stripped:
-                        continue
-                    found += 1
-                    yield number, (stripped.rsplit(None, 1) if split_name_from_end else stripped.split())
+                    if stripped:
+                        found += 1
+                        yield number, (stripped.rsplit(None, 1) if split_name_from_end else stripped.split())
             except UnicodeDecodeError as exc:
                 raise DataError(f"expected UTF-8 text, found undecodable bytes ({exc})", path=path) from None
         if count != found:
             raise DataError(f"line 1 says {count} rows, but the file has {found} rows", path=path, line=1)
 
     return second.split(), rows()
-
-
-def read_list_file(path: Path, split_name_from_end: bool = False) -> ListFile:
-    """Parse a whole benchmark list file (count line, header line, rows), checking the count."""
-    header, rows = iter_list_file(path, split_name_from_end)
-    return ListFile(path, header, list(rows))
 
 
 def _int(value: str, path: Path, line: int, what: str, allowed: Iterable[int] | None = None) -> int:
@@ -147,140 +133,48 @@ def _float(value: str, path: Path, line: int, what: str) -> float:
     return number
 
 
-def _check_columns(tokens: list[str], expected: int, path: Path, line: int, layout: str) -> None:
+def _columns(tokens: list[str], expected: int, path: Path, line: int, layout: str) -> None:
     if len(tokens) != expected:
         raise DataError(f"expected {expected} columns ({layout}), found {len(tokens)}", path=path, line=line)
 
 
 def read_vocabulary(path: Path, type_names: dict[int, str]) -> tuple[list[str], list[int]]:
     """Names and types from ``list_category_cloth.txt`` / ``list_attr_cloth.txt``."""
-    listing = read_list_file(path, split_name_from_end=True)
     names: list[str] = []
     types: list[int] = []
-    for line, tokens in listing.rows:
+    for line, tokens in iter_list_file(path, split_name_from_end=True)[1]:
         if len(tokens) != 2:
             raise DataError(f"expected '<name> <type>', found {' '.join(tokens)!r}", path=path, line=line)
+        if tokens[0] in names:
+            raise DataError(f"duplicate name {tokens[0]!r}: expected each name once", path=path, line=line)
         names.append(tokens[0])
         types.append(_int(tokens[1], path, line, "type", type_names))
-    seen: set[str] = set()
-    for (line, _), name in zip(listing.rows, names):
-        if name in seen:
-            raise DataError(f"duplicate name {name!r}: expected each name once", path=path, line=line)
-        seen.add(name)
     return names, types
 
 
-class _ImageTable:
-    """Maps image names (as written in list_category_img.txt) to rows, refusing duplicates.
-
-    The line-by-line reader fills it with ``add``; the fast one sets every name at once
-    (``set_names``), and the name list and index are then only built if something asks for them.
-    """
-
-    def __init__(self, root: Path, source: Path) -> None:
-        self.root = root
-        self.source = source
-        self.lines: list[int] | np.ndarray = []
-        self._names: list[str] | None = []
-        self._index: dict[str, int] | None = {}
-        self._names_bytes: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def set_names(self, names: np.ndarray, lines: np.ndarray) -> None:
-        self._names_bytes, self.lines = names, lines
-        self._names = self._index = None
-
-    @property
-    def names(self) -> list[str]:
-        if self._names is None:
-            self._names = np.char.decode(self.names_bytes, "ascii").tolist()
-        return self._names
-
-    @property
-    def names_bytes(self) -> np.ndarray:
-        if self._names_bytes is None:
-            self._names_bytes = np.array([name.encode("utf-8", "surrogateescape") for name in self.names], dtype=bytes)
-        return self._names_bytes
-
-    def strings(self) -> Strings:
-        """The names, compactly (what the cache keeps)."""
-        return Strings.from_list(self.names_bytes.tolist() if self._names is None else self._names)
-
-    @property
-    def index(self) -> dict[str, int]:
-        if self._index is None:
-            self._index = dict(zip(self.names, range(len(self))))
-        return self._index
-
-    def add(self, name: str, line: int) -> int:
-        if name in self.index:
-            first = self.lines[self.index[name]]
-            raise DataError(f"duplicate row for image {name!r}: first listed at {self.source}:{first}", path=self.source, line=line)
-        resolve_inside(self.root, name, self.source, line)
-        self.index[name] = len(self.names)
-        self.names.append(name)
-        self.lines.append(line)  # type: ignore[union-attr]
-        return self.index[name]
-
-    def lookup(self, name: str, path: Path, line: int, seen: set[str]) -> int:
-        if name in seen:
-            raise DataError(f"duplicate row for image {name!r} in this file", path=path, line=line)
-        seen.add(name)
-        if name not in self.index:
-            resolve_inside(self.root, name, path, line)
-            raise DataError(
-                f"image {name!r} is not listed in list_category_img.txt: expected every annotated image there",
-                path=path,
-                line=line,
-            )
-        return self.index[name]
+def _rescan(path: Path, check: Callable[[list[str], int], Any], lines: Iterable[int]) -> NoReturn:
+    """Read ``lines`` of ``path`` again, one by one, with ``check`` (which raises what is wrong with a row)."""
+    wanted = sorted(set(lines))
+    for line, tokens in iter_list_file(path)[1]:
+        if line in wanted:
+            check(tokens, line)
+        if line >= wanted[-1]:
+            break
+    raise DataError(f"cannot read line {wanted[0]} (and the lines after it) as a DeepFashion list row", path=path, line=wanted[0])
 
 
 # --------------------------------------------------------------------------------------------------
-# The fast parsers: numpy over a list file's bytes, in blocks of whole lines (small enough to stay in
-# the CPU cache, and to keep list_attr_img.txt's 878 MB out of memory). Each raises _Unexpected at
-# anything out of the ordinary, and the caller then runs the line-by-line checker instead.
+# numpy over a list file's bytes, in blocks of whole lines (list_attr_img.txt is 878 MB). Anything a
+# vectorised check refuses is read again by _rescan with the row's own check, which names the line.
 
-
-class _Unexpected(Exception):
-    """The fast parser met something it leaves to the line-by-line checker (which names the line)."""
-
-
-_BLOCK_BYTES = 1 << 20
-
-
-def _fast(parse: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return parse(*args)
-    except _Unexpected:
-        return None
-
-
-def _plain_text(a: np.ndarray) -> None:
-    """ASCII with no control bytes but newlines, tabs and CRLF carriage returns, or _Unexpected.
-
-    Other control bytes are whitespace to ``str.split`` (\\x0b, \\x0c, \\x1c-\\x1f) or not, a lone
-    carriage return ends a line in Python's text mode, and non-ASCII bytes need decoding: all that
-    is left to the line-by-line reader.
-    """
-    controls = np.count_nonzero(a.view(np.int8) < 32)  # bytes >= 128 are negative as int8
-    newlines = np.count_nonzero(a == 10)
-    if controls == newlines:
-        return
-    returns = np.flatnonzero(a == 13)
-    if controls != newlines + len(returns) + np.count_nonzero(a == 9):
-        raise _Unexpected
-    if len(returns) and not (returns[-1] + 1 < len(a) and (a[returns + 1] == 10).all()):
-        raise _Unexpected
+_BLOCK_BYTES = 1 << 22
 
 
 @dataclass
 class _Tokens:
     """The rows of a block of whole lines as the byte offsets of their whitespace-separated tokens."""
 
-    data: np.ndarray  # uint8, ending in a newline
+    data: np.ndarray  # uint8
     starts: np.ndarray  # offset of each token
     ends: np.ndarray  # offset just past each token
     first: np.ndarray  # index of each row's first token
@@ -291,16 +185,49 @@ class _Tokens:
         """Token ``k`` of every row (or of ``rows``) as a fixed-width bytes array."""
         index = self.first + k if rows is None else self.first[rows] + k
         starts, widths = self.starts[index], self.ends[index] - self.starts[index]
-        width = int(widths.max(initial=1))
-        columns = np.arange(width)
+        columns = np.arange(int(widths.max(initial=1)))
         chars = self.data[np.minimum(starts[:, None] + columns, len(self.data) - 1)]
         chars[columns >= widths[:, None]] = 0
-        return chars.view(f"S{width}").reshape(-1)
+        return chars.view(f"S{len(columns)}").reshape(-1)
+
+
+def _blocks(path: Path) -> tuple[list[str], int, Iterator[tuple[bytes, int]]]:
+    """A list file's header, line 1's count, and its rows as ``(bytes of whole lines, line of the first)``."""
+    header, rows = iter_list_file(path)  # the messages about the first two lines
+    rows.close()
+    handle = path.open("rb")
+    count = int(handle.readline())
+    handle.readline()
+
+    def blocks() -> Iterator[tuple[bytes, int]]:
+        line, carry = 3, b""
+        with handle:
+            while True:
+                block = handle.read(_BLOCK_BYTES)
+                data = carry + block
+                cut = len(data) if not block else data.rfind(b"\n") + 1
+                if cut:
+                    if not data.isascii():
+                        try:
+                            data[:cut].decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            raise DataError(f"expected UTF-8 text, found undecodable bytes ({exc})", path=path) from None
+                    yield data[:cut] if data[cut - 1] == 10 else data[:cut] + b"\n", line
+                    line += data.count(b"\n", 0, cut)
+                carry = data[cut:]
+                if not block:
+                    return
+
+    return header, count, blocks()
+
+
+def _check_count(path: Path, count: int, found: int) -> None:
+    if found != count:
+        raise DataError(f"line 1 says {count} rows, but the file has {found} rows", path=path, line=1)
 
 
 def _tokenise(data: bytes, first_line: int) -> _Tokens:
     a = np.frombuffer(data, dtype=np.uint8)
-    _plain_text(a)
     space = a <= 32
     # Tokens begin and end where whitespace starts or stops; the block ends in a newline, so with a
     # virtual space before it the changes alternate: start, end, start, end, ...
@@ -316,172 +243,136 @@ def _tokenise(data: bytes, first_line: int) -> _Tokens:
     return _Tokens(a, starts, ends, before[rows] - counts, counts, first_line + rows)
 
 
-class _ListBlocks:
-    """A list file's row count, header and rows in blocks of whole lines, for the fast parsers."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.handle = path.open("rb")
-        except OSError:
-            raise _Unexpected from None
-        first, second = self.handle.readline(), self.handle.readline()
-        try:
-            if not second.endswith(b"\n") or not (first + second).isascii():
-                raise ValueError
-            self.count = int(first)
-        except ValueError:
-            self.handle.close()
-            raise _Unexpected from None
-        self.header = second.decode("ascii").split()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *error: object) -> None:
-        self.handle.close()
-
-    def raw(self, count_lines: bool = True) -> Iterator[tuple[bytes, int]]:
-        """``(bytes of whole lines, line number of the first)``; the last block ends in a newline too.
-
-        Without ``count_lines`` the line numbers are not counted (and all 0).
-        """
-        carry = b""
-        line = 3 if count_lines else 0
-        while True:
-            block = self.handle.read(_BLOCK_BYTES)
-            if not block:
-                if carry:
-                    yield carry + b"\n", line
-                return
-            data = carry + block
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a block: read on
-                carry = data
-                continue
-            yield data[:cut], line
-            if count_lines:
-                line += data.count(b"\n", 0, cut)
-            carry = data[cut:]
-
-    def __iter__(self) -> Iterator[_Tokens]:
-        """The tokenised blocks; _Unexpected at the end if line 1's count is not the number of rows."""
-        found = 0
-        for data, line in self.raw():
-            tokens = _tokenise(data, line)
-            found += len(tokens.lines)
-            yield tokens
-        if found != self.count:
-            raise _Unexpected
+def _numbers(column: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A column as numbers (numpy parses bytes as int() and float() do) and where it holds no finite one."""
+    try:
+        values = column.astype(dtype)
+    except (ValueError, OverflowError):
+        return np.zeros(len(column), dtype), np.array([not _parses(value, dtype) for value in column.tolist()])
+    return values, ~np.isfinite(values)
 
 
-class _RowMapper:
-    """Rows of the images an auxiliary file names, block by block; _Unexpected at an unknown or repeated one."""
+def _parses(value: bytes, dtype: type) -> bool:
+    try:
+        return bool(np.isfinite(dtype(value.decode())))
+    except (ValueError, OverflowError):
+        return False
 
-    def __init__(self, table: _ImageTable) -> None:
-        self.table = table
-        self.seen = np.zeros(len(table), dtype=bool)
-        self.found = 0
 
-    def rows(self, names: np.ndarray) -> np.ndarray:
-        m = len(names)
-        cursor = self.found
-        # The benchmark's files list the images in one order: then a block is the next rows.
-        if cursor + m <= len(self.table) and np.array_equal(names, self.table.names_bytes[cursor : cursor + m]):
-            rows = np.arange(cursor, cursor + m)
-        else:
-            index = self.table.index
-            rows = np.fromiter((index.get(name, -1) for name in np.char.decode(names, "ascii").tolist()), dtype=np.int64, count=m)
-            if m and rows.min() < 0:
-                raise _Unexpected
-        self.seen[rows] = True
-        self.found += m
-        if np.count_nonzero(self.seen) != self.found:  # listed twice
-            raise _Unexpected
+class _Lookup:
+    """The rows of list_category_img.txt that an auxiliary file's image names are, refusing unknown and repeated ones."""
+
+    def __init__(self, root: Path, names: np.ndarray) -> None:
+        self.root, self.names = root, names
+
+    def rows(self, path: Path, names: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        if len(names) == len(self.names) and np.array_equal(names, self.names):  # the benchmark's own order
+            return np.arange(len(names))
+        value_set = pa.array(self.names.tolist(), type=pa.binary())
+        rows = pc.fill_null(pc.index_in(pa.array(names.tolist(), type=pa.binary()), value_set=value_set), -1)
+        rows = rows.to_numpy(zero_copy_only=False).astype(np.int64)
+        seen = np.zeros(len(rows), dtype=bool)
+        seen[np.unique(rows, return_index=True)[1]] = True
+        bad = np.flatnonzero((rows < 0) | ~seen)
+        if len(bad):
+            name, line = names[bad[0]].decode("utf-8", "surrogateescape"), int(lines[bad[0]])
+            if rows[bad[0]] >= 0:
+                raise DataError(f"duplicate row for image {name!r} in this file", path=path, line=line)
+            resolve_inside(self.root, name, path, line)
+            raise DataError(f"image {name!r} is not listed in list_category_img.txt: expected every annotated image there",
+                            path=path, line=line)
         return rows
 
-
-def _integers(column: np.ndarray) -> np.ndarray:
-    # numpy parses bytes to numbers as int() and float() do ("01", "1_0", "1e3"), so exactly what
-    # the line-by-line reader accepts is accepted here.
-    try:
-        return column.astype(np.int64)
-    except (ValueError, OverflowError):
-        raise _Unexpected from None
+    def row(self, name: str) -> int:
+        found = np.flatnonzero(self.names == name.encode("utf-8", "surrogateescape"))
+        return int(found[0]) if len(found) else -1
 
 
-def _finite_floats(column: np.ndarray) -> np.ndarray:
-    try:
-        values = column.astype(np.float64)
-    except (ValueError, OverflowError):
-        raise _Unexpected from None
-    if not np.isfinite(values).all():
-        raise _Unexpected
-    return values
+Parsed = tuple[np.ndarray, Any]  # per row of a block: whether the rescan must read it; what the block says
 
 
-def _fast_categories(path: Path, table: _ImageTable, num_categories: int) -> np.ndarray:
-    names, labels, lines = [np.zeros(0, dtype="S1")], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    with _ListBlocks(path) as blocks:
-        for tokens in blocks:
-            if (tokens.counts != 2).any():
-                raise _Unexpected
-            names.append(tokens.column(0))
-            labels.append(_integers(tokens.column(1)))
-            lines.append(tokens.lines)
-    all_names, all_labels = np.concatenate(names), np.concatenate(labels)
-    if ((all_labels < 1) | (all_labels > num_categories)).any():
-        raise _Unexpected
-    # Only absolute names and names with '..' (or a drive's ':') can leave the root: check those exactly.
-    risky = np.char.find(all_names, b"..") >= 0
-    for mark in (b"/", b"\\"):
-        risky |= np.char.startswith(all_names, mark)
-    risky |= np.char.find(all_names, b":") >= 0
-    all_lines = np.concatenate(lines)
-    for i in np.flatnonzero(risky):
-        try:
-            resolve_inside(table.root, all_names[i].decode(), path, int(all_lines[i]))
-        except DataError:
-            raise _Unexpected from None
-    if len(set(all_names.tolist())) != len(all_names):
-        raise _Unexpected
-    table.set_names(all_names, all_lines)
-    return all_labels - 1
+def _read_list(path: Path, check: Callable[[list[str], int], Any], parse: Callable[[_Tokens, list[str]], Parsed],
+               lookup: _Lookup | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+    """Every block of ``path`` through ``parse``; rows it marks are rescanned with ``check``.
 
-
-def _attribute_block(data: bytes, num_attrs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image names (bytes) and the ``(rows, num_attrs)`` values of whole lines of list_attr_img.txt.
-
-    Values come back as bytes: ``0`` unknown, ``1`` positive, ``2`` negative (written -1).
+    Returns the image names (bytes), their lines, their rows in list_category_img.txt (with
+    ``lookup``) and what ``parse`` said of each block.
     """
+    header, count, blocks = _blocks(path)
+    names, lines, parts = [np.zeros(0, "S1")], [np.zeros(0, np.int64)], []
+    for data, first in blocks:
+        tokens = _tokenise(data, first)
+        bad, part = parse(tokens, header)
+        if bad.any():
+            _rescan(path, check, tokens.lines[bad])
+        names.append(tokens.column(0))
+        lines.append(tokens.lines)
+        parts.append(part)
+    all_names, all_lines = np.concatenate(names), np.concatenate(lines)
+    rows = None if lookup is None else lookup.rows(path, all_names, all_lines)
+    _check_count(path, count, len(all_lines))
+    return all_names, all_lines, rows, parts
+
+
+def _category_rows(path: Path, root: Path, num_categories: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image names (bytes), 0-based categories and line numbers of list_category_img.txt."""
+
+    def check(tokens: list[str], line: int) -> None:
+        _columns(tokens, 2, path, line, "image_name category_label")
+        resolve_inside(root, tokens[0], path, line)
+        _int(tokens[1], path, line, "category_label", range(1, num_categories + 1))
+
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        if (tokens.counts != 2).any():
+            return tokens.counts != 2, None
+        labels, bad = _numbers(tokens.column(1), int)
+        return bad | (labels < 1) | (labels > num_categories), labels - 1
+
+    names, lines, _, parts = _read_list(path, check, parse, None)
+    # Only absolute names and names with '..' (or a drive's ':') can leave the root: check those exactly.
+    risky = (np.char.find(names, b"..") >= 0) | (np.char.find(names, b":") >= 0)
+    risky |= np.char.startswith(names, b"/") | np.char.startswith(names, b"\\")
+    for i in np.flatnonzero(risky):
+        resolve_inside(root, names[i].decode(), path, int(lines[i]))
+    _, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    repeated = np.flatnonzero(first[inverse] != np.arange(len(names)))
+    if len(repeated):
+        i = repeated[0]
+        raise DataError(f"duplicate row for image {names[i].decode()!r}: first listed at {path}:{lines[first[inverse[i]]]}",
+                        path=path, line=int(lines[i]))
+    return names, np.concatenate([np.zeros(0, np.int64), *parts]).astype(np.int64), lines
+
+
+def _attribute_block(data: bytes, num_attrs: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Image names (bytes) and the ``(rows, num_attrs)`` int8 values of whole lines of list_attr_img.txt,
+    or None where a line is not ``name`` then ``num_attrs`` of 1, -1 and 0 (the rescan says how)."""
     a = np.frombuffer(bytearray(data), dtype=np.uint8)  # a writable copy: the names are blanked below
-    _plain_text(a)
+    if np.count_nonzero(a < 32) != np.count_nonzero((a == 10) | (a == 13) | (a == 9)):
+        return None
     newlines = np.flatnonzero(a == 10)
     starts = np.zeros_like(newlines)
     starts[1:] = newlines[:-1] + 1
-    # Empty lines (CRLF ones too) are skipped, as the line-by-line reader does.
     blank = (newlines == starts) | ((newlines == starts + 1) & (a[starts] == 13))
     starts = starts[~blank]
-    if (a[starts] <= 32).any():  # a line starting with whitespace: left to the line-by-line reader
-        raise _Unexpected
+    if (a[starts] <= 32).any():  # a line starting with whitespace
+        return None
     window = np.minimum(starts[:, None] + np.arange(_NAME_WINDOW), len(a) - 1)
     chars = a[window]
     space = chars <= 32
     name_lengths = space.argmax(axis=1)
     if not space[np.arange(len(starts)), name_lengths].all():  # no whitespace in the window
-        raise _Unexpected
+        return None
     width = int(name_lengths.max(initial=1))
     inside = np.arange(width) < name_lengths[:, None]
     names = np.where(inside, chars[:, :width], 0).astype(np.uint8).view(f"S{width}").reshape(-1)
     a[window[:, :width][inside]] = 32
     # Only whitespace, 0, 1 and - may be left. Every token is then 0, 1 or -1 exactly when each digit
     # ends its token and each minus sign is followed by a 1.
-    space = a <= 32
-    digit = (a & 0xFE) == 48
-    minus = a == 45
+    space, digit, minus = a <= 32, (a & 0xFE) == 48, a == 45
     if np.count_nonzero(space) + np.count_nonzero(digit) + np.count_nonzero(minus) != len(a):
-        raise _Unexpected
+        return None
     if (digit[:-1] > space[1:]).any() or (minus[:-1] > (a[1:] == 49)).any():
-        raise _Unexpected
+        return None
     # "-1" becomes " 2"; with the whitespace deleted each value is then one byte: 0, 1 or 2.
     np.add(a[1:], minus[:-1], out=a[1:], casting="unsafe")
     np.putmask(a, minus, 32)
@@ -490,227 +381,166 @@ def _attribute_block(data: bytes, num_attrs: int) -> tuple[np.ndarray, np.ndarra
         stream = b"".join(line + b"\n" for line in stream.split(b"\n") if line)
     values = np.frombuffer(stream, dtype=np.uint8)
     if len(values) != len(starts) * (num_attrs + 1):
-        raise _Unexpected
+        return None
     values = values.reshape(len(starts), num_attrs + 1)
     if (values[:, -1] != 10).any():  # a row with more or fewer values than attributes
-        raise _Unexpected
-    return names, values[:, :-1]
+        return None
+    decoded = values[:, :-1].view(np.int8) - ord("0")
+    decoded[decoded == 2] = -1
+    return names, decoded
 
 
-def _fast_attributes(path: Path, table: _ImageTable, num_attrs: int) -> tuple[np.ndarray, int]:
-    values = np.zeros((len(table), num_attrs), dtype=np.int8)
-    mapper = _RowMapper(table)
-    with _ListBlocks(path) as blocks:
-        for data, _ in blocks.raw(count_lines=False):
-            names, coded = _attribute_block(data, num_attrs)
-            rows = mapper.rows(names)
-            if len(rows) and (np.diff(rows) == 1).all():  # the next rows, in order: decode in place
-                target = values[rows[0] : rows[-1] + 1]
-                np.subtract(coded, ord("0"), out=target.view(np.uint8), casting="unsafe")
-                target[target == 2] = -1
-            else:
-                decoded = coded.view(np.int8) - ord("0")
-                decoded[decoded == 2] = -1
-                values[rows] = decoded
-        if mapper.found != blocks.count:
-            raise _Unexpected
-    return values, mapper.found
+def _attributes(path: Path, lookup: _Lookup, num_attrs: int) -> tuple[np.ndarray, int]:
+    """``(images, num_attrs)`` int8 values, and how many rows the file has. Not tokenised: each block's
+    values are checked and decoded by ``_attribute_block`` (about 3x faster on its 878 MB)."""
+
+    def check(tokens: list[str], line: int) -> None:
+        _columns(tokens, 1 + num_attrs, path, line, f"image_name then {num_attrs} attribute labels")
+        for token in tokens[1:]:
+            value = int(token) if token.lstrip("-").isdigit() else None
+            if value not in (1, -1, 0):
+                found = repr(token) if value is None else value
+                raise DataError(f"expected attribute labels 1, -1 or 0, found {found}", path=path, line=line)
+
+    n = len(lookup.names)
+    values = np.zeros((n, num_attrs), dtype=np.int8)  # rows in the file's order, while there is room
+    names, lines = [np.zeros(0, "S1")], [np.zeros(0, np.int64)]
+    _, count, blocks = _blocks(path)
+    found = 0
+    for data, first in blocks:
+        block = _attribute_block(data, num_attrs)
+        if block is None:
+            _rescan(path, check, range(first, first + data.count(b"\n")))
+        block_names, block_values = block
+        values[found : found + len(block_names)] = block_values[: max(0, n - found)]
+        names.append(block_names)
+        blank_lines = len(block_names) < data.count(b"\n")
+        lines.append(_tokenise(data, first).lines if blank_lines else first + np.arange(len(block_names)))
+        found += len(block_names)
+    rows = lookup.rows(path, np.concatenate(names), np.concatenate(lines))
+    _check_count(path, count, found)
+    if not np.array_equal(rows, np.arange(n)):
+        ordered = np.zeros_like(values)
+        ordered[rows] = values[:found]
+        values = ordered
+    return values, found
 
 
-def _fast_bboxes(path: Path, table: _ImageTable) -> tuple[np.ndarray, int]:
-    boxes = np.full((len(table), 4), np.nan)
-    mapper = _RowMapper(table)
-    with _ListBlocks(path) as blocks:
-        for tokens in blocks:
-            if (tokens.counts != 5).any():
-                raise _Unexpected
-            x1, y1, x2, y2 = values = [_finite_floats(tokens.column(k)) for k in range(1, 5)]
-            if ((x2 <= x1) | (y2 <= y1)).any():
-                raise _Unexpected
-            boxes[mapper.rows(tokens.column(0))] = np.stack(values, axis=1)
-    return boxes, mapper.found
+def _bboxes(path: Path, lookup: _Lookup) -> tuple[np.ndarray, int]:
+    def check(tokens: list[str], line: int) -> None:
+        _columns(tokens, 5, path, line, "image_name x_1 y_1 x_2 y_2")
+        x1, y1, x2, y2 = (_float(t, path, line, name) for t, name in zip(tokens[1:], ("x_1", "y_1", "x_2", "y_2")))
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"expected x_1 < x_2 and y_1 < y_2, found {x1:g} {y1:g} {x2:g} {y2:g}", path=path, line=line)
+
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        if (tokens.counts != 5).any():
+            return tokens.counts != 5, None
+        (x1, b1), (y1, b2), (x2, b3), (y2, b4) = (_numbers(tokens.column(k), float) for k in range(1, 5))
+        return b1 | b2 | b3 | b4 | (x2 <= x1) | (y2 <= y1), np.stack([x1, y1, x2, y2], axis=1)
+
+    _, _, rows, parts = _read_list(path, check, parse, lookup)
+    boxes = np.full((len(lookup.names), 4), np.nan)
+    boxes[rows] = np.concatenate([np.zeros((0, 4)), *parts])
+    return boxes, len(rows)
 
 
 def _landmark_layout(header: list[str], path: Path) -> tuple[bool, bool, int, str]:
     lowered = [h.lower() for h in header]
     if not lowered or lowered[0] != "image_name":
         raise DataError(f"expected a header starting with 'image_name', found {' '.join(header)!r}", path=path, line=2)
-    has_type = "clothes_type" in lowered
-    has_variation = "variation_type" in lowered
+    has_type, has_variation = "clothes_type" in lowered, "variation_type" in lowered
     layout = "image_name" + (" clothes_type" if has_type else "") + (" variation_type" if has_variation else "")
     return has_type, has_variation, 1 + int(has_type) + int(has_variation), layout
 
 
-def _fast_landmarks(
-    path: Path, table: _ImageTable, categories: np.ndarray, category_types: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(table)
-    points = np.zeros((n, NUM_LANDMARKS, 2), dtype=np.float32)
-    visibility = np.full((n, NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
-    present = np.zeros(n, dtype=bool)
-    types_of_categories = np.asarray(category_types, dtype=np.int64)
-    mapper = _RowMapper(table)
-    with _ListBlocks(path) as blocks:
-        try:
-            has_type, has_variation, lead, _ = _landmark_layout(blocks.header, path)
-        except DataError:
-            raise _Unexpected from None
-        for tokens in blocks:
-            rest = tokens.counts - lead
-            triples = rest // 3
-            if ((rest < 0) | (rest % 3 != 0) | ~np.isin(triples, list(TYPE_BY_LANDMARK_COUNT))).any():
-                raise _Unexpected
-            rows = mapper.rows(tokens.column(0))
-            for count, clothes_type in TYPE_BY_LANDMARK_COUNT.items():
-                group = np.flatnonzero(triples == count)
-                if not len(group):
-                    continue
-                target = rows[group]
-                if has_type:
-                    if (_integers(tokens.column(1, group)) != clothes_type).any():
-                        raise _Unexpected
-                elif (types_of_categories[categories[target][categories[target] >= 0]] != clothes_type).any():
-                    raise _Unexpected
-                if has_variation:
-                    _integers(tokens.column(1 + int(has_type), group))
-                for k, slot in enumerate(LANDMARK_SLOTS[clothes_type]):
-                    v = _integers(tokens.column(lead + 3 * k, group))
-                    if ((v < 0) | (v > 2)).any():
-                        raise _Unexpected
-                    visibility[target, slot] = v
-                    points[target, slot, 0] = _finite_floats(tokens.column(lead + 3 * k + 1, group))
-                    points[target, slot, 1] = _finite_floats(tokens.column(lead + 3 * k + 2, group))
-                present[target] = True
-    return points, visibility, present
-
-
-def _fast_partition(path: Path, table: _ImageTable) -> np.ndarray:
-    splits = np.full(len(table), -1, dtype=np.int8)
-    mapper = _RowMapper(table)
-    with _ListBlocks(path) as blocks:
-        for tokens in blocks:
-            if (tokens.counts != 2).any():
-                raise _Unexpected
-            status = tokens.column(1)
-            codes = np.full(len(status), -1, dtype=np.int8)
-            for k, split in enumerate(SPLITS):
-                codes[status == split.encode()] = k
-            if (codes < 0).any():
-                raise _Unexpected
-            splits[mapper.rows(tokens.column(0))] = codes
-    return splits
-
-
-# --------------------------------------------------------------------------------------------------
-# The line-by-line checkers: slow, exact, and the source of every message about a bad line.
-
-
-def _slow_categories(path: Path, table: _ImageTable, num_categories: int) -> np.ndarray:
-    categories = []
-    for line, tokens in read_list_file(path).rows:
-        _check_columns(tokens, 2, path, line, "image_name category_label")
-        table.add(tokens[0], line)
-        categories.append(_int(tokens[1], path, line, "category_label", range(1, num_categories + 1)) - 1)
-    return np.asarray(categories, dtype=np.int64)
-
-
-def _slow_attributes(path: Path, table: _ImageTable, num_attrs: int) -> tuple[np.ndarray, int]:
-    values = np.zeros((len(table), num_attrs), dtype=np.int8)
-    _, rows = iter_list_file(path)
-    seen: set[str] = set()
-    for line, tokens in rows:
-        _check_columns(tokens, 1 + num_attrs, path, line, f"image_name then {num_attrs} attribute labels")
-        i = table.lookup(tokens[0], path, line, seen)
-        try:
-            row = np.array(tokens[1:], dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in tokens[1:] if not t.lstrip("-").isdigit())
-            raise DataError(f"expected attribute labels 1, -1 or 0, found {bad!r}", path=path, line=line) from None
-        if not np.isin(row, (-1, 0, 1)).all():
-            bad_value = row[~np.isin(row, (-1, 0, 1))][0]
-            raise DataError(f"expected attribute labels 1, -1 or 0, found {bad_value}", path=path, line=line)
-        values[i] = row
-    return values, len(seen)
-
-
-def _slow_bboxes(path: Path, table: _ImageTable) -> tuple[np.ndarray, int]:
-    boxes = np.full((len(table), 4), np.nan)
-    seen: set[str] = set()
-    for line, tokens in read_list_file(path).rows:
-        _check_columns(tokens, 5, path, line, "image_name x_1 y_1 x_2 y_2")
-        i = table.lookup(tokens[0], path, line, seen)
-        x1, y1, x2, y2 = (_float(t, path, line, name) for t, name in zip(tokens[1:], ("x_1", "y_1", "x_2", "y_2")))
-        if x2 <= x1 or y2 <= y1:
-            raise DataError(f"expected x_1 < x_2 and y_1 < y_2, found {x1:g} {y1:g} {x2:g} {y2:g}", path=path, line=line)
-        boxes[i] = (x1, y1, x2, y2)
-    return boxes, len(seen)
-
-
-def _slow_landmarks(
-    path: Path,
-    table: _ImageTable,
-    categories: np.ndarray,
-    category_types: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _landmarks(path: Path, lookup: _Lookup, categories: np.ndarray,
+               category_types: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Landmarks into the fixed 8 slots; the column layout is read from the header line."""
-    listing = read_list_file(path)
-    has_type, has_variation, lead, layout = _landmark_layout(listing.header, path)
-    n = len(table)
-    points = np.zeros((n, NUM_LANDMARKS, 2), dtype=np.float32)
-    visibility = np.full((n, NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
-    present = np.zeros(n, dtype=bool)
-    seen: set[str] = set()
-    for line, tokens in listing.rows:
+    has_type, has_variation, lead, layout = _landmark_layout(iter_list_file(path)[0], path)
+
+    def check(tokens: list[str], line: int) -> None:
         rest = len(tokens) - lead
         if rest < 0 or rest % 3 or rest // 3 not in TYPE_BY_LANDMARK_COUNT:
-            raise DataError(
-                f"expected {lead} leading column(s) ({layout}) then 4, 6 or 8 (visibility x y) triples "
-                f"= {lead + 12}, {lead + 18} or {lead + 24} columns, found {len(tokens)}",
-                path=path,
-                line=line,
-            )
-        i = table.lookup(tokens[0], path, line, seen)
+            raise DataError(f"expected {lead} leading column(s) ({layout}) then 4, 6 or 8 (visibility x y) triples "
+                            f"= {lead + 12}, {lead + 18} or {lead + 24} columns, found {len(tokens)}", path=path, line=line)
         count = rest // 3
-        type_by_count = TYPE_BY_LANDMARK_COUNT[count]
+        clothes_type = TYPE_BY_LANDMARK_COUNT[count]
         if has_type:
-            clothes_type = _int(tokens[1], path, line, "clothes_type", CLOTHES_TYPE_NAMES)
-            if clothes_type != type_by_count:
-                raise DataError(
-                    f"clothes_type {clothes_type} ({CLOTHES_TYPE_NAMES[clothes_type]}) needs "
-                    f"{len(LANDMARK_SLOTS[clothes_type])} landmarks, found {count}",
-                    path=path,
-                    line=line,
-                )
-        else:
-            # No clothes_type column: the triple count says it, and the category's type must agree.
-            clothes_type = type_by_count
-            if categories[i] >= 0:
-                category_type = category_types[categories[i]]
-                if category_type != clothes_type:
-                    raise DataError(
-                        f"{count} landmarks mean a {CLOTHES_TYPE_NAMES[clothes_type]} garment, but the image's "
-                        f"category is {CLOTHES_TYPE_NAMES[category_type]} (type {category_type})",
-                        path=path,
-                        line=line,
-                    )
+            written = _int(tokens[1], path, line, "clothes_type", CLOTHES_TYPE_NAMES)
+            if written != clothes_type:
+                raise DataError(f"clothes_type {written} ({CLOTHES_TYPE_NAMES[written]}) needs "
+                                f"{len(LANDMARK_SLOTS[written])} landmarks, found {count}", path=path, line=line)
+        else:  # No clothes_type column: the triple count says it, and the category's type must agree.
+            row = lookup.row(tokens[0])
+            category_type = category_types[categories[row]] if row >= 0 else clothes_type
+            if category_type != clothes_type:
+                raise DataError(f"{count} landmarks mean a {CLOTHES_TYPE_NAMES[clothes_type]} garment, but the image's "
+                                f"category is {CLOTHES_TYPE_NAMES[category_type]} (type {category_type})", path=path, line=line)
         if has_variation:
             _int(tokens[1 + int(has_type)], path, line, "variation_type")
-        for k, slot in enumerate(LANDMARK_SLOTS[clothes_type]):
+        for k in range(count):
             v, x, y = tokens[lead + 3 * k : lead + 3 * k + 3]
-            visibility[i, slot] = _int(v, path, line, f"landmark_visibility_{k + 1}", (0, 1, 2))
-            points[i, slot] = (_float(x, path, line, f"landmark_location_x_{k + 1}"), _float(y, path, line, f"landmark_location_y_{k + 1}"))
-        present[i] = True
+            _int(v, path, line, f"landmark_visibility_{k + 1}", (0, 1, 2))
+            _float(x, path, line, f"landmark_location_x_{k + 1}"), _float(y, path, line, f"landmark_location_y_{k + 1}")
+
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        triples = (tokens.counts - lead) // 3
+        bad = (tokens.counts < lead) | ((tokens.counts - lead) % 3 != 0) | ~np.isin(triples, list(TYPE_BY_LANDMARK_COUNT))
+        if bad.any():
+            return bad, None
+        slots = []  # (rows of the block, slot, visibility, x, y)
+        for triple_count, clothes_type in TYPE_BY_LANDMARK_COUNT.items():
+            group = np.flatnonzero(triples == triple_count)
+            if has_type:
+                written, wrong = _numbers(tokens.column(1, group), int)
+                bad[group] |= wrong | (written != clothes_type)
+            if has_variation:
+                bad[group] |= _numbers(tokens.column(1 + int(has_type), group), int)[1]
+            for k, slot in enumerate(LANDMARK_SLOTS[clothes_type] if len(group) else ()):
+                (v, wrong), (x, wrong_x), (y, wrong_y) = (_numbers(tokens.column(lead + 3 * k + d, group), t)
+                                                          for d, t in ((0, int), (1, float), (2, float)))
+                bad[group] |= wrong | wrong_x | wrong_y | (v < 0) | (v > 2)
+                slots.append((group, slot, v, x, y))
+        return bad, (slots, np.array([TYPE_BY_LANDMARK_COUNT.get(t, 0) for t in range(9)])[triples])
+
+    _, lines, rows, parts = _read_list(path, check, parse, lookup)
+    n, start = len(lookup.names), 0
+    points = np.zeros((n, NUM_LANDMARKS, 2), dtype=np.float32)
+    visibility = np.full((n, NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
+    types = np.zeros(len(rows), dtype=np.int64)
+    for slots, block_types in parts:
+        for group, slot, v, x, y in slots:
+            target = rows[start + group]
+            visibility[target, slot], points[target, slot, 0], points[target, slot, 1] = v, x, y
+        types[start : start + len(block_types)] = block_types
+        start += len(block_types)
+    disagree = np.asarray(category_types, dtype=np.int64)[categories[rows]] != types
+    if not has_type and disagree.any():
+        _rescan(path, check, lines[disagree])
+    present = np.zeros(n, dtype=bool)
+    present[rows] = True
     return points, visibility, present
 
 
-def _slow_partition(path: Path, table: _ImageTable) -> np.ndarray:
-    splits = np.full(len(table), -1, dtype=np.int8)
-    seen: set[str] = set()
-    for line, tokens in read_list_file(path).rows:
-        _check_columns(tokens, 2, path, line, "image_name evaluation_status")
+def _partition(path: Path, lookup: _Lookup) -> np.ndarray:
+    def check(tokens: list[str], line: int) -> None:
+        _columns(tokens, 2, path, line, "image_name evaluation_status")
         if tokens[1] not in SPLITS:
             raise DataError(f"expected evaluation_status in {SPLITS}, found {tokens[1]!r}", path=path, line=line)
-        splits[table.lookup(tokens[0], path, line, seen)] = SPLITS.index(tokens[1])
+
+    def parse(tokens: _Tokens, header: list[str]) -> Parsed:
+        if (tokens.counts != 2).any():
+            return tokens.counts != 2, None
+        status = tokens.column(1)
+        codes = np.full(len(status), -1, dtype=np.int8)
+        for k, split in enumerate(SPLITS):
+            codes[status == split.encode()] = k
+        return codes < 0, codes
+
+    _, _, rows, parts = _read_list(path, check, parse, lookup)
+    splits = np.full(len(lookup.names), -1, dtype=np.int8)
+    splits[rows] = np.concatenate([np.zeros(0, np.int8), *parts])
     return splits
 
 
@@ -724,7 +554,8 @@ class DeepFashionAnnotations:
 
     Row ``i`` is line ``lines[i]`` of ``list_category_img.txt``. ``attribute_values`` holds the
     attribute labels as written (1, -1, 0 = unknown; one int8 array, half the memory of labels plus
-    mask, which each record gets as its own small arrays). ``bboxes`` is NaN where an image has no box row; ``splits`` holds indices into ``SPLITS`` (-1: not in the partition) and is None
+    mask, which each record gets as its own small arrays). ``bboxes`` is NaN where an image has no
+    box row; ``splits`` holds indices into ``SPLITS`` (-1: not in the partition) and is None
     without a partition file. A bad partition file is only an error when a split is asked for
     (``partition_error``), as it was when the partition was read per split.
     """
@@ -734,7 +565,7 @@ class DeepFashionAnnotations:
     category_types: list[int]
     attribute_names: list[str]
     attribute_type_ids: list[int]
-    image_names: Strings
+    image_names: pa.Array  # strings
     lines: np.ndarray
     categories: np.ndarray
     attribute_values: np.ndarray
@@ -765,7 +596,7 @@ class DeepFashionAnnotations:
         if len(unlisted):
             raise DataError(
                 f"expected every image of list_category_img.txt in the partition, {len(unlisted)} are missing "
-                f"(first: {self.image_names[int(unlisted[0])]!r})",
+                f"(first: {self.image_names[int(unlisted[0])].as_py()!r})",
                 path=partition_path,
             )
         return np.flatnonzero(self.splits == SPLITS.index(split))
@@ -774,7 +605,7 @@ class DeepFashionAnnotations:
         """The record of ``row``, with its attribute values taken from ``values`` (forced or not)."""
         box = None if self.bboxes is None or np.isnan(self.bboxes[row, 0]) else tuple(self.bboxes[row].tolist())
         return Record(
-            image=Path(os.path.normpath(os.path.join(self.root, self.image_names[row]))),
+            image=Path(os.path.normpath(os.path.join(self.root, self.image_names[row].as_py()))),
             labels=(values[row] == 1).view(np.uint8),
             label_mask=(values[row] != 0).view(np.uint8),
             category=int(self.categories[row]),
@@ -830,61 +661,41 @@ class DeepFashionAnnotations:
             notes=list(self.notes),
         )
 
-    # What the cache keeps: the JSON-able fields in its header, the arrays (None ones left out) as arrays.
+    # What the cache keeps: the JSON-able fields in its header, the arrays (None ones left out) as columns.
     _META_FIELDS = ("category_names", "category_types", "attribute_names", "attribute_type_ids", "partition_error", "notes")
-    _ARRAY_FIELDS = ("lines", "categories", "attribute_values", "bboxes", "landmarks", "landmark_visibility", "splits")
-
-    def _cache_contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        meta = {name: getattr(self, name) for name in self._META_FIELDS}
-        arrays = {name: getattr(self, name) for name in self._ARRAY_FIELDS if getattr(self, name) is not None}
-        return meta, {**self.image_names.arrays("image_names"), **arrays}
-
-    @classmethod
-    def _from_cache(cls, root: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> DeepFashionAnnotations:
-        return cls(
-            root=root,
-            image_names=Strings.from_arrays(arrays, "image_names"),
-            **{name: meta[name] for name in cls._META_FIELDS},
-            **{name: arrays.get(name) for name in cls._ARRAY_FIELDS},
-        )
+    _ARRAY_FIELDS = ("image_names", "lines", "categories", "attribute_values", "bboxes", "landmarks", "landmark_visibility",
+                     "splits")
 
 
 def _parse(root: Path) -> DeepFashionAnnotations:
     anno = root / "Anno"
     category_names, category_types = read_vocabulary(anno / "list_category_cloth.txt", CLOTHES_TYPE_NAMES)
     attribute_names, attribute_type_ids = read_vocabulary(anno / "list_attr_cloth.txt", ATTRIBUTE_TYPE_IDS)
-    num_attrs = len(attribute_names)
     notes: list[str] = []
-
-    category_path = anno / "list_category_img.txt"
-    table = _ImageTable(root, category_path)
-    categories = _fast(_fast_categories, category_path, table, len(category_names))
-    if categories is None:
-        table = _ImageTable(root, category_path)
-        categories = _slow_categories(category_path, table, len(category_names))
-    n = len(table)
+    names, categories, lines = _category_rows(anno / "list_category_img.txt", root, len(category_names))
+    lookup = _Lookup(root, names)
+    n = len(names)
 
     attr_path = anno / "list_attr_img.txt"
     if attr_path.exists():
-        values, found = _fast(_fast_attributes, attr_path, table, num_attrs) or _slow_attributes(attr_path, table, num_attrs)
+        values, found = _attributes(attr_path, lookup, len(attribute_names))
         if n - found:
             notes.append(f"{n - found} image(s) have no row in {attr_path.name}: all their attributes are unknown")
     else:
-        values = np.zeros((n, num_attrs), dtype=np.int8)
+        values = np.zeros((n, len(attribute_names)), dtype=np.int8)
         notes.append(f"{attr_path} not found: every attribute is unknown")
 
     bboxes = None
     bbox_path = anno / "list_bbox.txt"
     if bbox_path.exists():
-        bboxes, found = _fast(_fast_bboxes, bbox_path, table) or _slow_bboxes(bbox_path, table)
+        bboxes, found = _bboxes(bbox_path, lookup)
         if n - found:
             notes.append(f"{n - found} image(s) have no row in {bbox_path.name}: the whole image is their box")
 
     points = visibility = None
     landmark_path = anno / "list_landmarks.txt"
     if landmark_path.exists():
-        points, visibility, present = (_fast(_fast_landmarks, landmark_path, table, categories, category_types)
-                                       or _slow_landmarks(landmark_path, table, categories, category_types))
+        points, visibility, present = _landmarks(landmark_path, lookup, categories, category_types)
         if (~present).any():
             notes.append(f"{int((~present).sum())} image(s) have no row in {landmark_path.name}: all landmarks are cut off (2)")
 
@@ -892,9 +703,7 @@ def _parse(root: Path) -> DeepFashionAnnotations:
     partition_path = root / "Eval" / "list_eval_partition.txt"
     if partition_path.exists():
         try:
-            splits = _fast(_fast_partition, partition_path, table)
-            if splits is None:
-                splits = _slow_partition(partition_path, table)
+            splits = _partition(partition_path, lookup)
         except DataError as error:
             partition_error = [error.reason, error.path, error.line]
 
@@ -904,8 +713,8 @@ def _parse(root: Path) -> DeepFashionAnnotations:
         category_types=category_types,
         attribute_names=attribute_names,
         attribute_type_ids=attribute_type_ids,
-        image_names=table.strings(),
-        lines=np.asarray(table.lines, dtype=np.int64),
+        image_names=pa.array(names.tolist(), type=pa.binary()).cast(pa.string()),
+        lines=lines,
         categories=categories,
         attribute_values=values,
         bboxes=bboxes,
@@ -920,17 +729,20 @@ def _parse(root: Path) -> DeepFashionAnnotations:
 def parse_deepfashion(root: str | Path, *, cache: bool = True) -> DeepFashionAnnotations:
     """Parse every list file under ``root`` once, for all three splits, or map the cached parse.
 
-    The cache (``fashionlens.data.cache``) is used when every list file still has the size, times
-    and content digest it had when the cache was written; ``cache=False`` (or
-    ``FASHIONLENS_ANNOTATION_CACHE=off``) parses and writes nothing.
+    The cache (``fashionlens.data.cache``) is used while every list file keeps its size and mtime;
+    ``cache=False`` (or ``FASHIONLENS_ANNOTATION_CACHE=off``) parses and writes nothing.
     """
     root = Path(root)
-    store = cache_for_files("deepfashion", root, {name: root / name for name in LIST_FILES}, {"layout": CACHE_LAYOUT}, enabled=cache)
+    fields = DeepFashionAnnotations._META_FIELDS, DeepFashionAnnotations._ARRAY_FIELDS
+    store = AnnotationCache("deepfashion", root, [root / name for name in LIST_FILES], READER_VERSION, enabled=cache)
     cached = store.load()
     if cached is not None:
-        return DeepFashionAnnotations._from_cache(root, *cached)
+        meta, columns = cached
+        return DeepFashionAnnotations(root=root, **{name: meta[name] for name in fields[0]},
+                                      **{name: columns.get(name) for name in fields[1]})
     annotations = _parse(root)
-    note = store.store(*annotations._cache_contents())
+    note = store.store({name: getattr(annotations, name) for name in fields[0]},
+                       {name: getattr(annotations, name) for name in fields[1] if getattr(annotations, name) is not None})
     if note:
         annotations.notes.append(note)
     return annotations
