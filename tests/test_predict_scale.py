@@ -421,3 +421,88 @@ def test_embed_takes_a_list_too(style_dir, tmp_path, capsys):
     assert main(["embed", str(style_dir), str(PHOTOS[0]), "--files-from", str(listing), "--out", str(out),
                  "--workers", "0"]) == 0
     assert sorted(_rows(out)) == sorted(str(p) for p in PHOTOS[:3])
+
+
+# -------------------------------------------------------------------------------- issue 29: Ray Data
+
+
+def test_the_ray_callable_gives_predicts_rows_and_an_error_row_per_bad_photo(style_dir, tmp_path):
+    """What ``Dataset.map_batches(PredictPhotos, ...)`` maps each batch to, called here without Ray."""
+    import numpy as np
+
+    from fashionlens.predictions import PREDICTION_SCHEMA, PredictPhotos
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(PHOTOS[0].read_bytes()[:300])
+    out = tmp_path / "preds.parquet"
+    assert _predict_into(style_dir, out, *PHOTOS[:3]) == 0
+    table = PredictPhotos(str(style_dir), model_name="model")(
+        {"path": np.array([str(PHOTOS[0]), str(broken), str(PHOTOS[1]), str(tmp_path / "gone.jpg"), str(PHOTOS[2])],
+                          dtype=object)})
+    assert table.schema == PREDICTION_SCHEMA.append(pa_field("error"))
+    rows = table.to_pylist()
+    assert [row["error"] is None for row in rows] == [True, False, True, False, True]
+    assert rows[1]["error"].startswith(f"{broken}: corrupt or truncated image")
+    assert rows[3] == {**{name: None for name in table.column_names}, "path": str(tmp_path / "gone.jpg"),
+                       "error": f"{tmp_path / 'gone.jpg'}: image file not found (no such file)"}
+    local = {row["path"]: row for row in pq.read_table(out).to_pylist()}
+    for row in (rows[0], rows[2], rows[4]):
+        assert {**row, "error": None} == {**local[row["path"]], "error": None}
+
+
+def pa_field(name: str):
+    import pyarrow as pa
+
+    return pa.field(name, pa.string())
+
+
+@pytest.mark.slow
+def test_ray_data_writes_the_local_commands_rows_every_photo_once(shared_data, tmp_path, capsys):
+    """``predict --engine ray`` on a local Ray instance (2 CPUs, no network) against the local command,
+    on real catalogue photos, half of them already predicted by the local command (the same folder)."""
+    ray = pytest.importorskip("ray")
+    photos = sorted((shared_data / "clothing-dataset-small" / "test").rglob("*.jpg"))[::20][:16]
+    assert len(photos) == 16
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos[0].read_bytes()[:300])
+    listing = tmp_path / "photos.txt"
+    listing.write_text("".join(f"{p}\n" for p in [*photos, broken, tmp_path / "gone.jpg"]))
+    model = "garment-category-mnv2"
+    local, mixed = tmp_path / "local.parquet", tmp_path / "mixed.parquet"
+    assert main(["predict", model, "--files-from", str(listing), "--out", str(local), "--workers", "0"]) == 1
+    assert main(["predict", model, *map(str, photos[:8]), "--out", str(mixed), "--workers", "0"]) == 0
+    capsys.readouterr()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        assert main(["predict", model, "--files-from", str(listing), "--out", str(mixed), "--engine", "ray",
+                     "--ray-actors", "2", "--batch-size", "4"]) == 1
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert f"{mixed}: 8 photos already predicted; 10 to go" in err
+    assert f"fashionlens: skipped {broken}: corrupt or truncated image" in err
+    assert f"fashionlens: skipped {tmp_path / 'gone.jpg'}: image file not found (no such file)" in err
+    assert "fashionlens: 2 of 18 inputs failed, 8 predicted" in err
+    expected = {row["path"]: row for row in pq.read_table(local).to_pylist()}
+    got = [row for shard in sorted(mixed.glob("part-*.parquet")) for row in pq.read_table(shard).to_pylist()]
+    assert sorted(row["path"] for row in got) == sorted(str(p) for p in photos)  # every photo, exactly once
+    for row in got:  # the same rows; scores within float32 rounding (other batch sizes, other processes)
+        _assert_close(row, expected[row["path"]])
+
+
+def _assert_close(got, expected, where="row"):
+    """Equal, except floats within 1e-6; JSON text columns compared as what they hold."""
+    if isinstance(got, str) and got[:1] in "[{" and got:
+        got, expected = json.loads(got), json.loads(expected)
+    if isinstance(got, dict):
+        assert got.keys() == expected.keys(), where
+        for key in got:
+            _assert_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(got, list):
+        assert len(got) == len(expected), where
+        for index, (a, b) in enumerate(zip(got, expected)):
+            _assert_close(a, b, f"{where}[{index}]")
+    elif isinstance(got, float) and not isinstance(expected, bool):
+        assert got == pytest.approx(expected, abs=1e-6), where
+    else:
+        assert got == expected, where

@@ -455,7 +455,8 @@ def _predict_ray(args: argparse.Namespace, paths: list, lost: int, top_k: int, t
             gpus = int(ray.cluster_resources().get("GPU", 0))
             actors = getattr(args, "ray_actors", None) or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
             rows = ray.data.from_items([{"path": path} for path in todo]).map_batches(
-                PredictPhotos, batch_size=batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=1,
+                PredictPhotos, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if gpus else 0, num_cpus=1,
                 fn_constructor_kwargs={"model": str(model_dir), "top_k": top_k, "threshold": threshold,
                                        "runtime": getattr(args, "runtime", "torch"), "model_name": model_name})
             for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
