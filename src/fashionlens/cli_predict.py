@@ -1,14 +1,14 @@
 """`fashionlens predict`: catalogue-sized prediction (part of the CLI).
 
-Photos are decoded and preprocessed by a DataLoader (in its workers, or on a 2-core CPU in the main
-process between model calls: ``config.default_predict_workers``) and predicted in batches. Output: text,
-JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out preds.parquet``: a folder of
-``part-RRR-NNNNN.parquet`` files, one row per photo). Parquet output is resumable: a rerun skips the
-photos already written, and each shard is written beside its final name and renamed, so a crash
-loses at most the shard being written. ``--devices N --num-nodes M`` runs it through Lightning,
-each rank predicting its own share of the photos and writing its own shards: no photo twice.
+The photos come from :mod:`fashionlens.cli_paths` (files, folders, globs, ``--files-from LIST``);
+:mod:`fashionlens.predictions` decodes them in a DataLoader (in its workers, or on a 2-core CPU in the
+main process between model calls: ``config.default_predict_workers``) and this module writes what the
+model says: text, JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out
+preds.parquet``: a folder of ``part-RRR-NNNNN.parquet`` files, one row per photo, resumable; see
+:mod:`fashionlens.predictions` for what the folder guarantees). ``--devices N --num-nodes M`` runs it
+through Lightning, each rank predicting its own share of the photos and writing its own shards;
+``--engine ray`` maps the photos over Ray Data actors and writes the same rows here.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,7 @@ from fashionlens.predictions import (
     OutputError,
     PredictPhotos,
     ShardWriter,
+    check_output_folder,
     finite,
     loader,
     parquet_row,
@@ -327,7 +328,11 @@ def predict_command(args: argparse.Namespace) -> int:
             print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
                   file=sys.stderr)
             return 2
-        return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
+        try:
+            return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
+        except OutputError as error:
+            print(f"fashionlens: error: {error}", file=sys.stderr)
+            return 2
 
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size)
     overlays = None
@@ -491,6 +496,8 @@ def _predict_distributed(args: argparse.Namespace, paths: list, top_k: int, thre
     out = Path(args.out)
     model_name = Path(args.model_dir).name
     record = _output_record(resolve_model_dir(args.model_dir), model_name, top_k, threshold)
+    if out.is_dir():
+        check_output_folder(out, record)
     written = written_files(out) if out.is_dir() else set()
     todo = [path for path in paths if resolved_file(path) not in written]
 

@@ -263,7 +263,7 @@ def written_files(folder: str | Path) -> set[str]:
     """The resolved files of the rows in a folder's shards. OutputError naming a shard that cannot be
     read: fashionlens writes shards whole, so another program wrote or changed it."""
     done: set[str] = set()
-    for shard in sorted(Path(folder).glob("part-*.parquet")):
+    for shard in sorted(p for p in Path(folder).glob("part-*.parquet") if SHARD_NAME.fullmatch(p.name)):
         try:
             done.update(pq.read_table(shard, columns=["file"]).column("file").to_pylist())
         except (pa.ArrowException, OSError, KeyError) as error:
