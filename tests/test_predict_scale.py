@@ -448,6 +448,8 @@ def test_the_ray_callable_gives_predicts_rows_and_an_error_row_per_bad_photo(sty
     local = {row["path"]: row for row in pq.read_table(out).to_pylist()}
     for row in (rows[0], rows[2], rows[4]):
         assert {**row, "error": None} == {**local[row["path"]], "error": None}
+    threaded = PredictPhotos(str(style_dir), model_name="model", decode_threads=3)
+    assert threaded({"path": np.array([row["path"] for row in rows], dtype=object)}).to_pylist() == rows
 
 
 def pa_field(name: str):

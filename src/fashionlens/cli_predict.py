@@ -457,13 +457,16 @@ def _predict_ray(args: argparse.Namespace, paths: list, lost: int, top_k: int, t
         if todo:
             if not ray.is_initialized():
                 ray.init(address=getattr(args, "address", None))
-            gpus = int(ray.cluster_resources().get("GPU", 0))
-            actors = getattr(args, "ray_actors", None) or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            cpus, gpus = (int(ray.cluster_resources().get(kind, 0)) for kind in ("CPU", "GPU"))
+            actors = getattr(args, "ray_actors", None) or gpus or max(1, cpus)
+            # A GPU actor decodes with the CPUs that fall to it (at most 8, leaving the Ray tasks some).
+            decode = max(1, min(8, (cpus - 1) // actors)) if gpus else 1
             rows = ray.data.from_items([{"path": path} for path in todo]).map_batches(
                 PredictPhotos, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                num_gpus=1 if gpus else 0, num_cpus=1,
+                num_gpus=1 if gpus else 0, num_cpus=decode,
                 fn_constructor_kwargs={"model": str(model_dir), "top_k": top_k, "threshold": threshold,
-                                       "runtime": getattr(args, "runtime", "torch"), "model_name": model_name})
+                                       "runtime": getattr(args, "runtime", "torch"), "model_name": model_name,
+                                       "decode_threads": decode})
             for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in table.to_pylist():
                     error = row.pop("error")

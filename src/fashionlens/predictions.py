@@ -29,6 +29,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -354,19 +355,26 @@ class PredictPhotos:
     pyarrow table: the columns of ``predict --out`` (:data:`PREDICTION_SCHEMA`, the same values) and
     ``error``, null for a photo predicted and why for one that could not be (its other columns null),
     so every input comes out exactly once.
+
+    ``decode_threads``: photos of a batch decoded at once (Pillow and the resize release the GIL). On a
+    CPU actor the model needs the cores too, so 1; on a GPU actor give it the CPUs you reserve for it
+    (``num_cpus``), or decoding in one thread bounds the GPU.
     """
 
     def __init__(self, model: str | Path, top_k: int = 5, threshold: float | str = "auto",
-                 runtime: str = "torch", device: str | None = None, model_name: str | None = None):
+                 runtime: str = "torch", device: str | None = None, model_name: str | None = None,
+                 decode_threads: int = 1):
         device = device or ("cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         self.predictor = load(model, runtime=runtime, device=device)
         self.photos = PhotoDataset([], self.predictor.image_preprocess)
         self.collate = NormaliseBatch(self.predictor.image_preprocess)
         self.top_k, self.threshold = top_k, threshold
         self.model_name = model_name or Path(model).name
+        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        rows = [self.photos.read(str(path)) for path in batch["path"]]
+        paths = [str(path) for path in batch["path"]]
+        rows = list(self.pool.map(self.photos.read, paths)) if self.pool else [self.photos.read(p) for p in paths]
         results, _ = predict_batch(self.predictor, self.collate(rows), self.top_k, self.threshold)
         by_path = {result.source: result for result in results}
         out = []
