@@ -36,7 +36,7 @@ def embedded(model: str, data: Path, cache: Path, batch_size: int) -> tuple[np.n
     if target.is_file():
         saved = np.load(target)
         return saved["vectors"], saved["classes"], saved["splits"].tolist()
-    from fashionlens.batches import loader
+    from fashionlens.predictions import loader
     from fashionlens.inference import load
     from fashionlens.vocabulary import IMAGE_EXTENSIONS
 

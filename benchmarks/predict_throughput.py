@@ -5,11 +5,11 @@ Both in one run, on real photos (default: the 308 photos of
 ``garment-category-mnv2``):
 
 - ``model``: the photos decoded and preprocessed once, in this process, exactly as ``predict``'s
-  loader does (``batches.PhotoDataset`` and ``NormaliseBatch``); then the model called on them in batches
+  loader does (``predictions.PhotoDataset`` and ``NormaliseBatch``); then the model called on them in batches
   of ``--batch-size`` (``Predictor.runtime``, the call ``predict_preprocessed`` makes), photos per
   second. ``model+labels`` is ``Predictor.predict_preprocessed`` (the model plus turning scores
   into labels), for reference.
-- ``pipeline``: predict's own DataLoader (``batches.loader``, its default decoding) feeding the model,
+- ``pipeline``: predict's own DataLoader (``predictions.loader``, its default decoding) feeding the model,
   in this process: the command's steady state without process start, labels or Parquet.
 - ``command in-process``: ``fashionlens.cli.main(["predict", ...])`` in this warm process: the whole
   command (model load, DataLoader workers, labels, sharded Parquet) without the interpreter's start
@@ -64,7 +64,7 @@ def photo_paths(folders: list[Path]) -> list[Path]:
 
 def preprocessed(predictor, paths: list[Path]) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
     """The photos through predict's own dataset (decode, EXIF, resize) and normalisation, stacked."""
-    from fashionlens.batches import PhotoDataset
+    from fashionlens.predictions import PhotoDataset
 
     dataset = PhotoDataset(paths, predictor.image_preprocess)
     items = [dataset[i] for i in range(len(dataset))]
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from fashionlens.batches import reuse_freed_memory
+    from fashionlens.predictions import reuse_freed_memory
     from fashionlens.inference import load
 
     # The same allocator settings as the command's process, so that model and command compare fairly.
@@ -130,7 +130,7 @@ def main() -> None:
             end = start + args.batch_size
             predictor.predict_preprocessed(batch[start:end], sizes[start:end], sources[start:end])
 
-    from fashionlens.batches import NormaliseBatch, PhotoDataset
+    from fashionlens.predictions import NormaliseBatch, PhotoDataset
 
     dataset = PhotoDataset(paths, predictor.image_preprocess)
     collate = NormaliseBatch(predictor.image_preprocess)
@@ -139,7 +139,7 @@ def main() -> None:
         for start in starts:
             collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
 
-    from fashionlens.batches import loader
+    from fashionlens.predictions import loader
     from fashionlens.config import default_predict_workers
 
     workers = default_predict_workers() if args.workers is None else args.workers

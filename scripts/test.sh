@@ -15,4 +15,6 @@ run() {  # pytest exits 5 when a selection holds no test: that is not a failure 
   return "$status"
 }
 run -q -m "not slow" -p no:cacheprovider
+# The Ray Data test of the slow suite runs on a local Ray instance (no network once installed).
+.venv/bin/python -m pip install -q -e ".[ray]"
 run -q -m slow -p no:cacheprovider

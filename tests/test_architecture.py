@@ -14,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fashionlens"
 # or a package (every module inside it). Keep in step with docs/architecture.md.
 LAYERS = [
     ("doors", {"fashionlens", "fashionlens.__main__", "fashionlens.cli", "fashionlens.cli_predict",
-               "fashionlens.demo", "fashionlens.server"}),
+               "fashionlens.cli_paths", "fashionlens.cli_search", "fashionlens.demo", "fashionlens.server"}),
     ("services", {"fashionlens.training", "fashionlens.inference", "fashionlens.explain", "fashionlens.search",
-                  "fashionlens.batches", "fashionlens.report", "fashionlens.compare"}),
+                  "fashionlens.predictions", "fashionlens.report", "fashionlens.compare"}),
     ("names", {"fashionlens.hub"}),
     ("storage", {"fashionlens.modeldir", "fashionlens.rundir"}),
     ("science", {"fashionlens.models", "fashionlens.data", "fashionlens.metrics", "fashionlens.calibration",

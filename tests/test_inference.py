@@ -376,7 +376,7 @@ def test_predict_on_a_folder_reports_every_skipped_input(style_dir, tmp_path, ca
     import os
 
     from fashionlens.cli import main
-    from fashionlens.inference import collect_image_paths
+    from fashionlens.cli_paths import collect_image_paths
 
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)

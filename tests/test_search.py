@@ -125,6 +125,7 @@ def test_a_query_must_come_from_the_same_weights(catalogue, tmp_path):
 
     from fashionlens.inference import load
     from fashionlens.models.mlgcn import build_style_model
+    from fashionlens.predictions import OutputError
 
     gallery, vectors, index_dir = catalogue
     other = style_model_dir(tmp_path / "other")
@@ -134,7 +135,8 @@ def test_a_query_must_come_from_the_same_weights(catalogue, tmp_path):
     with pytest.raises(SearchError, match="same weights"):
         SearchIndex.load(index_dir).similar(load(other), [str(gallery[0])])
     # Vectors of two models never go into one folder.
-    with pytest.raises(SearchError, match="its own folder"):
+    with pytest.raises(OutputError, match=r"holds the vectors of model \(weights \w{12}\), not of other "
+                                          r"\(weights \w{12}\): give each model and option its own --out folder"):
         search.embed_photos(load(other), gallery[:1], vectors, "other", workers=0)
 
 

@@ -23,6 +23,7 @@ from fashionlens.config import (
     validate,
     whole_number,
 )
+from fashionlens.cli_paths import add_input_arguments
 from fashionlens.errors import FashionlensError
 from fashionlens.models.knobs import with_network_defaults
 from fashionlens.rundir import RunDir
@@ -216,7 +217,7 @@ def format_metrics(metrics: dict) -> str:
 def _add_search_commands(commands) -> None:
     """``embed``, ``index`` and ``search`` (fashionlens.search), and ``predict --explain`` (the overlays
     that cli_predict writes); called once the ``predict`` parser exists."""
-    from fashionlens.search import add_search_commands
+    from fashionlens.cli_search import add_search_commands
 
     add_search_commands(commands)
     predict = commands.choices["predict"]
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict styles / category / attributes / landmarks for images")
     predict.add_argument("model_dir", type=Path)
-    predict.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
+    add_input_arguments(predict)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
     predict.add_argument("--csv", type=Path, default=None, help="write a CSV")
     predict.add_argument("--out", type=Path, default=None,
@@ -330,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--devices", default="1", help="Lightning devices; > 1 predicts with one rank per device")
     predict.add_argument("--num-nodes", type=int, default=1)
     predict.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    predict.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="local (default: this machine; --devices/--num-nodes for several) | ray (Ray Data: one "
+                              "model per actor over a Ray cluster; needs --out and pip install 'fashionlens[ray]')")
+    predict.add_argument("--address", default=None,
+                         help="--engine ray: the Ray cluster to join (auto, ray://HEAD:10001; default: start one here)")
+    predict.add_argument("--ray-actors", type=whole_number(1), default=None,
+                         help="--engine ray: model copies (default: one per GPU of the cluster, else one per CPU)")
 
     export = commands.add_parser("export", help="export a model directory to ONNX")
     export.add_argument("model_dir", type=Path)
@@ -473,7 +481,7 @@ def _dispatch(args: argparse.Namespace) -> int:
               else hub.format_models(entries))
         return 0
     if args.command in ("embed", "index", "search"):
-        from fashionlens.search import run_search_command
+        from fashionlens.cli_search import run_search_command
 
         return run_search_command(args)
     if args.command == "report":

@@ -1,18 +1,19 @@
 """`fashionlens predict`: catalogue-sized prediction (part of the CLI).
 
-Photos are decoded and preprocessed by a DataLoader (in its workers, or on a 2-core CPU in the main
-process between model calls: ``config.default_predict_workers``) and predicted in batches. Output: text,
-JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out preds.parquet``: a folder of
-``part-RRR-NNNNN.parquet`` files, one row per photo). Parquet output is resumable: a rerun skips the
-photos already written, and each shard is written beside its final name and renamed, so a crash
-loses at most the shard being written. ``--devices N --num-nodes M`` runs it through Lightning,
-each rank predicting its own share of the photos and writing its own shards: no photo twice.
+The photos come from :mod:`fashionlens.cli_paths` (files, folders, globs, ``--files-from LIST``);
+:mod:`fashionlens.predictions` decodes them in a DataLoader (in its workers, or on a 2-core CPU in the
+main process between model calls: ``config.default_predict_workers``) and this module writes what the
+model says: text, JSON lines (``--json``), a CSV (``--csv``), or sharded Parquet (``--out
+preds.parquet``: a folder of ``part-RRR-NNNNN.parquet`` files, one row per photo, resumable; see
+:mod:`fashionlens.predictions` for what the folder guarantees). ``--devices N --num-nodes M`` runs it
+through Lightning, each rank predicting its own share of the photos and writing its own shards;
+``--engine ray`` maps the photos over Ray Data actors and writes the same rows here.
 """
-
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fashionlens.batches import ShardWriter, already_written, loader, reuse_freed_memory
+from fashionlens.cli_paths import gather_inputs
 from fashionlens.config import default_predict_workers
 from fashionlens.errors import FashionlensError
 from fashionlens.explain import draw_landmarks, overlay
@@ -33,29 +34,25 @@ from fashionlens.inference import (
     Prediction,
     Predictor,
     StylePrediction,
-    collect_image_paths,
     load,
     read_image,
 )
+from fashionlens.predictions import (
+    OutputError,
+    PredictPhotos,
+    ShardWriter,
+    check_output_folder,
+    finite,
+    loader,
+    parquet_row,
+    predict_batch,
+    resolved_file,
+    reuse_freed_memory,
+    weights_sha256,
+    written_files,
+)
 from fashionlens.progress import progress_bar
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
-
-
-
-# ------------------------------------------------------------------------------------------ the photos
-
-
-def predict_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold) -> tuple[list, list[str]]:
-    """(predictions, errors) of one collated batch."""
-    good = [i for i, error in enumerate(batch["error"]) if not error]
-    errors = [error for error in batch["error"] if error]
-    if not good:
-        return [], errors
-    sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in good]
-    results = predictor.predict_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
-                                             top_k=top_k, threshold=threshold)
-    return results, errors
-
 
 def explain_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold,
                   labels: Sequence[str]) -> tuple[list, list, list[str]]:
@@ -120,31 +117,6 @@ class OverlayWriter:
 
 
 # --------------------------------------------------------------------------------------- output rows
-
-
-def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
-    """One photo's Parquet row: flat columns for the common questions, JSON for the nested rest."""
-    row: dict[str, Any] = {"path": result.source, "model": model, "task": result.task,
-                           "width": result.width, "height": result.height}
-    if isinstance(result, StylePrediction):
-        category = result.category
-        row.update(labels=[label.name for label in result.labels], scores=[label.score for label in result.labels],
-                   predicted=[label.name for label in result.predicted],
-                   category=category.name if category else None, category_score=category.score if category else None,
-                   attributes=None, attribute_groups=None, landmarks=None)
-    else:
-        top = result.category_top_k[0] if result.category_top_k else None
-        row.update(labels=[label.name for labels in result.attributes_by_type.values() for label in labels],
-                   scores=[label.score for labels in result.attributes_by_type.values() for label in labels],
-                   predicted=[label.name for labels in result.attributes_by_type.values() for label in labels
-                              if label.predicted],
-                   category=top.name if top else None, category_score=top.score if top else None,
-                   attributes=json.dumps({kind: [label.to_dict() for label in labels]
-                                          for kind, labels in result.attributes_by_type.items()}),
-                   attribute_groups=json.dumps(result.to_dict()["attribute_groups"]) if result.attribute_groups
-                   else None,
-                   landmarks=json.dumps([landmark.to_dict() for landmark in result.landmarks]))
-    return row
 
 
 def text_block(result: Prediction) -> str:
@@ -218,16 +190,6 @@ def csv_row(result: Prediction, header: list[str]) -> list[Any]:
 # ------------------------------------------------------------------------------------------ the command
 
 
-def _finite(result: Prediction) -> bool:
-    import math
-
-    if isinstance(result, StylePrediction):
-        labels = result.labels
-    else:
-        labels = result.category_top_k + [label for group in result.attributes_by_type.values() for label in group]
-    return all(math.isfinite(label.score) for label in labels)
-
-
 def _threshold(value: str | None):
     if value is None or value == "auto":
         return "auto"
@@ -245,16 +207,63 @@ def _distributed(args: argparse.Namespace) -> bool:
     return (devices.isdigit() and int(devices) > 1) or int(getattr(args, "num_nodes", 1)) > 1
 
 
+class CsvOutput:
+    """``--csv``: the header, then each batch's rows in one write. A write that fails (a full disk) cuts
+    the file back to the rows before it, so it holds whole rows only, and says where it stopped."""
+
+    def __init__(self, path: Path, header: list[str]):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stream = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.rows = 0
+        self.kept = 0  # bytes of whole rows on disk
+        self.write([header], None)
+        self.rows = 0
+
+    def write(self, rows: list[list[Any]], first: str | None) -> None:
+        if not rows:
+            return
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        try:
+            self.stream.write(text.getvalue())
+            self.stream.flush()
+        except OSError as error:
+            self.stream = None
+            with open(self.path, "r+b") as stream:  # noqa: SIM115
+                stream.truncate(self.kept)
+            why = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+            raise OutputError(f"--csv {self.path}: cannot write it ({why}); stopped at {first}: the file keeps the "
+                              f"{self.rows} rows before it") from None
+        self.kept = self.stream.tell()
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def _output_record(model_dir: Path | None, model_name: str, top_k: int, threshold) -> dict[str, Any]:
+    """What ``--out``'s ``_fashionlens.json`` records: the rows of one model and one set of options."""
+    return {"kind": "predictions", "model": model_name,
+            "model_sha256": weights_sha256(model_dir) if model_dir else "", "top_k": top_k, "threshold": threshold}
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """``fashionlens predict``: 0 when every image was predicted, 1 when some failed, 2 when none found."""
     reuse_freed_memory()
 
-    paths, problems = collect_image_paths(args.paths)
+    try:
+        paths, problems = gather_inputs(args.paths, getattr(args, "files_from", None),
+                                        getattr(args, "path_column", None))
+    except FashionlensError as error:
+        print(f"fashionlens: error: {error}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"fashionlens: {problem}", file=sys.stderr)
     if not paths:
-        print("fashionlens: error: no images found (give image files, folders or globs; extensions: "
-              + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
+        print("fashionlens: error: no images found (give image files, folders, globs or --files-from LIST; "
+              "extensions: " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
         return 2
     try:
         threshold = _threshold(getattr(args, "threshold", None))
@@ -279,12 +288,27 @@ def predict_command(args: argparse.Namespace) -> int:
     if explain and _distributed(args):
         print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
         return 2
+    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
+    if getattr(args, "engine", "local") == "ray":
+        if out is None or explain or getattr(args, "csv", None) or _distributed(args):
+            print("fashionlens: error: --engine ray writes Parquet shards: give --out preds.parquet, without "
+                  "--csv, --explain or --devices/--num-nodes", file=sys.stderr)
+            return 2
+        try:
+            return _predict_ray(args, paths, lost, top_k, threshold, batch_size)
+        except OutputError as error:
+            print(f"fashionlens: error: {error}", file=sys.stderr)
+            return 2
     if _distributed(args):
         if out is None:
             print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
                   file=sys.stderr)
             return 2
-        return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
+        try:
+            return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
+        except OutputError as error:
+            print(f"fashionlens: error: {error}", file=sys.stderr)
+            return 2
 
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
                      onnx=getattr(args, "onnx", None))
@@ -306,29 +330,28 @@ def predict_command(args: argparse.Namespace) -> int:
         return 2
     if explain or draw:
         overlays = OverlayWriter(Path(getattr(args, "explain_dir", None) or "explain"))
-    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
+    model_name = Path(args.model_dir).name
     failed, done = lost, 0
     todo = list(paths)
     writer = None
     if out is not None:
-        written = already_written(Path(out))
-        todo = [path for path in paths if str(path) not in written]
+        try:
+            writer = ShardWriter(Path(out), _output_record(predictor.model_dir, model_name, top_k, threshold))
+        except OutputError as error:
+            print(f"fashionlens: error: {error}", file=sys.stderr)
+            return 2
+        todo = [path for path in paths if resolved_file(path) not in writer.done]
         if len(todo) < len(paths):
             print(f"fashionlens: {out}: {len(paths) - len(todo)} photos already predicted; {len(todo)} to go",
                   file=sys.stderr)
-        writer = ShardWriter(Path(out))
-    csv_stream = csv_writer = None
+    csv_output = None
     header: list[str] = []
-    if getattr(args, "csv", None):
-        csv_path = Path(args.csv)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        csv_stream = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in finally
-        csv_writer = csv.writer(csv_stream)
-        header = csv_header(predictor, top_k)
-        csv_writer.writerow(header)
-    model_name = Path(args.model_dir).name
+    stopped = None
     progress = progress_bar(total=len(todo), desc="predicting", unit="photo", disable=len(todo) <= 4)
     try:
+        if getattr(args, "csv", None):
+            header = csv_header(predictor, top_k)
+            csv_output = CsvOutput(Path(args.csv), header)
         for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
             if explain:
                 results, explanations, errors = explain_batch(predictor, batch, top_k, threshold, explain)
@@ -337,8 +360,9 @@ def predict_command(args: argparse.Namespace) -> int:
             for error in errors:
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             failed += len(errors)
+            csv_rows = []
             for row, result in enumerate(results):
-                if not _finite(result):
+                if not finite(result):
                     print(f"fashionlens: skipped {result.source}: the model gave non-finite scores (NaN or inf); "
                           f"its weights are broken", file=sys.stderr)
                     failed += 1
@@ -354,21 +378,30 @@ def predict_command(args: argparse.Namespace) -> int:
                         print(f"fashionlens: no overlay for {result.source}: {error}", file=sys.stderr)
                 if writer is not None:
                     writer.add(parquet_row(result, model_name))
-                if csv_writer is not None:
-                    csv_writer.writerow(csv_row(result, header))
+                if csv_output is not None:
+                    csv_rows.append(csv_row(result, header))
                 if args.json:
                     print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
-                elif csv_writer is None and writer is None:
+                elif csv_output is None and writer is None:
                     print(text_block(result), flush=True)
+            if csv_output is not None:
+                csv_output.write(csv_rows, results[0].source if results else None)
             progress.update(len(batch["path"]))
+        if writer is not None:
+            writer.flush()
+    except OutputError as error:
+        stopped = error
     finally:
         progress.close()
         if writer is not None:
-            writer.flush()
-        if csv_stream is not None:
-            csv_stream.close()
-    if csv_writer is not None:
-        print(f"wrote {args.csv} ({done} rows)", file=sys.stderr)
+            writer.close()
+        if csv_output is not None:
+            csv_output.close()
+    if stopped is not None:
+        print(f"fashionlens: error: {stopped}", file=sys.stderr)
+        return 1
+    if csv_output is not None:
+        print(f"wrote {args.csv} ({csv_output.rows} rows)", file=sys.stderr)
     if writer is not None:
         print(f"wrote {writer.written} rows to {out}", file=sys.stderr)
     if overlays is not None:
@@ -379,14 +412,76 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int, threshold, batch_size: int,
+def _predict_ray(args: argparse.Namespace, paths: list, lost: int, top_k: int, threshold, batch_size: int) -> int:
+    """``--engine ray``: Ray Data maps :class:`PredictPhotos` over the photos (one model per actor: one
+    per GPU of the cluster, else one per CPU, or ``--ray-actors``); this process writes the rows into
+    ``--out`` as the local command does, so a rerun of either resumes the other."""
+    try:
+        import ray
+    except ImportError:
+        print("fashionlens: error: --engine ray needs Ray: pip install 'fashionlens[ray]'", file=sys.stderr)
+        return 2
+    from fashionlens.hub import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model_dir)
+    model_name = Path(args.model_dir).name
+    out = Path(args.out)
+    writer = ShardWriter(out, _output_record(model_dir, model_name, top_k, threshold))
+    failed = lost
+    try:
+        todo = [str(path) for path in paths if resolved_file(path) not in writer.done]
+        if len(todo) < len(paths):
+            print(f"fashionlens: {out}: {len(paths) - len(todo)} photos already predicted; {len(todo)} to go",
+                  file=sys.stderr)
+        if todo:
+            if not ray.is_initialized():
+                ray.init(address=getattr(args, "address", None))
+            cpus, gpus = (int(ray.cluster_resources().get(kind, 0)) for kind in ("CPU", "GPU"))
+            actors = getattr(args, "ray_actors", None) or gpus or max(1, cpus)
+            # A GPU actor decodes with the CPUs that fall to it (at most 8, leaving the Ray tasks some).
+            decode = max(1, min(8, (cpus - 1) // actors)) if gpus else 1
+            rows = ray.data.from_items([{"path": path} for path in todo]).map_batches(
+                PredictPhotos, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if gpus else 0, num_cpus=decode,
+                fn_constructor_kwargs={"model": str(model_dir), "top_k": top_k, "threshold": threshold,
+                                       "runtime": getattr(args, "runtime", "torch"), "model_name": model_name,
+                                       "decode_threads": decode})
+            for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in table.to_pylist():
+                    error = row.pop("error")
+                    if error:
+                        print(f"fashionlens: skipped {error}", file=sys.stderr)
+                        failed += 1
+                    else:
+                        writer.add(row)
+        writer.flush()
+    except OutputError as error:
+        print(f"fashionlens: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        writer.close()
+    print(f"wrote {writer.written} rows to {out}", file=sys.stderr)
+    if failed:
+        print(f"fashionlens: {failed} of {len(paths) + lost} inputs failed, {writer.written} predicted",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predict_distributed(args: argparse.Namespace, paths: list, top_k: int, threshold, batch_size: int,
                          workers: int) -> int:
     """Each Lightning rank predicts paths[rank::world] and writes its own shards."""
     import lightning as L  # here: importing Lightning costs 4-6 s, which predict on one device never pays
 
+    from fashionlens.hub import resolve_model_dir
+
     out = Path(args.out)
-    written = already_written(out) if out.is_dir() else set()
-    todo = [path for path in paths if str(path) not in written]
+    model_name = Path(args.model_dir).name
+    record = _output_record(resolve_model_dir(args.model_dir), model_name, top_k, threshold)
+    if out.is_dir():
+        check_output_folder(out, record)
+    written = written_files(out) if out.is_dir() else set()
+    todo = [path for path in paths if resolved_file(path) not in written]
 
     class _Photos(L.LightningDataModule):
         def predict_dataloader(self):
@@ -405,7 +500,7 @@ def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int
         def on_predict_start(self) -> None:
             self.predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
                                   onnx=getattr(args, "onnx", None))
-            self.writer = ShardWriter(out, rank=self.global_rank)
+            self.writer = ShardWriter(out, record, rank=self.global_rank)
 
         def predict_step(self, batch, batch_idx):
             results, errors = predict_batch(self.predictor, batch, top_k, threshold)
@@ -413,10 +508,11 @@ def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             self.failed += len(errors)
             for result in results:
-                self.writer.add(parquet_row(result, Path(args.model_dir).name))
+                self.writer.add(parquet_row(result, model_name))
 
         def on_predict_end(self) -> None:
             self.writer.flush()
+            self.writer.close()
             print(f"fashionlens: rank {self.global_rank}: wrote {self.writer.written} rows, {self.failed} failed",
                   file=sys.stderr)
 
@@ -427,5 +523,5 @@ def _predict_distributed(args: argparse.Namespace, paths: list[Path], top_k: int
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     trainer.predict(_Writer(), datamodule=_Photos(), return_predictions=False)
     if trainer.is_global_zero:
-        print(f"fashionlens: {out}: {len(already_written(out))} photos in all", file=sys.stderr)
+        print(f"fashionlens: {out}: {len(written_files(out))} photos in all", file=sys.stderr)
     return 0

@@ -16,8 +16,6 @@ coordinates of the upright original photo.
 
 from __future__ import annotations
 
-import errno
-import glob
 import io
 import json
 import math
@@ -27,7 +25,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Self, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,7 +40,7 @@ from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.hub import derived_path, resolve_model_dir
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
 from fashionlens.modeldir import MANIFEST_FILE, check_model_dir, load_model_dir, read_thresholds, verify_manifest
-from fashionlens.vocabulary import IMAGE_EXTENSIONS, LANDMARK_NAMES
+from fashionlens.vocabulary import LANDMARK_NAMES
 
 # A heatmap peak below this is reported as not visible. Training targets peak at 1 on visible
 # landmarks, so half of that is a neutral cut.
@@ -801,147 +799,3 @@ def _check_onnx(data: bytes, example: torch.Tensor, reference: dict[str, np.ndar
                 raise ModelDirError(f"{model_dir}: the ONNX export disagrees with torch on {name!r} "
                                     f"(max |difference| {worst:.3g} > {tolerance}, shapes {value.shape} "
                                     f"vs {expected.shape})")
-
-
-# --------------------------------------------------------------------------------------------
-# The `predict` command
-
-
-class SkippedInput(str):
-    """One input that `predict` did not predict, and why: the line it prints (a ``str``).
-
-    ``failed`` is True for an input that was lost (a dangling link, a link loop, a FIFO, an
-    unreadable folder, a pattern matching nothing): ``predict`` then exits 1. It is False for what
-    is reported but lost nothing: copies of a file that is predicted once, and files without an
-    image extension in a folder.
-    """
-
-    failed: bool
-
-    def __new__(cls, text: str, failed: bool = True) -> Self:
-        skipped = super().__new__(cls, text)
-        skipped.failed = failed
-        return skipped
-
-
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
-def collect_image_paths(patterns: Sequence[str | Path]) -> tuple[list[Path], list[SkippedInput]]:
-    """Expand files, folders (recursive, image extensions) and globs; returns (paths, skipped).
-
-    Every input not returned is listed in ``skipped`` with its reason (see :class:`SkippedInput`):
-    paths that lead to a file already listed (symbolic or hard links, a folder given twice) are
-    predicted once and reported as duplicates of that file; dangling links, link loops, FIFOs,
-    sockets and devices are never opened. Symbolic links to folders are followed, once each.
-    """
-    found: list[Path] = []
-    skipped: list[SkippedInput] = []
-    first_path: dict[tuple[int, int], Path] = {}
-    copies: dict[tuple[int, int], list[Path]] = {}
-    searched: dict[tuple[int, int], Path] = {}
-
-    def add(path: Path) -> None:
-        """A path that should be an image file: listed once, or reported."""
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            if path.is_symlink():
-                skipped.append(SkippedInput(f"{path}: skipped: a dangling symbolic link (to {os.readlink(path)}, "
-                                            f"which does not exist)"))
-            else:
-                skipped.append(SkippedInput(f"{path}: no such file or folder"))
-            return
-        except OSError as error:
-            reason = "a symbolic link loop" if error.errno == errno.ELOOP else f"cannot read it ({error.strerror})"
-            skipped.append(SkippedInput(f"{path}: skipped: {reason}"))
-            return
-        if not stat.S_ISREG(info.st_mode):
-            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
-            skipped.append(SkippedInput(f"{path}: skipped: {kind}, not an image file"))
-            return
-        key = (info.st_dev, info.st_ino)
-        if key in first_path:
-            copies.setdefault(key, []).append(path)
-        else:
-            first_path[key] = path
-            found.append(path)
-
-    def search(folder: Path, ancestors: tuple[tuple[int, int], ...]) -> list[Path]:
-        """Add the images under ``folder``; returns the files ignored for their extension."""
-        ignored: list[Path] = []
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError as error:
-            skipped.append(SkippedInput(f"{folder}: cannot list the folder ({error.strerror})"))
-            return ignored
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                is_folder = entry.is_dir()  # follows symbolic links
-            except OSError:
-                is_folder = False
-            if not is_folder:
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(path)
-                else:
-                    ignored.append(path)
-                continue
-            try:
-                info = path.stat()
-            except OSError as error:
-                skipped.append(SkippedInput(f"{path}: cannot read the folder ({error.strerror})"))
-                continue
-            key = (info.st_dev, info.st_ino)
-            if key in ancestors:
-                skipped.append(SkippedInput(f"{path}: skipped: a symbolic link loop (it leads back to "
-                                            f"{searched[key]}, which contains it)", failed=False))
-            elif key in searched:
-                skipped.append(SkippedInput(f"{path}: skipped: the same folder as {searched[key]}, searched "
-                                            f"already", failed=False))
-            else:
-                searched[key] = path
-                ignored += search(path, (*ancestors, key))
-        return ignored
-
-    def report_ignored(where: str, ignored: list[Path], what: str) -> None:
-        if ignored:
-            names = ", ".join(path.name for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
-            skipped.append(SkippedInput(f"{where}: ignored {_plural(len(ignored), what)} ({names})", failed=False))
-
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            info = path.stat()
-            key = (info.st_dev, info.st_ino)
-            if key in searched:
-                skipped.append(SkippedInput(f"{path}: skipped: the same folder as {searched[key]}, searched "
-                                            f"already", failed=False))
-                continue
-            searched[key] = path
-            report_ignored(str(path), search(path, (key,)), "file without an image extension")
-        elif os.path.lexists(path):
-            add(path)
-        elif glob.has_magic(str(pattern)):
-            matches = [Path(match) for match in sorted(glob.glob(str(pattern), recursive=True))]
-            images_matched = [m for m in matches if not m.is_dir() and m.suffix.lower() in IMAGE_EXTENSIONS]
-            if not images_matched:
-                skipped.append(SkippedInput(f"{pattern}: no image files match"))
-            for match in images_matched:
-                add(match)
-            report_ignored(str(pattern), [m for m in matches if m not in images_matched],
-                           "match that is a folder or has no image extension")
-        else:
-            skipped.append(SkippedInput(f"{pattern}: no such file or folder"))
-    for key, paths in copies.items():
-        shown = ", ".join(str(path) for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        leads = "path leads to the same file, skipped as a duplicate" if len(paths) == 1 else \
-            "paths lead to the same file, skipped as duplicates"
-        skipped.append(SkippedInput(f"{first_path[key]}: predicted once; {len(paths)} other {leads}: {shown}",
-                                    failed=False))
-    return found, skipped

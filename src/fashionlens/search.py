@@ -9,8 +9,9 @@ server (``serve --index``, ``POST /similar``)::
 
 An embedding is the pooled feature the model's head sees (:meth:`Predictor.embed`), L2-normalised,
 so the inner product is the cosine similarity. ``vectors.parquet`` is a folder of Parquet shards
-written like ``predict --out`` (the same :class:`ShardWriter`, so a rerun skips the photos already
-embedded; columns ``path``, ``model``, ``model_sha256``, ``model_dir``, ``vector``).
+written like ``predict --out`` (the same :class:`fashionlens.predictions.ShardWriter`, so a rerun skips
+the photos already embedded; columns ``path``, ``file``, ``model``, ``model_sha256``, ``model_dir``,
+``vector``). The commands themselves are in :mod:`fashionlens.cli_search`.
 
 The index is FAISS: exact inner product (``IndexFlatIP``) up to :data:`EXACT_LIMIT` vectors,
 inverted lists (IVF, about sqrt(N) k-means lists, 8 % of them searched per query) beyond; an HNSW graph on
@@ -27,12 +28,8 @@ hardened against every crafted file.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import struct
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,12 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashionlens.batches import ShardWriter, already_written, loader, reuse_freed_memory
-from fashionlens.config import default_predict_workers, whole_number
+from fashionlens.config import default_predict_workers
 from fashionlens.errors import FashionlensError
 from fashionlens.fileio import atomic_write_bytes
 from fashionlens.hub import resolve_model_dir
-from fashionlens.inference import collect_image_paths, load
+from fashionlens.predictions import ShardWriter, loader, resolved_file, weights_sha256
 from fashionlens.progress import progress_bar
 
 INDEX_FORMAT_VERSION = 1
@@ -94,15 +90,6 @@ def _faiss():
     return faiss
 
 
-def weights_sha256(model_dir: str | Path) -> str:
-    """SHA-256 of a model directory's ``model.safetensors``: which weights made a vector."""
-    digest = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------- embed
 
 
@@ -124,17 +111,10 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     out = Path(out)
     sha = weights_sha256(predictor.model_dir) if predictor.model_dir else ""
     model_dir = str(Path(predictor.model_dir).resolve()) if predictor.model_dir else ""
-    if out.is_dir() and any(out.glob("part-*.parquet")):
-        models = _models_in(out)
-        if models and models != {(model_name, sha)}:
-            found = ", ".join(sorted(f"{name} ({digest[:12]})" for name, digest in models))
-            raise SearchError(f"{out}: holds vectors of {found}, not of {model_name} ({sha[:12]}): embed each "
-                              f"model into its own folder")
-    written = already_written(out) if out.is_dir() else set()
-    todo = [Path(path) for path in paths if str(path) not in written]
+    writer = ShardWriter(out, {"kind": "vectors", "model": model_name, "model_sha256": sha}, schema=None)
+    todo = [path for path in paths if resolved_file(path) not in writer.done]
     if workers is None:
         workers = default_predict_workers()
-    writer = ShardWriter(out)
     failed: list[str] = []
     bar = progress_bar(total=len(todo), desc="embedding", unit="photo", disable=not progress or len(todo) <= 4)
     try:
@@ -148,24 +128,15 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
                         failed.append(f"{batch['path'][i]}: the model gave a non-finite embedding; its weights "
                                       f"are broken")
                         continue
-                    writer.add({"path": batch["path"][i], "model": model_name, "model_sha256": sha,
+                    path = batch["path"][i]
+                    writer.add({"path": path, "file": resolved_file(path), "model": model_name, "model_sha256": sha,
                                 "model_dir": model_dir, "vector": vectors[row]})
             bar.update(len(batch["path"]))
+        writer.flush()
     finally:
         bar.close()
-        writer.flush()
+        writer.close()
     return EmbedSummary(embedded=writer.written, already=len(paths) - len(todo), failed=failed)
-
-
-def _models_in(folder: Path) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
-    for shard in sorted(folder.glob("part-*.parquet")):
-        try:
-            table = pq.read_table(shard, columns=["model", "model_sha256"])
-        except Exception as error:  # noqa: BLE001 - pyarrow raises many types for a bad file
-            raise SearchError(f"{shard}: not a shard of embeddings ({type(error).__name__}: {error})") from None
-        found.update(zip(table.column("model").to_pylist(), table.column("model_sha256").to_pylist()))
-    return found
 
 
 @dataclass
@@ -536,98 +507,3 @@ def model_dir_for(index: SearchIndex, model: str | Path | None = None) -> Path:
             return Path(recorded)
         model = index.model
     return resolve_model_dir(model)
-
-
-# ------------------------------------------------------------------------------------------ commands
-
-
-def add_search_commands(commands) -> None:
-    """The ``embed``, ``index`` and ``search`` subcommands."""
-    embed = commands.add_parser("embed", help="embed photos (L2-normalised pooled features) into Parquet",
-                                description="Write one row per photo (path, model, model_sha256, vector: the "
-                                            "L2-normalised pooled feature the model's head sees) to a folder of "
-                                            "Parquet shards; a rerun skips the photos already there.")
-    embed.add_argument("model_dir", type=Path)
-    embed.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
-    embed.add_argument("--out", type=Path, required=True, help="output folder, e.g. vectors.parquet")
-    embed.add_argument("--batch-size", type=whole_number(1), default=32)
-    embed.add_argument("--workers", type=whole_number(0), default=None,
-                       help="decoding worker processes (default: as predict's)")
-
-    index = commands.add_parser("index", help="build a FAISS similarity index from embeddings",
-                                description=f"Index the vectors `fashionlens embed` wrote: exact inner product up "
-                                            f"to {EXACT_LIMIT:,} vectors, inverted lists (IVF) beyond (--kind).")
-    index.add_argument("vectors", type=Path, help="the folder `embed --out` wrote")
-    index.add_argument("--out", type=Path, required=True, help="index folder")
-    index.add_argument("--kind", choices=KINDS, default="auto",
-                       help=f"auto (default: flat up to {EXACT_LIMIT:,} vectors, else ivf) | flat (exact) | ivf | hnsw")
-
-    search = commands.add_parser("search", help="find the catalogue photos most similar to a photo",
-                                 description="Embed each photo with the index's model and print its k most similar "
-                                             "items (cosine similarity).")
-    search.add_argument("index", type=Path, help="the folder `fashionlens index --out` wrote")
-    search.add_argument("photos", nargs="+", help="query photos")
-    search.add_argument("--k", type=whole_number(1), default=10)
-    search.add_argument("--model", type=Path, default=None,
-                        help="the model directory that embedded the catalogue (default: the index's model by name)")
-    search.add_argument("--json", action="store_true", help="print JSON lines")
-
-
-def run_search_command(args: argparse.Namespace) -> int:
-    if args.command == "embed":
-        return _embed_command(args)
-    if args.command == "index":
-        return _index_command(args)
-    return _search_command(args)
-
-
-def _embed_command(args: argparse.Namespace) -> int:
-    reuse_freed_memory()
-
-    paths, problems = collect_image_paths(args.paths)
-    for problem in problems:
-        print(f"fashionlens: {problem}", file=sys.stderr)
-    if not paths:
-        print("fashionlens: error: no images found", file=sys.stderr)
-        return 2
-    predictor = load(args.model_dir, batch_size=args.batch_size)
-    summary = embed_photos(predictor, paths, args.out, Path(args.model_dir).name, args.batch_size, args.workers)
-    for line in summary.failed:
-        print(f"fashionlens: skipped {line}", file=sys.stderr)
-    if summary.already:
-        print(f"fashionlens: {args.out}: {summary.already} photos already embedded", file=sys.stderr)
-    print(f"wrote {summary.embedded} vectors of {predictor.embedding_dim} to {args.out}", file=sys.stderr)
-    lost = sum(1 for problem in problems if getattr(problem, "failed", True))
-    return 1 if summary.failed or lost else 0
-
-
-def _index_command(args: argparse.Namespace) -> int:
-    vectors = read_vectors(args.vectors)
-    started = time.perf_counter()
-    index = SearchIndex.build(vectors, args.kind)
-    index.save(args.out)
-    print(f"wrote {args.out}: {len(index)} vectors of {index.dim} from {index.model}, {index.meta['kind']} index, "
-          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return 0
-
-
-def _search_command(args: argparse.Namespace) -> int:
-    index = SearchIndex.load(args.index)
-    predictor = load(model_dir_for(index, args.model))
-    failed = 0
-    for photo in args.photos:
-        try:
-            matches = index.similar(predictor, [photo], args.k)[0]
-        except SearchError:
-            raise
-        except FashionlensError as error:
-            print(f"fashionlens: skipped {error}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.json:
-            print(json.dumps({"query": str(photo), "matches": [m.to_dict() for m in matches]}, ensure_ascii=False))
-        else:
-            print(photo)
-            for match in matches:
-                print(f"  {match.rank:3d}  {match.score:6.3f}  {match.path}")
-    return 1 if failed else 0
