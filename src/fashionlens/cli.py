@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
 
 S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
 
+ALLOW_OUTSIDE_ROOT_HELP = ("manifest and jsonl: read image paths that lead outside the manifest's folder "
+                            "(absolute paths, ../); refused by default")
+
 STYLE_DEFAULTS = StyleConfig()
 CLOTHING_DEFAULTS = ClothingConfig()
 
@@ -41,6 +45,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "seed": "recipe.seed", "final_weights": "recipe.final_weights", "loss": "recipe.loss",
     "cache_features": "recipe.cache_features",
     "batch_size": "data.batch_size", "workers": "data.workers", "skip_bad": "data.skip_bad", "limit": "data.limit",
+    "allow_outside_root": "data.allow_outside_root",
     "val_split": "data.val_split", "val": "data.val", "aliases": "data.aliases",
     "drop_empty_labels": "data.drop_empty_labels",
     "devices": "trainer.devices", "num_nodes": "trainer.num_nodes", "accelerator": "trainer.accelerator",
@@ -104,7 +109,10 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--workers", type=whole_number(0), default=S,
                         help="DataLoader workers (default: cores - 1, at most 8, with a GPU; at most 2 on a CPU)")
     parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
-    parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
+    parser.add_argument("--skip-bad", action="store_true", default=S,
+                        help="leave out the photos that cannot be read and list them (every photo is checked before "
+                             "the first epoch; without it, any bad photo stops the run there, all of them listed)")
+    parser.add_argument("--allow-outside-root", action="store_true", default=S, help=ALLOW_OUTSIDE_ROOT_HELP)
     parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N)")
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
@@ -291,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="train | val | test (DeepFashion partition)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=whole_number(1), default=32)
-    evaluate.add_argument("--skip-bad", action="store_true")
+    evaluate.add_argument("--skip-bad", action="store_true", help="leave out the photos that cannot be read")
+    evaluate.add_argument("--allow-outside-root", action="store_true", help=ALLOW_OUTSIDE_ROOT_HELP)
 
     compare = commands.add_parser("compare", help="train the baselines and ML-GCN variants on one split, one table",
                                   description="Train linear-avg, linear-max, ML-GCN variants, the identity-graph "
@@ -361,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "images, labels, label frequencies, unknowns and problems.")
     check.add_argument("path", type=Path)
     check.add_argument("--format", required=True, choices=FORMATS)
-    check.add_argument("--split", default=None)
+    check.add_argument("--split", default=None,
+                       help="the split to check, for the formats with their own partition: deepfashion (train | "
+                            "val | test; default: every row) and deepfashion-fine (a split/ list; default: train); "
+                            "the other formats keep each split in its own file or folder")
+    check.add_argument("--allow-outside-root", action="store_true", help=ALLOW_OUTSIDE_ROOT_HELP)
     sample = data_commands.add_parser(
         "deepfashion-sample", help="build a small real DeepFashion-layout benchmark from shared/data",
         description="Write list files in the DeepFashion Category & Attribute benchmark's own format for the real "
@@ -374,9 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command prints it: one line, no source file and line of the library."""
+    return f"fashionlens: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    plain_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(_dispatch(args) or 0)
     except (FashionlensError, ValueError, FileNotFoundError) as error:
@@ -392,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fashionlens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = plain_format
+
+
+def _outside_root(args: argparse.Namespace) -> dict[str, bool]:
+    """--allow-outside-root as the manifest readers' option (the other readers do not take it)."""
+    return {"allow_outside_root": True} if args.allow_outside_root and args.format in ("manifest", "jsonl") else {}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -411,7 +437,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fashionlens import training
 
         metrics = training.evaluate_model_dir(args.model_dir, args.data, args.format, split=args.split,
-                                              batch_size=args.batch_size, skip_bad=args.skip_bad)
+                                              batch_size=args.batch_size, skip_bad=args.skip_bad,
+                                              **_outside_root(args))
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
@@ -432,7 +459,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         from fashionlens.data.check import check_dataset
 
-        report = check_dataset(args.path, args.format, split=args.split)
+        report = check_dataset(args.path, args.format, split=args.split, **_outside_root(args))
         print(report.to_text())
         return 1 if report.problems else 0
     if args.command == "predict":

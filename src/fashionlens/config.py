@@ -91,6 +91,7 @@ class DataConfig:
     val_split: float = 0.2  # fraction held out when there is no --val and no built-in partition
     limit: int | None = None  # style: a seeded random N of the samples; clothing: the first N training rows
     skip_bad: bool = False
+    allow_outside_root: bool = False  # manifests: image paths outside the manifest's folder (absolute, ../)
     batch_size: int = 32
     workers: int | None = None  # None: default_workers()
     aliases: Path | None = None  # label-name aliases when several sources are merged
@@ -410,6 +411,15 @@ def validate(config: TaskConfig) -> TaskConfig:
             parse_method(config.calibration.method)
         except ValueError as error:
             raise ConfigError(f"calibration.method: {error}") from None
+    if not 1 <= config.head.hidden_dim <= 65536:  # 0 divided by zero in the GCN's initialisation
+        raise ConfigError(f"head.hidden_dim: must be from 1 to 65536, got {config.head.hidden_dim}")
+    devices = config.trainer.devices.strip()
+    if not (devices == "auto" or devices.isdigit() and int(devices) >= 1 or devices == "-1"
+            or all(part.strip().isdigit() for part in devices.rstrip(",").split(","))):
+        raise ConfigError(f"trainer.devices: expected auto, a number of devices (1, 2, ...), -1 (all) or device "
+                          f"indices such as 0,1; found {config.trainer.devices!r}")
+    if config.trainer.num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes: must be at least 1, got {config.trainer.num_nodes}")
     low, high = IMAGE_SIZE_RANGE
     if not low <= config.backbone.image_size <= high:
         raise ConfigError(f"backbone.image_size: must be from {low} to {high} px, got {config.backbone.image_size} "

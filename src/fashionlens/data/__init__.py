@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fashionlens.data.base import FashionDataset, Record
+from fashionlens.data.base import FashionDataset, Record, check_format
 from fashionlens.data.clothing_attributes import read_clothing_attributes
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
 from fashionlens.data.deepfashion import (
@@ -56,6 +56,7 @@ def open_dataset(
     """
     if format not in _READERS:
         raise ValueError(f"unknown dataset format {format!r}: expected one of {', '.join(FORMATS)}")
+    check_format(path, format)
     if format in SPLIT_FORMATS:
         kw["split"] = split
     elif split is not None:

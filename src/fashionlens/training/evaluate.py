@@ -14,8 +14,9 @@ from fashionlens.training.task import collect_outputs
 
 
 def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None = None, batch_size: int = 32,
-                       skip_bad: bool = False, workers: int | None = None) -> dict:
-    """Metrics of a saved model on a whole dataset (labels matched to the model's by name)."""
+                       skip_bad: bool = False, workers: int | None = None, **options) -> dict:
+    """Metrics of a saved model on a whole dataset (labels matched to the model's by name); ``options``
+    go to the reader (``allow_outside_root`` for manifests)."""
     from fashionlens.data import open_dataset
 
     bundle = load_model_dir(model_dir)
@@ -23,7 +24,7 @@ def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None 
     # Dataset's categories are its category head): read the dataset in the model's vocabulary.
     vocabulary = bundle.label_names if bundle.task == "clothing" else None
     dataset = open_dataset(data, fmt, split=split, skip_bad=skip_bad, transform=bundle.eval_transform(),
-                           label_names=vocabulary)
+                           label_names=vocabulary, **options)
     names = bundle.label_names
     missing = [name for name in names if name not in dataset.label_names]
     if len(missing) == len(names):
