@@ -155,7 +155,9 @@ def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> Non
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
                         help="add learned per-label classifiers to the GCN's")
-    parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S, help=f"default {d.recipe.loss}")
+    parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S,
+                        help=f"default {d.recipe.loss}: softmax (cross-entropy, top-1) when every training photo has "
+                             "exactly one label (class folders), else bce (multi-label); asl: asymmetric loss")
     parser.add_argument("--cache-features", action="store_true", default=S,
                         help="keep the backbone frozen for all epochs and train the head on features computed once "
                              "(fast on a CPU; no augmentation)")

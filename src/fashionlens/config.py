@@ -153,7 +153,9 @@ class RecipeConfig:
     epochs: int = 6
     freeze_epochs: int = 1  # epochs with the pretrained backbone frozen
     grad_clip: float | None = 10.0
-    loss: str = "bce"  # bce | asl | softmax (style; softmax: one label per photo, e.g. class folders)
+    # style: auto = softmax when every training photo has exactly one label (class folders), else bce
+    # (decided in training/tasks/style.py, choose_loss); asl; clothing ignores it
+    loss: str = "auto"
     cache_features: bool = False  # frozen for every epoch; the head trains on features computed once
     final_weights: str = "best"  # best (on the validation set) | last
     seed: int = 0
@@ -243,7 +245,7 @@ RECIPES: dict[str, RecipeConfig] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "recipe.optimizer": ("sgd", "adamw", "adam"),
-    "recipe.loss": ("bce", "asl", "softmax"),
+    "recipe.loss": ("auto", "bce", "asl", "softmax"),
     "recipe.final_weights": ("best", "last"),
     "head.kind": ("mlgcn", "linear"),
     "head.pool": ("max", "avg"),

@@ -307,6 +307,7 @@ def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
     mean, std = backbone_normalisation(config.backbone.name)
     data = TrainingData(config, mean, std)
     built = _builder(config)(config, data)
+    built.setdefault("config", config)  # with the choices the data decides (style: the loss)
     built["preprocessing"] = {"image_size": config.backbone.image_size, "mean": list(mean), "std": list(std),
                               **built["preprocessing"]}
     return data, built
@@ -390,6 +391,7 @@ def run_training(config: TaskConfig) -> Path:
     # The data is opened and the model built before anything is written: a run that cannot start
     # (a wrong --format, a bad photo, a --resume on other data) leaves no run directory behind.
     data, built = prepare(config)
+    config = built["config"]
     run = RunDir(config.out)
     if config.trainer.resume:
         check_resume_matches(run, config, built["labels"]["label_names"])
