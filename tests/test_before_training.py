@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,23 @@ def test_device_indices_on_a_cpu_are_a_one_line_error_before_the_run_directory(t
                                           r"`devices` selected with `CPUAccelerator` should be an int > 0.$"):
         train_style(_tiny(tmp_path / "run", data, **{"trainer.devices": "0,1"}))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="device indices are valid with a GPU")
+def test_the_command_prints_a_warning_as_one_line(tmp_path, photos, capsys):
+    """Python's warning format printed the library's file, line and source line under each warning."""
+    root = tmp_path / "shop"
+    for split in ("train", "validation"):
+        (root / split).mkdir(parents=True)
+        for photo in photos[:2]:
+            shutil.copyfile(photo, root / split / photo.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("default", UserWarning)
+        code = main(["train", "style", "--data", str(root), "--format", "folders", "--out", str(tmp_path / "run"),
+                     "--devices", "0,1", "--image-size", "32"])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "Seed set" not in line]
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith(f"fashionlens: warning: {root}: label folder(s) named like splits: train, validation;")
+    assert lines[1].startswith("fashionlens: error: trainer.devices: --devices 0,1")

@@ -389,15 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """A warning as the command prints it: one line, no source file and line of the library."""
-    return f"fashionlens: warning: {message}\n"
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command prints it: one line, without the library's file, line and source."""
+    print(f"fashionlens: warning: {message}", file=file or sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    plain_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    plain_show, warnings.showwarning = warnings.showwarning, _print_warning
     try:
         return int(_dispatch(args) or 0)
     except (FashionlensError, ValueError, FileNotFoundError) as error:
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fashionlens: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = plain_format
+        warnings.showwarning = plain_show
 
 
 def _outside_root(args: argparse.Namespace) -> dict[str, bool]:
