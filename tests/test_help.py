@@ -76,3 +76,15 @@ def test_the_readme_says_the_defaults_that_help_says():
 def test_training_flags_name_the_config_default(flag):
     action, text = _helps()["fashionlens train style", flag]
     assert f"default {_config_default('fashionlens train style', action.dest)}" in text
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    """Every command spent 3-13 s starting: `--help` imported torch (through the run directory's module)
+    before printing a line; measured in docs/benchmarks.md ("Start-up")."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fashionlens.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'lightning', 'timm', 'PIL', 'faiss') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,7 +25,6 @@ from fashionlens.config import (
     whole_number,
 )
 from fashionlens.errors import FashionlensError
-from fashionlens.rundir import RunDir
 from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
 
 S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
@@ -471,6 +470,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(out=args.out, epochs=args.epochs, image_size=args.image_size, quick=args.quick)
     if args.command == "train":
         from fashionlens import training
+
+        from fashionlens.rundir import RunDir
 
         config = training_config(args)
         run_dir = training.train_style(config) if args.task == "style" else training.train_clothing(config)
