@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -268,3 +269,39 @@ def test_the_command_prints_a_warning_as_one_line(tmp_path, photos, capsys):
     assert code == 2 and len(lines) == 2
     assert lines[0].startswith(f"fashionlens: warning: {root}: label folder(s) named like splits: train, validation;")
     assert lines[1].startswith("fashionlens: error: trainer.devices: --devices 0,1")
+
+
+# -------------------------------------------------------------------------------------------- label names
+
+
+def _manifest(folder: Path, photos: list[Path], cells: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in photos:
+        shutil.copyfile(photo, folder / photo.name)
+    manifest = folder / "labels.csv"
+    manifest.write_text("image,labels\n" + "".join(f"{p.name},{cell}\n" for p, cell in zip(photos, cells)),
+                        encoding="utf-8")
+    return manifest
+
+
+def test_label_names_are_normalised_and_look_alikes_warned_about(tmp_path, photos):
+    """"drеss" (Cyrillic е), "pants\\u200b" and "\\u202epants" became labels of their own, 0 problems."""
+    manifest = _manifest(tmp_path / "m", photos, ["dress", "dr\u0435ss", "pants\u200b", "\u202eskirt"])
+    with pytest.warns(UserWarning) as caught:
+        dataset = open_dataset(manifest, "manifest")
+    assert dataset.label_names == ["dress", "dr\u0435ss", "pants", "skirt"]
+    messages = [str(w.message) for w in caught]
+    assert ("label names normalised (NFKC, format characters removed): 'pants\\u200b' -> 'pants', "
+            "'\\u202eskirt' -> 'skirt'") in messages
+    assert ("label names 'dress' ('dress'), 'drеss' ('dr\\u0435ss') look alike: write them one way (or map one to "
+            "the other with --aliases)") in messages
+    report = check_dataset(manifest, "manifest")
+    assert any("look alike" in warning for warning in report.warnings)
+
+
+def test_two_labels_that_normalise_to_one_name_are_an_error_naming_the_file(tmp_path, photos):
+    manifest = _manifest(tmp_path / "m", photos, ["pants", "pants\u200b", "dress", "dress"])
+    with pytest.raises(DataError, match=re.escape(
+            f"{manifest}: labels 'pants', 'pants\\u200b' are one name once normalised (NFKC, format characters such "
+            f"as zero-width spaces removed): write them the same way, 'pants'")):
+        open_dataset(manifest, "manifest")

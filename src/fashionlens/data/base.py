@@ -8,6 +8,7 @@ docs/design-contract.md.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torchvision import tv_tensors
 from fashionlens import images
 from fashionlens.errors import DataError
 from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
+from fashionlens.labels import clean_label_name, confusable_labels
 from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
 
@@ -222,6 +224,7 @@ class FashionDataset(torch.utils.data.Dataset):
         self.records = list(records)
         self.label_names = list(label_names)
         self.category_names = None if category_names is None else list(category_names)
+        cleaning_notes = self._clean_names()
         self.attribute_types = None if attribute_types is None else list(attribute_types)
         self.display_names = list(display_names) if display_names is not None else list(self.label_names)
         self.label_words = list(label_words) if label_words is not None else list(self.display_names)
@@ -241,12 +244,42 @@ class FashionDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.crop_to_bbox = crop_to_bbox
         self.bbox_margin = bbox_margin
-        self.notes: list[str] = list(notes)
+        self.notes: list[str] = list(notes) + cleaning_notes
         self.skipped: list[DataError] = []
         self._has_bbox = any(r.bbox is not None for r in self.records)
         self._has_landmarks = any(r.landmarks is not None for r in self.records)
         if skip_bad:
             self.validate_images(full_decode=decode_on_validate, drop=True)
+
+    def _clean_names(self) -> list[str]:
+        """Label and category names normalised (``labels.clean_label_name``: NFKC, no zero-width or
+        bidirectional characters); two labels that become one name ("pants" and "pants\u200b") are a
+        DataError naming both. Look-alike names ("drеss" with a Cyrillic е beside "dress") are warned
+        about. Returns the notes (each also a warning)."""
+        notes = []
+        for kind in ("label_names", "category_names"):
+            names = getattr(self, kind)
+            if names is None:
+                continue
+            cleaned = [clean_label_name(name) for name in names]
+            if cleaned == names:
+                continue
+            for name in dict.fromkeys(cleaned):
+                same = [ascii(old) for old, new in zip(names, cleaned) if new == name]
+                if len(same) > 1:
+                    raise DataError(f"labels {', '.join(same)} are one name once normalised (NFKC, format characters "
+                                    f"such as zero-width spaces removed): write them the same way, {name!r}")
+            changed = [f"{ascii(old)} -> {new!r}" for old, new in zip(names, cleaned) if old != new]
+            notes.append(f"{kind.replace('_', ' ')} normalised (NFKC, format characters removed): "
+                         f"{', '.join(changed[:10])}")
+            setattr(self, kind, cleaned)
+        for group in confusable_labels(self.label_names):
+            what = "look alike" if len(group) > 1 else "mixes letters of another script into a Latin name"
+            notes.append(f"label names {', '.join(f'{name!r} ({ascii(name)})' for name in group)} {what}: "
+                         f"write them one way (or map one to the other with --aliases)")
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        return notes
 
     def __len__(self) -> int:
         return len(self.records)
