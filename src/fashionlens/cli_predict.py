@@ -279,19 +279,19 @@ def already_written(folder: Path) -> set[str]:
 def text_block(result: Prediction) -> str:
     lines = [result.source]
     if isinstance(result, StylePrediction):
-        width = max((len(label.display_name) for label in result.labels), default=0)
+        width = max((len(label.name) for label in result.labels), default=0)
         for label in result.labels:
             mark = "" if label.predicted is None else ("  *" if label.predicted else "")
-            lines.append(f"  {label.display_name:<{width}}  {label.score:6.3f}{mark}")
+            lines.append(f"  {label.name:<{width}}  {label.score:6.3f}{mark}")
         if not result.labels:
             lines.append("  (no label above the threshold)")
         if any(label.predicted is not None for label in result.labels):
             lines.append("  (* above its calibrated threshold)")
         return "\n".join(lines)
     lines.append("  category:")
-    lines += [f"    {label.display_name:<24} {label.score:6.3f}" for label in result.category_top_k]
+    lines += [f"    {label.name:<24} {label.score:6.3f}" for label in result.category_top_k]
     for kind, labels in result.attributes_by_type.items():
-        lines.append(f"  {kind}: " + (", ".join(f"{label.display_name} {label.score:.2f}"
+        lines.append(f"  {kind}: " + (", ".join(f"{label.name} {label.score:.2f}"
                                                  + ("*" if label.predicted else "") for label in labels) or "-"))
     if result.landmarks:
         lines.append("  landmarks: " + ", ".join(
