@@ -163,7 +163,8 @@ def test_the_same_photos_given_twice_count_once(tmp_path, photos):
     """`--data X --data X` gave 60 samples from 30 photos (validation photos also in training)."""
     root = _class_folders(tmp_path / "data", photos)
     (tmp_path / "alias").symlink_to(root)
-    merged = merge_datasets([read_class_folders(root), read_class_folders(tmp_path / "alias")])
+    with pytest.warns(UserWarning, match=r"left out 4 photo\(s\) already read from an earlier --data"):
+        merged = merge_datasets([read_class_folders(root), read_class_folders(tmp_path / "alias")])
     assert len(merged) == 4
     assert any(note.startswith("left out 4 photo(s) already read from an earlier --data") for note in merged.notes)
 

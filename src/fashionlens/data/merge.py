@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -227,6 +228,7 @@ class MergedDataset(FashionDataset):
         if repeated:
             notes.append(f"left out {len(repeated)} photo(s) already read from an earlier --data (the same file by "
                          f"its resolved path), e.g. {repeated[:3]}")
+            warnings.warn(notes[-1], stacklevel=2)
         super().__init__(
             records,
             label_names,
