@@ -249,7 +249,7 @@ class FashionDataset(torch.utils.data.Dataset):
         self._has_bbox = any(r.bbox is not None for r in self.records)
         self._has_landmarks = any(r.landmarks is not None for r in self.records)
         if skip_bad:
-            self.validate_images(full_decode=decode_on_validate, drop=True)
+            self.validate_images(full_decode=decode_on_validate, drop=True, remember=True)
 
     def _clean_names(self) -> list[str]:
         """Label and category names normalised (``labels.clean_label_name``: NFKC, no zero-width or

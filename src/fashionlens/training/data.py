@@ -50,6 +50,8 @@ def check_photos(dataset, skip_bad: bool, announce: bool = True) -> None:
     from fashionlens.errors import DataError
 
     problems = dataset.validate_images(full_decode=True, drop=skip_bad, remember=True)
+    if skip_bad:  # with the ones the reader left out already (it checks with skip_bad too)
+        problems = list(dataset.skipped)
     if not problems:
         return
     total = len(dataset) + (len(problems) if skip_bad else 0)
@@ -77,7 +79,7 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
     options = {"allow_outside_root": True} if data.allow_outside_root else {}
     if len(data.sources) == 1:
         source = data.sources[0]
-        dataset = open_dataset(source.path, source.format, split=split, transform=transform,
+        dataset = open_dataset(source.path, source.format, split=split, skip_bad=data.skip_bad, transform=transform,
                                label_names=label_names, **(options if source.format in MANIFEST_FORMATS else {}))
         check_photos(dataset, data.skip_bad, announce)
         return dataset
@@ -85,7 +87,8 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
 
     aliases = load_aliases(data.aliases) if data.aliases else None
     parts = [open_dataset(s.path, s.format, split=split if s.format in SPLIT_FORMATS else None,
-                          transform=transform, label_names=source_vocabulary.get(s.format) if source_vocabulary else None,
+                          skip_bad=data.skip_bad, transform=transform,
+                          label_names=source_vocabulary.get(s.format) if source_vocabulary else None,
                           **(options if s.format in MANIFEST_FORMATS else {}))
              for s in data.sources]
     merged = merge_datasets(parts, aliases=aliases)
