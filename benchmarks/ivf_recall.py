@@ -1,6 +1,6 @@
 """IVF against the exact search on real embeddings: recall@10 and same-class precision@10.
 
-``fashionlens index --kind auto`` builds an IVF index past ``search.EXACT_LIMIT`` vectors; its
+``fashionlens index --kind auto`` builds an IVF index past ``config.EXACT_LIMIT`` vectors; its
 recall was measured on clustered synthetic vectors (search_scale.py), which flatter IVF. This
 measures it on real ones: every photo of clothing-dataset-small (CC0) embedded by a released model
 (``Predictor.embed``, what ``fashionlens embed`` writes); the train and validation splits are the

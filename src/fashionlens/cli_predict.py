@@ -27,7 +27,7 @@ from fashionlens.cli_paths import gather_inputs
 from fashionlens.config import default_predict_workers
 from fashionlens.errors import FashionlensError
 from fashionlens.explain import draw_landmarks, overlay
-from fashionlens.fileio import atomic_write_bytes
+from fashionlens.fileio import atomic_write_bytes, resolved_file, weights_sha256
 from fashionlens.inference import (
     TOP_LABELS,
     ClothingPrediction,
@@ -46,9 +46,7 @@ from fashionlens.predictions import (
     loader,
     parquet_row,
     predict_batch,
-    resolved_file,
     reuse_freed_memory,
-    weights_sha256,
     written_files,
 )
 from fashionlens.progress import progress_bar
@@ -123,28 +121,28 @@ def text_block(result: Prediction) -> str:
     lines = [result.source]
     if isinstance(result, StylePrediction) and result.category is not None:
         # A garment tagger: the garment first, then what is predicted of each group.
-        lines.append(f"  {result.category.display_name} {result.category.score:.3f}  (category)")
+        lines.append(f"  {result.category.name} {result.category.score:.3f}  (category)")
         for group, labels in result.groups.items():
             shown = [label for label in labels if label.predicted is not False]
             if shown:
-                lines.append(f"  {group}: " + ", ".join(f"{label.display_name} {label.score:.2f}" for label in shown))
+                lines.append(f"  {group}: " + ", ".join(f"{label.name} {label.score:.2f}" for label in shown))
         if any(label.predicted is not None for label in result.labels):
             lines.append("  (labels above their calibrated thresholds; --json gives every score)")
         return "\n".join(lines)
     if isinstance(result, StylePrediction):
-        width = max((len(label.display_name) for label in result.labels), default=0)
+        width = max((len(label.name) for label in result.labels), default=0)
         for label in result.labels:
             mark = "" if label.predicted is None else ("  *" if label.predicted else "")
-            lines.append(f"  {label.display_name:<{width}}  {label.score:6.3f}{mark}")
+            lines.append(f"  {label.name:<{width}}  {label.score:6.3f}{mark}")
         if not result.labels:
             lines.append("  (no label above the threshold)")
         if any(label.predicted is not None for label in result.labels):
             lines.append("  (* above its calibrated threshold)")
         return "\n".join(lines)
     lines.append("  category:")
-    lines += [f"    {label.display_name:<24} {label.score:6.3f}" for label in result.category_top_k]
+    lines += [f"    {label.name:<24} {label.score:6.3f}" for label in result.category_top_k]
     for kind, labels in result.attributes_by_type.items():
-        lines.append(f"  {kind}: " + (", ".join(f"{label.display_name} {label.score:.2f}"
+        lines.append(f"  {kind}: " + (", ".join(f"{label.name} {label.score:.2f}"
                                                  + ("*" if label.predicted else "") for label in labels) or "-"))
     if result.landmarks:
         lines.append("  landmarks: " + ", ".join(

@@ -8,19 +8,8 @@ import sys
 from pathlib import Path
 
 from fashionlens.cli_paths import add_input_arguments, gather_inputs
-from fashionlens.config import whole_number
+from fashionlens.config import EXACT_LIMIT, KINDS, whole_number
 from fashionlens.errors import FashionlensError
-from fashionlens.inference import load
-from fashionlens.predictions import OutputError, reuse_freed_memory
-from fashionlens.search import (
-    EXACT_LIMIT,
-    KINDS,
-    SearchError,
-    SearchIndex,
-    embed_photos,
-    model_dir_for,
-    read_vectors,
-)
 
 
 
@@ -64,7 +53,14 @@ def run_search_command(args: argparse.Namespace) -> int:
     return _search_command(args)
 
 
+# Each command imports its services when it runs: building the parser (and `--help`) imports no torch.
+
+
 def _embed_command(args: argparse.Namespace) -> int:
+    from fashionlens.inference import load
+    from fashionlens.predictions import OutputError, reuse_freed_memory
+    from fashionlens.search import embed_photos
+
     reuse_freed_memory()
 
     try:
@@ -93,6 +89,8 @@ def _embed_command(args: argparse.Namespace) -> int:
 
 
 def _index_command(args: argparse.Namespace) -> int:
+    from fashionlens.search import SearchIndex, read_vectors
+
     import time
 
     vectors = read_vectors(args.vectors)
@@ -105,6 +103,9 @@ def _index_command(args: argparse.Namespace) -> int:
 
 
 def _search_command(args: argparse.Namespace) -> int:
+    from fashionlens.inference import load
+    from fashionlens.search import SearchError, SearchIndex, model_dir_for
+
     index = SearchIndex.load(args.index)
     predictor = load(model_dir_for(index, args.model))
     failed = 0

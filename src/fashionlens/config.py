@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import yaml
 
 from fashionlens.errors import FashionlensError
@@ -47,6 +46,15 @@ class ConfigError(FashionlensError):
 
 # ------------------------------------------------------------------------------------------ sections
 
+# `fashionlens index --kind`, and what auto builds (fashionlens.search).
+KINDS = ("auto", "flat", "ivf", "hnsw")
+# Where "auto" leaves the exact search: a judgement, not a measured crossover (docs/benchmarks.md,
+# "Similarity search"). Exact costs grow linearly (one query over 1,000,000 1280-d vectors: 0.2 s on
+# one core); at 50,000 one query is still tens of ms and needs no build. Past it "auto" builds IVF,
+# measured far cheaper to build than HNSW (2.8 s against ~17 min at 100,000 on a 2-core CPU) and as
+# fast to query (5.5 ms at 1,000,000, recall@10 1.000 on clustered synthetic vectors).
+EXACT_LIMIT = 50_000
+
 
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
@@ -56,6 +64,8 @@ def cpu_cores() -> int:
 def default_workers() -> int:
     """DataLoader workers when ``data.workers`` (or ``--workers``) is not given: all cores but one
     with a GPU (it waits for the decoding), else at most 2 (the model needs the cores too)."""
+    import torch  # here: reading a config (and `fashionlens --help`) needs no torch
+
     cores = cpu_cores()
     return max(0, min(8, cores - 1)) if torch.cuda.is_available() else min(2, cores)
 
@@ -71,6 +81,8 @@ def default_predict_workers() -> int:
     process would be a larger share of each batch, and workers stay (not measured: the project's
     CPUs have 2 cores).
     """
+    import torch  # here: reading a config (and `fashionlens --help`) needs no torch
+
     if not torch.cuda.is_available() and cpu_cores() <= 2:
         return 0
     return default_workers()
@@ -93,6 +105,7 @@ class DataConfig:
     val_split: float = 0.2  # fraction held out when there is no --val and no built-in partition
     limit: int | None = None  # style: a seeded random N of the samples; clothing: the first N training rows
     skip_bad: bool = False
+    allow_outside_root: bool = False  # manifests: image paths outside the manifest's folder (absolute, ../)
     batch_size: int = 32
     workers: int | None = None  # None: default_workers()
     aliases: Path | None = None  # label-name aliases when several sources are merged
@@ -159,7 +172,9 @@ class RecipeConfig:
     epochs: int = 6
     freeze_epochs: int = 1  # epochs with the pretrained backbone frozen
     grad_clip: float | None = 10.0
-    loss: str = "bce"  # bce | asl | softmax (style; softmax: one label per photo, e.g. class folders)
+    # style: auto = softmax when every training photo has exactly one label (class folders), else bce
+    # (decided in training/tasks/style.py, choose_loss); asl; clothing ignores it
+    loss: str = "auto"
     cache_features: bool = False  # frozen for every epoch; the head trains on features computed once
     final_weights: str = "best"  # best (on the validation set) | last
     seed: int = 0
@@ -247,7 +262,7 @@ RECIPES: dict[str, RecipeConfig] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "recipe.optimizer": ("sgd", "adamw", "adam"),
-    "recipe.loss": ("bce", "asl", "softmax"),
+    "recipe.loss": ("auto", "bce", "asl", "softmax"),
     "recipe.final_weights": ("best", "last"),
     "head.kind": ("mlgcn", "linear"),
     "head.pool": ("max", "avg"),
@@ -427,6 +442,16 @@ def validate(config: TaskConfig) -> TaskConfig:
             parse_method(config.calibration.method)
         except ValueError as error:
             raise ConfigError(f"calibration.method: {error}") from None
+    hidden_dim = config.head.hidden_dim  # None: the network's own default (models/netconfig.py)
+    if hidden_dim is not None and not 1 <= hidden_dim <= 65536:  # 0 divided by zero in the GCN's initialisation
+        raise ConfigError(f"head.hidden_dim: must be from 1 to 65536, got {config.head.hidden_dim}")
+    devices = config.trainer.devices.strip()
+    if not (devices == "auto" or devices.isdigit() and int(devices) >= 1 or devices == "-1"
+            or all(part.strip().isdigit() for part in devices.rstrip(",").split(","))):
+        raise ConfigError(f"trainer.devices: expected auto, a number of devices (1, 2, ...), -1 (all) or device "
+                          f"indices such as 0,1; found {config.trainer.devices!r}")
+    if config.trainer.num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes: must be at least 1, got {config.trainer.num_nodes}")
     low, high = IMAGE_SIZE_RANGE
     if config.backbone.image_size is not None and not low <= config.backbone.image_size <= high:
         raise ConfigError(f"backbone.image_size: must be from {low} to {high} px, got {config.backbone.image_size} "

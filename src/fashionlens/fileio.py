@@ -53,6 +53,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model_dir: str | Path) -> str:
+    """SHA-256 of a model directory's ``model.safetensors``: which weights made a vector (or a row)."""
+    return file_sha256(Path(model_dir) / "model.safetensors")
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -189,3 +194,14 @@ def dataclass_from_json(cls: type, data: typing.Mapping[str, Any], what: str,
     if missing:
         raise ValueError(f"{missing[0]!r} is missing; {what} holds it")
     return cls(**values)
+
+
+def is_uri(path: str | Path) -> bool:
+    """``s3://...``, ``memory://...``, ``file://...``: read through fsspec, never through ``Path``."""
+    return isinstance(path, str) and "://" in path
+
+
+def resolved_file(path: str | Path) -> str:
+    """What a path leads to: the real absolute path of a local file (links and ``..`` resolved), a URI as
+    it is. Two paths to one photo give one resolved file, so it is predicted once."""
+    return path if is_uri(path) else os.path.realpath(path)

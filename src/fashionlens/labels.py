@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import re
+import unicodedata
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -82,6 +83,43 @@ class WordVectors:
 
     def __repr__(self) -> str:
         return f"WordVectors({self.name!r}, words={len(self)}, dim={self.dim})"
+
+
+# ------------------------------------------------------------------------------------- label names
+
+#: Letters of other scripts drawn like Latin ones (Cyrillic, Greek): "drеss" with a Cyrillic е is
+#: another label than "dress" to a computer and the same one to a reader. Unicode's full confusables
+#: table (TR 39) has thousands of entries for every script; these are the ones in Latin-script words.
+_LOOKALIKES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l",
+    "ԛ": "q", "ԝ": "w", "ɡ": "g",
+    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
+    "χ": "x", "γ": "y",
+})
+
+
+def clean_label_name(name: str) -> str:
+    """A label name as it is compared and stored: NFKC-normalised (full-width and compatibility forms
+    become plain ones), without format characters (zero-width spaces, bidirectional controls such as
+    U+202E: Unicode category Cf) and without outer white space."""
+    text = unicodedata.normalize("NFKC", str(name))
+    return "".join(char for char in text if unicodedata.category(char) != "Cf").strip()
+
+
+def confusable_labels(names: Sequence[str]) -> list[list[str]]:
+    """Groups of label names that look alike: the same once look-alike letters of other scripts are
+    read as the Latin ones and case is ignored ("drеss" with a Cyrillic е and "dress"), and single names
+    that mix such letters into Latin ones."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.translate(_LOOKALIKES).casefold(), []).append(name)
+    found = [group for group in groups.values() if len(group) > 1]
+    listed = {name for group in found for name in group}
+    for name in names:
+        if name not in listed and name.translate(_LOOKALIKES) != name and re.search(r"[A-Za-z]", name):
+            found.append([name])
+    return found
 
 
 def load_glove(source: str | Path = "glove50") -> WordVectors:

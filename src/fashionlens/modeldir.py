@@ -41,8 +41,9 @@ from fashionlens.fileio import (
     read_json_object,
     refuse,
 )
-from fashionlens.models.landmark_net import ClothingNetConfig, build_clothing_model
-from fashionlens.models.mlgcn import MAX_SIZE, StyleNetConfig, build_style_model
+from fashionlens.models.landmark_net import build_clothing_model
+from fashionlens.models.mlgcn import build_style_model
+from fashionlens.models.netconfig import MAX_SIZE, ClothingNetConfig, StyleNetConfig
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -51,7 +51,7 @@ from fashionlens.inference import (
     read_image_bytes,
     to_uint8_chw,
 )
-from fashionlens.fileio import atomic_write_bytes, atomic_write_json, file_sha256
+from fashionlens.fileio import atomic_write_bytes, atomic_write_json, is_uri, resolved_file
 
 if TYPE_CHECKING:
     from fashionlens.data.transforms import ImagePreprocess
@@ -79,17 +79,6 @@ class OutputError(FashionlensError):
 
 
 # ------------------------------------------------------------------------------------------ the photos
-
-
-def is_uri(path: str | Path) -> bool:
-    """``s3://...``, ``memory://...``, ``file://...``: read through fsspec, never through ``Path``."""
-    return isinstance(path, str) and "://" in path
-
-
-def resolved_file(path: str | Path) -> str:
-    """What a path leads to: the real absolute path of a local file (links and ``..`` resolved), a URI as
-    it is. Two paths to one photo give one resolved file, so it is predicted once."""
-    return path if is_uri(path) else os.path.realpath(path)
 
 
 def read_uri(uri: str) -> bytes:
@@ -241,11 +230,6 @@ def parquet_row(result: Prediction, model: str) -> dict[str, Any]:
                    else None,
                    landmarks=json.dumps([landmark.to_dict() for landmark in result.landmarks]))
     return row
-
-
-def weights_sha256(model_dir: str | Path) -> str:
-    """SHA-256 of a model directory's ``model.safetensors``: which weights made a row or a vector."""
-    return file_sha256(Path(model_dir) / "model.safetensors")
 
 
 # ------------------------------------------------------------------------------------ the output folder

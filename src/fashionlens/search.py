@@ -40,24 +40,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fashionlens.config import default_predict_workers
+from fashionlens.config import EXACT_LIMIT, KINDS, default_predict_workers
 from fashionlens.errors import FashionlensError
-from fashionlens.fileio import atomic_write_bytes
+from fashionlens.fileio import atomic_write_bytes, resolved_file, weights_sha256
 from fashionlens.hub import resolve_model_dir
-from fashionlens.predictions import ShardWriter, loader, resolved_file, weights_sha256
 from fashionlens.progress import progress_bar
 
 INDEX_FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
 META_FILE = "index.json"
-KINDS = ("auto", "flat", "ivf", "hnsw")
-# Where "auto" leaves the exact search: a judgement, not a measured crossover (docs/benchmarks.md,
-# "Similarity search"). Exact costs grow linearly (one query over 1,000,000 1280-d vectors: 0.2 s on
-# one core); at 50,000 one query is still tens of ms and needs no build. Past it "auto" builds IVF,
-# measured far cheaper to build than HNSW (2.8 s against ~17 min at 100,000 on a 2-core CPU) and as
-# fast to query (5.5 ms at 1,000,000, recall@10 1.000 on clustered synthetic vectors).
-EXACT_LIMIT = 50_000
 # Lists searched per query: 8 % of them, at least 16. On real embeddings recall@10 follows the share
 # searched (docs/benchmarks.md, "IVF on real embeddings": 0.57-0.79 at 2 %, 0.93-0.98 at 8 %), so a
 # fixed 16 (1.6 % of the 1,000 lists at a million vectors) would lose results; 8 % keeps the same-class
@@ -108,6 +100,9 @@ def embed_photos(predictor, paths: Sequence[str | Path], out: str | Path, model_
     shards are written whole, so a crash loses at most the shard being written.
     Refuses a folder that already holds another model's vectors.
     """
+    # here: the embed/index/search parser reads this module's constants, and needs no torch
+    from fashionlens.predictions import ShardWriter, loader
+
     out = Path(out)
     sha = weights_sha256(predictor.model_dir) if predictor.model_dir else ""
     model_dir = str(Path(predictor.model_dir).resolve()) if predictor.model_dir else ""

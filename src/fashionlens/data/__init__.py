@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fashionlens.data.base import FashionDataset, Record
+from fashionlens.data.base import FashionDataset, Record, check_format
 from fashionlens.data.clothing_attributes import read_clothing_attributes
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
 from fashionlens.data.clothing_dataset import read_clothing_dataset
@@ -24,6 +24,7 @@ from fashionlens.data.folders import read_class_folders
 from fashionlens.data.kfashion import STYLE_NAMES, read_kfashion
 from fashionlens.data.manifest import read_manifest_csv, read_manifest_jsonl
 from fashionlens.data.transforms import build_transforms
+from fashionlens.errors import DataError
 from fashionlens.vocabulary import FORMATS, LANDMARK_NAMES, SPLIT_FORMATS
 
 _READERS: dict[str, Callable[..., FashionDataset]] = {
@@ -58,11 +59,17 @@ def open_dataset(
     """
     if format not in _READERS:
         raise ValueError(f"unknown dataset format {format!r}: expected one of {', '.join(FORMATS)}")
+    check_format(path, format)
     if format in SPLIT_FORMATS:
         kw["split"] = split
     elif split is not None:
         raise ValueError(f"format {format!r} has no built-in splits; point at the split's own file or folder (got split={split!r})")
-    return _READERS[format](path, skip_bad=skip_bad, transform=transform, label_names=label_names, **kw)
+    try:
+        return _READERS[format](path, skip_bad=skip_bad, transform=transform, label_names=label_names, **kw)
+    except DataError as error:
+        if error.path is not None:
+            raise
+        raise DataError(error.reason, path=path) from None  # about the dataset as a whole: name it
 
 
 __all__ = [

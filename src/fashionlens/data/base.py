@@ -8,6 +8,7 @@ docs/design-contract.md.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from torchvision import tv_tensors
 from fashionlens import images
 from fashionlens.errors import DataError
 from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
+from fashionlens.labels import clean_label_name, confusable_labels
 from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
+
+# The annotation cache (data/cache.py) and the photos that passed the check before training share its folder.
+CACHE_ENV = "FASHIONLENS_CACHE"
+ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
+CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
 
 
 
@@ -108,6 +115,62 @@ def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
     return None
 
 
+def cache_dir() -> Path | None:
+    """The annotation cache folder, or None when ``$FASHIONLENS_ANNOTATION_CACHE`` turns it off."""
+    value = os.environ.get(ANNOTATION_CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF_VALUES:
+        return None
+    if value:
+        return Path(value).expanduser()
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if root:
+        return Path(root).expanduser() / "annotations"
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
+
+
+def _stamp(path: Path) -> str | None:
+    """``size mtime_ns path``: what a photo that passed the check is remembered by (None: no such file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_size} {stat.st_mtime_ns} {path}"
+
+
+def _photo_check_file(records: Sequence[Record], full_decode: bool) -> Path | None:
+    """The cache file of the photos of ``records`` that passed the check (one per set of photos), in
+    the annotation cache's folder (``fashionlens.data.cache``); None when that cache is off."""
+    import hashlib
+
+    folder = cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(b"decoded" if full_decode else b"header")
+    for record in records:
+        digest.update(os.fsencode(str(record.image)) + b"\0")
+    return folder / "photo-checks" / f"{digest.hexdigest()}.txt"
+
+
+def _read_passed(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    except OSError:
+        return set()
+
+
+def _write_passed(path: Path, stamps: set[str]) -> None:
+    """Written to a temporary name and renamed; a cache that cannot be written is only slower."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text("\n".join(sorted(stamps)), encoding="utf-8", errors="surrogateescape")
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
 def clip_crop_box(
     bbox: Sequence[float], margin: float, width: int, height: int
 ) -> tuple[int, int, int, int]:
@@ -178,6 +241,7 @@ class FashionDataset(torch.utils.data.Dataset):
         self.records = list(records)
         self.label_names = list(label_names)
         self.category_names = None if category_names is None else list(category_names)
+        cleaning_notes = self._clean_names()
         self.attribute_types = None if attribute_types is None else list(attribute_types)
         self.display_names = list(display_names) if display_names is not None else list(self.label_names)
         self.label_words = list(label_words) if label_words is not None else list(self.display_names)
@@ -197,12 +261,42 @@ class FashionDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.crop_to_bbox = crop_to_bbox
         self.bbox_margin = bbox_margin
-        self.notes: list[str] = list(notes)
+        self.notes: list[str] = list(notes) + cleaning_notes
         self.skipped: list[DataError] = []
         self._has_bbox = any(r.bbox is not None for r in self.records)
         self._has_landmarks = any(r.landmarks is not None for r in self.records)
         if skip_bad:
-            self.validate_images(full_decode=decode_on_validate, drop=True)
+            self.validate_images(full_decode=decode_on_validate, drop=True, remember=True)
+
+    def _clean_names(self) -> list[str]:
+        """Label and category names normalised (``labels.clean_label_name``: NFKC, no zero-width or
+        bidirectional characters); two labels that become one name ("pants" and "pants\u200b") are a
+        DataError naming both. Look-alike names ("drеss" with a Cyrillic е beside "dress") are warned
+        about. Returns the notes (each also a warning)."""
+        notes = []
+        for kind in ("label_names", "category_names"):
+            names = getattr(self, kind)
+            if names is None:
+                continue
+            cleaned = [clean_label_name(name) for name in names]
+            if cleaned == names:
+                continue
+            for name in dict.fromkeys(cleaned):
+                same = [ascii(old) for old, new in zip(names, cleaned) if new == name]
+                if len(same) > 1:
+                    raise DataError(f"labels {', '.join(same)} are one name once normalised (NFKC, format characters "
+                                    f"such as zero-width spaces removed): write them the same way, {name!r}")
+            changed = [f"{ascii(old)} -> {new!r}" for old, new in zip(names, cleaned) if old != new]
+            notes.append(f"{kind.replace('_', ' ')} normalised (NFKC, format characters removed): "
+                         f"{', '.join(changed[:10])}")
+            setattr(self, kind, cleaned)
+        for group in confusable_labels(self.label_names):
+            what = "look alike" if len(group) > 1 else "mixes letters of another script into a Latin name"
+            notes.append(f"label names {', '.join(f'{name!r} ({ascii(name)})' for name in group)} {what}: "
+                         f"write them one way (or map one to the other with --aliases)")
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        return notes
 
     def __len__(self) -> int:
         return len(self.records)
@@ -211,19 +305,31 @@ class FashionDataset(torch.utils.data.Dataset):
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None) -> list[DataError]:
+    def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None,
+                        remember: bool = False) -> list[DataError]:
         """Check that every record's image opens (and, with ``full_decode``, decodes).
 
         Returns the problems found; with ``drop`` the bad records are also removed and their
         errors appended to ``.skipped``. Threads are used because PIL releases the GIL while
-        decoding.
+        decoding. With ``remember`` the photos that passed are kept in a cache file (by path, size
+        and mtime) and not decoded again while they stay the same: a second run checks for free.
         """
+        records = list(self.records)
+        stamps = [_stamp(record.image) for record in records] if remember else []
+        cache_file = _photo_check_file(records, full_decode) if remember else None
+        passed = _read_passed(cache_file) if cache_file is not None else set()
+        todo = [i for i in range(len(records)) if not (remember and stamps[i] is not None and stamps[i] in passed)]
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda r: _check_image_quickly(r, full_decode), self.records))
+            checked = list(pool.map(lambda i: _check_image_quickly(records[i], full_decode), todo))
+        results: list[DataError | None] = [None] * len(records)
+        for i, err in zip(todo, checked):
+            results[i] = err
+        if cache_file is not None and todo:
+            _write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
         problems = [err for err in results if err is not None]
         if drop and problems:
-            self.records = [r for r, err in zip(self.records, results) if err is None]
+            self.records = [r for r, err in zip(records, results) if err is None]
             self.skipped.extend(problems)
         return problems
 
@@ -357,3 +463,75 @@ def resolve_inside(root: Path, relative: str, source: Path, line: int) -> Path:
     if joined != root_norm and not joined.startswith(root_norm + os.sep):
         raise DataError(f"image path {relative!r} leaves the dataset root {root}: expected a path inside it", path=source, line=line)
     return Path(joined)
+
+
+# ------------------------------------------------------------------------------ what is on disk
+
+#: Folder names that are a dataset's splits, not its labels (class folders one level too high).
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev"})
+#: The files (or folders) that mark each folder layout, relative to the dataset root.
+_LAYOUT_MARKERS: tuple[tuple[str, str], ...] = (
+    ("clothing-attributes", "labels.csv"),
+    ("deepfashion", "Anno"),
+    ("deepfashion-fine", "split/list_attr_cloth.txt"),
+    ("clothing-co-parsing", "label_list.mat"),
+)
+_FILE_FORMATS = {"manifest": "a CSV file (image,labels)", "jsonl": "a JSON Lines file (one object a line)"}
+
+
+def guess_format(path: Path) -> str | None:
+    """The dataset format that fits what is at ``path``, from its names alone (no annotation parsed):
+    a manifest by its extension, a folder layout by its marker file, class folders by sub-folders."""
+    path = Path(path)
+    if path.is_file():
+        return {".csv": "manifest", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower())
+    if not path.is_dir():
+        return None
+    for fmt, marker in _LAYOUT_MARKERS:
+        if (path / marker).exists():
+            return fmt
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return None
+    if any(entry.suffix.lower() == ".json" and entry.is_file() for entry in entries[:1000]):
+        return "kfashion"
+    if any(entry.is_dir() and not entry.name.startswith(".") for entry in entries):
+        return "folders"
+    return None
+
+
+def check_format(path: str | Path, fmt: str) -> None:
+    """Refuse (DataError) a ``--format`` that does not fit what is at ``path``, naming what was found
+    and the format that fits, before a reader trips over it (``IsADirectoryError`` tracebacks)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    guess = guess_format(path)
+    hint = f"; it looks like --format {guess}" if guess and guess != fmt else ""
+    if fmt in _FILE_FORMATS and path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl"))[:3]
+        if inside:
+            hint += f" (or point --data at the manifest in it: {', '.join(inside)})"
+        raise DataError(f"--format {fmt} expects {_FILE_FORMATS[fmt]}, found a folder{hint}", path=path)
+    if fmt not in _FILE_FORMATS and path.is_file():
+        raise DataError(f"--format {fmt} expects a dataset folder, found a file{hint}", path=path)
+    markers = dict(_LAYOUT_MARKERS)
+    if fmt in markers and not (path / markers[fmt]).exists() and guess and guess != fmt:
+        raise DataError(f"--format {fmt} expects {markers[fmt]} in the folder, found none{hint}", path=path)
+    if fmt == "folders" and guess in markers:
+        raise DataError(f"--format folders expects one sub-folder per label, found the "
+                        f"{markers[guess]} of another layout{hint}", path=path)
+
+
+def split_folder_warning(root: Path, names: Sequence[str]) -> str | None:
+    """A note when class folders are named like splits (``train/ validation/ test/``): the labels
+    would be the split names. The fix names the folders to point at instead."""
+    splits = [name for name in names if name.lower() in SPLIT_FOLDER_NAMES]
+    if not splits:
+        return None
+    train = next((n for n in splits if n.lower() in ("train", "training")), splits[0])
+    val = next((n for n in splits if n.lower() in ("val", "valid", "validation", "dev")), None)
+    fix = f"--data {Path(root) / train}" + (f" --val {Path(root) / val}" if val else "")
+    return (f"label folder(s) named like splits: {', '.join(splits)}; these would be the labels. If they are "
+            f"splits of class folders, train on one and validate on another: {fix}")

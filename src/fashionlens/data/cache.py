@@ -31,30 +31,13 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import pyarrow as pa
 
-from fashionlens.data.base import FashionDataset, Record
+from fashionlens.data.base import ANNOTATION_CACHE_ENV, FashionDataset, Record, cache_dir
 
-CACHE_ENV = "FASHIONLENS_CACHE"
-ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
-CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
 MIN_CACHED_BYTES = 1 << 20
 SUFFIX = ".arrow"
 
 T = TypeVar("T")
 Columns = dict[str, Any]  # name -> numpy array (first axis: rows) or pyarrow array (strings, lists)
-
-
-def cache_dir() -> Path | None:
-    """The annotation cache folder, or None when ``$FASHIONLENS_ANNOTATION_CACHE`` turns it off."""
-    value = os.environ.get(ANNOTATION_CACHE_ENV, "").strip()
-    if value.lower() in CACHE_OFF_VALUES:
-        return None
-    if value:
-        return Path(value).expanduser()
-    root = os.environ.get(CACHE_ENV, "").strip()
-    if root:
-        return Path(root).expanduser() / "annotations"
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
 
 
 class AnnotationCache:

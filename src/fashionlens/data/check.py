@@ -6,6 +6,7 @@ trusted) but still becomes a report; unreadable images are listed one by one wit
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class DatasetReport:
     category_names: list[str] | None = None
     category_counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the reader warned about (split-named folders, ...)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +69,9 @@ class DatasetReport:
         if self.notes:
             out.append("notes:")
             out += [f"  {note}" for note in self.notes]
+        if self.warnings:
+            out.append(f"warnings: {len(self.warnings)}")
+            out += [f"  {warning}" for warning in self.warnings]
         out.append(f"problems: {len(self.problems)}")
         out += [f"  {problem}" for problem in self.problems]
         return "\n".join(out)
@@ -85,10 +90,13 @@ def check_dataset(
 
     report = DatasetReport(path=str(path), format=format)
     try:
-        dataset = open_dataset(path, format, split=split, skip_bad=False, label_names=label_names, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = open_dataset(path, format, split=split, skip_bad=False, label_names=label_names, **kw)
     except DataError as err:
         report.problems.append(str(err))
         return report
+    report.warnings = list(dict.fromkeys(str(warning.message) for warning in caught))
     dataset.validate_images(full_decode=full_decode, drop=True)
     report.num_images = len(dataset)
     report.num_skipped = len(dataset.skipped)

@@ -11,9 +11,11 @@ otherwise. Categories are merged the same way; a dataset without categories give
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -189,6 +191,9 @@ class MergedDataset(FashionDataset):
 
         records: list[Record] = []
         rows: list[tuple[int, int]] = []
+        seen: set[str] = set()  # resolved photos of the earlier sources: `--data X --data X` counts each once
+        repeated: list[str] = []
+        real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
         self._label_lookup: list[torch.Tensor] = []
         self._category_lookup: list[np.ndarray | None] = []
         for s, (ds, mapping, cmap) in enumerate(zip(datasets, label_maps, category_maps)):
@@ -203,7 +208,13 @@ class MergedDataset(FashionDataset):
                 positive = ((labels & known).astype(np.int64) @ spread) > 0
                 all_known = (known.astype(np.int64) @ spread) == columns_per_label
                 merged_mask = positive | ((columns_per_label > 0) & all_known)
+            this_source: set[str] = set()  # rows of one source may share a photo (several boxes in it)
             for i, record in enumerate(ds.records):
+                where = os.path.join(real_folder(os.path.dirname(str(record.image))), os.path.basename(str(record.image)))
+                if where in seen:
+                    repeated.append(str(record.image))
+                    continue
+                this_source.add(where)
                 category = record.category
                 if cmap is not None and category is not None and category >= 0:
                     category = int(cmap[category])
@@ -212,7 +223,12 @@ class MergedDataset(FashionDataset):
                 records.append(replace(record, labels=positive[i].astype(np.uint8),
                                        label_mask=merged_mask[i].astype(np.uint8), category=category))
                 rows.append((s, i))
+            seen |= this_source
 
+        if repeated:
+            notes.append(f"left out {len(repeated)} photo(s) already read from an earlier --data (the same file by "
+                         f"its resolved path), e.g. {repeated[:3]}")
+            warnings.warn(notes[-1], stacklevel=2)
         super().__init__(
             records,
             label_names,

@@ -9,8 +9,7 @@ import dataclasses
 from typing import Any
 
 from fashionlens.config import TaskConfig, override
-from fashionlens.models.landmark_net import ClothingNetConfig
-from fashionlens.models.mlgcn import StyleNetConfig
+from fashionlens.models.netconfig import ClothingNetConfig, StyleNetConfig
 
 NETWORKS = {"style": StyleNetConfig, "clothing": ClothingNetConfig}
 # Training config key -> the network config's field it sets, per task (a task without the field

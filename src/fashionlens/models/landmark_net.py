@@ -23,82 +23,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashionlens.config import IMAGE_SIZE_RANGE
-from fashionlens.fileio import check_fields, dataclass_from_json
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
 from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
 from fashionlens.models.backbones import create_backbone
-from fashionlens.models.mlgcn import MAX_SIZE, MLGCNHead, label_maps
-
-LANDMARK_MODES = ("glem", "convs", "none")
-ATTRIBUTE_HEADS = ("linear", "mlgcn")
-# Keys of model directories written before they were renamed, and their names now.
-_RENAMED_KEYS = {"mlgcn_hidden": "hidden_dim", "mlgcn_bias": "bias", "mlgcn_negative_slope": "negative_slope"}
-
-
-@dataclass(frozen=True)
-class ClothingNetConfig:
-    """The clothing network's configuration: what :class:`LandmarkClothingNet` takes, and as a dict
-    (``dataclasses.asdict``) the model directory's ``config.json``. Checked when made."""
-
-    num_categories: int = 50  # DeepFashion's category and attribute benchmark
-    num_attributes: int = 1000
-    task: str = "clothing"
-    # The measured offline recipe (docs/results.md, the released clothing models); the paper's VGG-19
-    # conv4_4 (Lee et al. 2020) is backbone "vgg19", stage "stride8", with the hub's weights.
-    backbone: str = "mobilenet_v2"
-    pretrained: str = "auto"  # see models/backbones.py; loading a model directory uses "none"
-    stage: str = "stride16"
-    landmarks: str = "glem"  # glem | convs (the branch without the non-local blocks) | none
-    attr_head: str = "linear"
-    num_landmarks: int = 8
-    image_size: int = 224
-    heatmap_size: int = 56
-    num_glem: int = 2
-    landmark_width: int | None = None  # None: keep the backbone's channels (512 for VGG conv4)
-    upsample_width: int = 64
-    # "bilinear" (+ 3x3 conv) or "deconv" (transposed convs, x2 each, as Liu & Lu and GLEM): on 64 real
-    # DeepFashion-fine crops (frozen MobileNetV2 stride 16, 150 Adam steps) bilinear fitted the landmarks to
-    # NE 0.025 where deconv stayed at the all-zero loss (NE 0.54, chance): docs/results.md section 2a.
-    # A config.json without the key was written before bilinear existed: deconv (from_dict).
-    upsample: str = "bilinear"
-    head_width: int = 256
-    dropout: float = 0.0
-    hidden_dim: int = 1024  # the ML-GCN attribute head's hidden width (same name as the style model's)
-    negative_slope: float = 0.2
-    bias: bool = True  # a per-label bias, as the linear head has: top-k ranks attributes against each other
-    attr_embedding_dim: int | None = None  # set from the embeddings by LandmarkClothingNet
-    # How the ML-GCN head's label graph was built (a record for people; the weights hold the graph).
-    embeddings: str | None = None
-    graph: str | None = None
-    t: float | None = None
-    p: float | None = None
-    min_lift: float | None = None
-
-    def __post_init__(self) -> None:
-        sizes = {key: (1, MAX_SIZE) for key in ("num_categories", "num_attributes", "landmark_width",
-                                                "upsample_width", "head_width", "hidden_dim", "attr_embedding_dim")}
-        check_fields(self, ranges={**sizes, "num_landmarks": (1, 256), "num_glem": (0, 64),
-                                   "image_size": IMAGE_SIZE_RANGE, "heatmap_size": (1, IMAGE_SIZE_RANGE[1])},
-                     choices={"task": ("clothing",), "stage": ("stride8", "stride16"), "landmarks": LANDMARK_MODES,
-                              "attr_head": ATTRIBUTE_HEADS, "upsample": ("bilinear", "deconv")})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClothingNetConfig:
-        """A ``config.json`` of any fashionlens version (or a mapping of some of its keys) as a config:
-        old keys and values renamed, here only; ValueError names a bad key."""
-        data = {"upsample": "deconv", **data}
-        if data.get("landmarks") == "plain":
-            data["landmarks"] = "convs"
-        return dataclass_from_json(cls, data, "a clothing model's config.json", renamed=_RENAMED_KEYS)
-
+from fashionlens.models.mlgcn import MLGCNHead, label_maps
+from fashionlens.models.netconfig import ClothingNetConfig
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(

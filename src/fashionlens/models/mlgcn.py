@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fashionlens.config import IMAGE_SIZE_RANGE
-from fashionlens.fileio import check_fields, dataclass_from_json
 from fashionlens.models.backbones import Backbone, create_backbone
+from fashionlens.models.netconfig import POOLS, StyleNetConfig
 
-POOLS = ("max", "avg")
-HEADS = ("mlgcn", "linear")
-MAX_SIZE = 65536  # any width, count or embedding size a config.json may ask for; the real ones are a few thousand
 
 
 
@@ -194,43 +189,6 @@ class MultiLabelClassifier(nn.Module):
         weights, bias = self.head.classifier_weights()
         return {"logits": self.forward_head(self.pool_features(feature_map)),
                 "label_maps": label_maps(feature_map, weights, bias, labels)}
-
-
-@dataclass(frozen=True)
-class StyleNetConfig:
-    """The style model's configuration: what :func:`build_style_model` takes, and as a dict
-    (``dataclasses.asdict``) the model directory's ``config.json``. Checked when made."""
-
-    num_labels: int
-    task: str = "style"
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: str = "auto"  # see models/backbones.py; loading a model directory uses "none"
-    pool: str = "max"
-    head: str = "mlgcn"
-    image_size: int = 224
-    embedding_dim: int = 50  # the ML-GCN head's label-vector width
-    hidden_dim: int = 1024  # the GCN's hidden width
-    residual: bool = False  # learned classifiers added to the GCN's
-    # A learned per-label bias on the ML-GCN logits (the reference has none; docs/results.md measures it);
-    # a config.json without the key was written before it existed: none (from_dict).
-    bias: bool = True
-    activation: str = "sigmoid"  # softmax: one label per photo (class folders)
-    # How the label graph was built (a record for people; the weights hold the graph itself).
-    embeddings: str | None = None
-    graph: str | None = None
-    t: float | None = None
-    p: float | None = None
-    min_lift: float | None = None
-
-    def __post_init__(self) -> None:
-        check_fields(self, ranges={"num_labels": (1, MAX_SIZE), "image_size": IMAGE_SIZE_RANGE,
-                                   "embedding_dim": (1, MAX_SIZE), "hidden_dim": (1, MAX_SIZE)},
-                     choices={"task": ("style",), "pool": POOLS, "head": HEADS, "activation": ("sigmoid", "softmax")})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StyleNetConfig:
-        """A ``config.json`` (or a mapping of some of its keys) as a config; ValueError names a bad key."""
-        return dataclass_from_json(cls, {"bias": False, **data}, "a style model's config.json")
 
 
 def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np.ndarray | torch.Tensor | None = None,

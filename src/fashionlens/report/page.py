@@ -302,6 +302,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     category_names = list(labels_json.get("category_names") or [])
     has_categories = predictions is not None and "category_logits" in predictions and "category" in predictions
+    if not has_categories and has_scores and predictions["scores"].shape[1] == len(display):
+        # A style run on single-label data (softmax head, class folders): its labels are categories.
+        positives = (predictions["labels"] > 0.5) & (predictions.get("mask", np.ones_like(predictions["labels"])) > 0)
+        single = positives.sum(axis=1) == 1
+        if single.all():
+            predictions = {**predictions, "category_logits": predictions["scores"],
+                           "category": np.where(single, positives.argmax(axis=1), -1)}
+            category_names, has_categories = list(display), True
     _attempt(page, "Category confusion matrix", "Only categories that occur (true or predicted) are shown.",
              None if has_categories else "no category predictions (style run)",
              lambda: plot_confusion_matrix(predictions["category_logits"], predictions["category"],

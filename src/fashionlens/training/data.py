@@ -21,6 +21,8 @@ from fashionlens.errors import FashionlensError
 from fashionlens.progress import progress_bar
 from fashionlens.vocabulary import SPLIT_FORMATS
 
+MANIFEST_FORMATS = ("manifest", "jsonl")
+
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """A fixed random split: the same (count, fraction, seed) always gives the same indices."""
@@ -41,27 +43,60 @@ def label_matrix(dataset, indices=None) -> tuple[np.ndarray, np.ndarray]:
     return labels, mask
 
 
+#: How many unreadable photos an error lists before it counts the rest.
+LISTED_BAD_PHOTOS = 50
+
+
+def check_photos(dataset, skip_bad: bool, announce: bool = True) -> None:
+    """Every photo opened and decoded before the first epoch, all at once (cached: a second run over
+    the same unchanged photos decodes none). Bad photos are a DataError listing every one and
+    suggesting --skip-bad; with ``skip_bad`` they are left out and, with ``announce``, listed."""
+    from fashionlens.errors import DataError
+
+    problems = dataset.validate_images(full_decode=True, drop=skip_bad, remember=True)
+    if skip_bad:  # with the ones the reader left out already (it checks with skip_bad too)
+        problems = list(dataset.skipped)
+    if not problems:
+        return
+    total = len(dataset) + (len(problems) if skip_bad else 0)
+    listed = [f"  {error}" for error in problems[:LISTED_BAD_PHOTOS]]
+    if len(problems) > LISTED_BAD_PHOTOS:
+        listed.append(f"  ... and {len(problems) - LISTED_BAD_PHOTOS} more (`fashionlens data check` lists them all)")
+    if not skip_bad:
+        raise DataError(f"{len(problems)} of {total} photos cannot be read; fix or remove them, or pass --skip-bad "
+                        f"to train without them:\n" + "\n".join(listed))
+    if announce:
+        print(f"fashionlens: --skip-bad: left out {len(problems)} of {total} photos that cannot be read:\n"
+              + "\n".join(listed), flush=True)
+
+
 def open_sources(data: DataConfig, transform, label_names=None, split: str | None = None,
-                 source_vocabulary: dict[str, list[str]] | None = None):
-    """The dataset of ``data.sources``: one reader, or several merged by label name.
+                 source_vocabulary: dict[str, list[str]] | None = None, announce: bool = True):
+    """The dataset of ``data.sources``: one reader, or several merged by label name; its photos
+    checked (:func:`check_photos`).
 
     ``label_names`` force the vocabulary of a single source; ``source_vocabulary`` (format -> names)
     forces it for the sources of that format when several are merged.
     """
+    options = {"allow_outside_root": True} if data.allow_outside_root else {}
     if len(data.sources) == 1:
         source = data.sources[0]
-        return open_dataset(source.path, source.format, split=split, skip_bad=data.skip_bad, transform=transform,
-                            label_names=label_names)
+        dataset = open_dataset(source.path, source.format, split=split, skip_bad=data.skip_bad, transform=transform,
+                               label_names=label_names, **(options if source.format in MANIFEST_FORMATS else {}))
+        check_photos(dataset, data.skip_bad, announce)
+        return dataset
     aliases = load_aliases(data.aliases) if data.aliases else None
     parts = [open_dataset(s.path, s.format, split=split if s.format in SPLIT_FORMATS else None,
                           skip_bad=data.skip_bad, transform=transform,
-                          label_names=source_vocabulary.get(s.format) if source_vocabulary else None)
+                          label_names=source_vocabulary.get(s.format) if source_vocabulary else None,
+                          **(options if s.format in MANIFEST_FORMATS else {}))
              for s in data.sources]
     merged = merge_datasets(parts, aliases=aliases)
     if label_names is not None:
         missing = [name for name in label_names if name not in merged.label_names]
         if missing:
             raise ConfigError(f"data.sources: labels {missing[:5]} of the training vocabulary are in none of them")
+    check_photos(merged, data.skip_bad, announce)
     return merged
 
 
@@ -167,12 +202,14 @@ class TrainingData(L.LightningDataModule):
                 open_kw, vocabulary = {"source_vocabulary": {"clothing-attributes": vocabulary}}, None
             self.train_full = open_sources(data, self.train_transform, label_names=vocabulary, **open_kw)
             if data.val is not None:
-                val_data = DataConfig(sources=(DataSource(data.val, fmt),), skip_bad=data.skip_bad)
+                val_data = DataConfig(sources=(DataSource(data.val, fmt),), skip_bad=data.skip_bad,
+                                      allow_outside_root=data.allow_outside_root)
                 self.val_full = open_sources(val_data, self.eval_transform, label_names=self.train_full.label_names)
                 self.train_idx = list(range(len(self.train_full)))
                 self.val_idx = list(range(len(self.val_full)))
             else:
-                self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary, **open_kw)
+                self.val_full = open_sources(data, self.eval_transform, label_names=vocabulary, announce=False,
+                                             **open_kw)
                 count = len(self.train_full)
                 if config.task == "style" and data.limit and data.limit < count:
                     # A seeded random subset: the first N rows of a class-folder dataset are one class.
@@ -184,7 +221,7 @@ class TrainingData(L.LightningDataModule):
                     self.train_idx, self.val_idx = split_indices(count, data.val_split, seed)
             # The training photos under the eval transform: what the feature cache reads.
             self.train_eval = self.val_full if data.val is None else open_sources(
-                data, self.eval_transform, label_names=vocabulary, **open_kw)
+                data, self.eval_transform, label_names=vocabulary, announce=False, **open_kw)
         if config.task == "clothing" and data.limit:
             self.train_idx = self.train_idx[: data.limit]
         self.columns = list(range(len(self.train_full.label_names)))

@@ -18,14 +18,15 @@ from fashionlens.training.tasks.style import StyleTask
 
 
 def evaluate_model_dir(model_dir: Path, data: Path, fmt: str, split: str | None = None, batch_size: int = 32,
-                       skip_bad: bool = False, workers: int | None = None) -> dict:
-    """Metrics of a saved model on a whole dataset (labels matched to the model's by name)."""
+                       skip_bad: bool = False, workers: int | None = None, **options) -> dict:
+    """Metrics of a saved model on a whole dataset (labels matched to the model's by name); ``options``
+    go to the reader (``allow_outside_root`` for manifests)."""
     bundle = load_model_dir(resolve_model_dir(model_dir))
     # A clothing model's attributes are a subset of some readers' labels (the Clothing Attribute
     # Dataset's categories are its category head): read the dataset in the model's vocabulary.
     vocabulary = bundle.label_names if bundle.task == "clothing" else None
     dataset = open_dataset(data, fmt, split=split, skip_bad=skip_bad, transform=bundle.eval_transform(),
-                           label_names=vocabulary)
+                           label_names=vocabulary, **options)
     names = bundle.label_names
     missing = [name for name in names if name not in dataset.label_names]
     if len(missing) == len(names):

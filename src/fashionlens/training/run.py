@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fashionlens.calibration import choose_thresholds, sigmoid
-from fashionlens.config import ClothingConfig, StyleConfig, TaskConfig, to_dict, validate, write_yaml
+from fashionlens.config import ClothingConfig, ConfigError, StyleConfig, TaskConfig, to_dict, validate, write_yaml
 from fashionlens.errors import FashionlensError
 from fashionlens.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from fashionlens.modeldir import save_model_dir
@@ -208,23 +208,30 @@ def make_trainer(config: TaskConfig, run: RunDir, task: Task) -> L.Trainer:
     devices: Any = trainer_config.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    return L.Trainer(
-        default_root_dir=run.path,
-        max_epochs=config.recipe.epochs,
-        accelerator=trainer_config.accelerator,
-        devices=devices,
-        num_nodes=trainer_config.num_nodes,
-        precision=precision,
-        gradient_clip_val=config.recipe.grad_clip or None,
-        callbacks=[best, recent, FreezeThenFinetune(config.recipe.freeze_epochs), *progress],
-        enable_progress_bar=bar,
-        plugins=[RunCheckpointIO()],
-        logger=CSVLogger(run.path, name="logs", version=""),
-        log_every_n_steps=1,
-        enable_model_summary=False,
-        deterministic=trainer_config.deterministic,
-        num_sanity_val_steps=0,
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(
+            default_root_dir=run.path,
+            max_epochs=config.recipe.epochs,
+            accelerator=trainer_config.accelerator,
+            devices=devices,
+            num_nodes=trainer_config.num_nodes,
+            precision=precision,
+            gradient_clip_val=config.recipe.grad_clip or None,
+            callbacks=[best, recent, FreezeThenFinetune(config.recipe.freeze_epochs), *progress],
+            enable_progress_bar=bar,
+            plugins=[RunCheckpointIO()],
+            logger=CSVLogger(run.path, name="logs", version=""),
+            log_every_n_steps=1,
+            enable_model_summary=False,
+            deterministic=trainer_config.deterministic,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, TypeError, ValueError) as error:
+        # Lightning's own words on what is wrong, in one line that names the flags (a TypeError traceback before).
+        raise ConfigError(f"trainer.devices: --devices {trainer_config.devices} --accelerator "
+                          f"{trainer_config.accelerator} --num-nodes {trainer_config.num_nodes}: {error}") from None
 
 
 def _fit(trainer: L.Trainer, task: Task, data: TrainingData, run: RunDir, resume: bool) -> None:
@@ -290,6 +297,7 @@ def prepare(config: TaskConfig) -> tuple[TrainingData, dict[str, Any]]:
     mean, std = backbone_normalisation(config.backbone.name)
     data = TrainingData(config, mean, std)
     built = _builder(config)(config, data)
+    built.setdefault("config", config)  # with the choices the data decides (style: the loss)
     built["preprocessing"] = {"image_size": config.backbone.image_size, "mean": list(mean), "std": list(std),
                               **built["preprocessing"]}
     return data, built
@@ -327,27 +335,70 @@ def calibrate(config: TaskConfig, outputs: dict[str, torch.Tensor], label_names:
                              settings.method, settings.min_positives, settings.global_threshold)
 
 
+#: The config sections and keys that shape the network's weights: a checkpoint of another value
+#: cannot continue the run (``--resume``).
+MODEL_KEYS = ("task", "backbone.name", "backbone.image_size", "head", "graph", "model", "recipe.loss")
+
+
+def check_resume_matches(run: RunDir, config: TaskConfig, label_names: list[str]) -> None:
+    """Refuse (ConfigError) a ``--resume`` whose data or model differs from the run in ``run``, before
+    anything is written: the checkpoint's weights belong to that run's labels and network."""
+    if not run.run_json.is_file():
+        return
+    try:
+        earlier = json.loads(run.run_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{run.run_json}: unreadable ({error}); --resume needs it to know what the run "
+                          f"trained on: train into a new --out") from None
+    old_labels = list(earlier.get("labels") or [])
+    if old_labels != list(label_names):
+        added = [n for n in label_names if n not in old_labels]
+        missing = [n for n in old_labels if n not in label_names]
+        change = "; ".join(part for part in (f"new: {', '.join(added[:5])}" if added else "",
+                                              f"gone: {', '.join(missing[:5])}" if missing else "") if part)
+        raise ConfigError(f"--resume: {run.path} was trained on {len(old_labels)} labels, this data gives "
+                          f"{len(label_names)} ({change or 'same names, another order'}); resume on the same "
+                          f"data, or train into a new --out")
+    old_config, new_config = earlier.get("config") or {}, to_dict(config)
+    for key in MODEL_KEYS:
+        old_value, new_value = old_config, new_config
+        for part in key.split("."):
+            old_value = old_value.get(part) if isinstance(old_value, dict) else None
+            new_value = new_value.get(part) if isinstance(new_value, dict) else None
+        if old_value != new_value:
+            raise ConfigError(f"--resume: {run.path} was trained with {key} {old_value!r}, not {new_value!r}; "
+                              f"resume with the run's own settings (--config {run.config_yaml}), or train into "
+                              f"a new --out")
+
+
 def run_training(config: TaskConfig) -> Path:
     """Train ``config``; write the run directory (docs/design-contract.md); return its path."""
     config = validate(with_network_defaults(config))
     L.seed_everything(config.recipe.seed, workers=True)
-    run = RunDir(config.out).create()
-    write_yaml(config, run.config_yaml)
+    # The data is opened and the model built before anything is written: a run that cannot start
+    # (a wrong --format, a bad photo, a --resume on other data) leaves no run directory behind.
     data, built = prepare(config)
+    config = built["config"]
+    run = RunDir(config.out)
+    if config.trainer.resume:
+        check_resume_matches(run, config, built["labels"]["label_names"])
     task: Task = built["task"]
-    if config.recipe.cache_features:
-        if config.recipe.freeze_epochs < config.recipe.epochs:
-            # Frozen for every epoch is what makes the cache exact.
-            from dataclasses import replace
+    written = config
+    if config.recipe.cache_features and config.recipe.freeze_epochs < config.recipe.epochs:
+        # Frozen for every epoch is what makes the cache exact.
+        from dataclasses import replace
 
-            task.recipe = replace(config.recipe, freeze_epochs=config.recipe.epochs)
-            config = replace(config, recipe=task.recipe)
+        task.recipe = replace(config.recipe, freeze_epochs=config.recipe.epochs)
+        config = replace(config, recipe=task.recipe)
+    trainer = make_trainer(config, run, task)  # odd --devices values are refused here, before any write
+    run.create()
+    write_yaml(written, run.config_yaml)
+    if config.recipe.cache_features:
         data.cache_features(task.model)
         # Extraction draws from the global RNG (its loaders); re-seed so a cache hit trains identically.
         L.seed_everything(config.recipe.seed, workers=True)
     if config.backbone.compile:
         task.model = torch.compile(task.model)
-    trainer = make_trainer(config, run, task)
     atomic_write_json(run.run_json, run_metadata(config, data, built["labels"]["label_names"]))
     _fit(trainer, task, data, run, config.trainer.resume)
     _load_final_weights(trainer, task, config.recipe.final_weights)

@@ -222,11 +222,37 @@ def network_config(config: StyleConfig, num_labels: int | None = None,
     return network
 
 
+def is_single_label(train_labels: np.ndarray, train_mask: np.ndarray) -> bool:
+    """Every training photo has exactly one positive label and every label known (class folders)."""
+    return bool(len(train_labels)) and bool(np.asarray(train_mask).all()) and bool(
+        ((np.asarray(train_labels) > 0.5).sum(axis=1) == 1).all())
+
+
+def choose_loss(config: StyleConfig, train_labels: np.ndarray, train_mask: np.ndarray) -> StyleConfig:
+    """``config`` with ``recipe.loss: auto`` decided on the training labels, the one place it is:
+    single-label data gets a softmax head (cross-entropy; top-1 and a confusion matrix in the report),
+    anything else the multi-label BCE; said in one line."""
+    from dataclasses import replace
+
+    if config.recipe.loss != "auto":
+        return config
+    if is_single_label(train_labels, train_mask):
+        print(f"fashionlens: every training photo has exactly one of {train_labels.shape[1]} labels (class folders): "
+              f"a softmax head (cross-entropy), top-1 and a confusion matrix; --loss bce trains a multi-label one",
+              flush=True)
+        loss = "softmax"
+    else:
+        loss = "bce"
+    return replace(config, recipe=replace(config.recipe, loss=loss))
+
+
 def build(config: StyleConfig, data) -> dict[str, Any]:
-    """The style model and task for ``config`` on the opened ``data`` (a TrainingData)."""
+    """The style model and task for ``config`` on the opened ``data`` (a TrainingData); ``built["config"]``
+    is ``config`` with its choices made (:func:`choose_loss`)."""
     config = with_network_defaults(config)
     label_names = list(data.label_names)
     train_labels, train_mask = data.train_label_matrix()
+    config = choose_loss(config, train_labels, train_mask)
     embeddings = adjacency = graph_json = None
     kept = list(range(len(label_names)))
     if config.data.drop_empty_labels:
@@ -253,4 +279,4 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
                                         train_labels[:, kept], train_mask[:, kept]))
     # The network's own config: every key, defaults included, so a later default cannot change it.
     return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
-            "preprocessing": {"resize": "square"}}
+            "preprocessing": {"resize": "square"}, "config": config}
