@@ -321,19 +321,6 @@ def test_a_malformed_manifest_is_refused(files: dict, expected: str, tmp_path: P
 
 # --- cards and `fashionlens models` -------------------------------------------------------------------
 
-def test_heldout_figures_come_from_the_table_under_the_metrics_heading(tmp_path: Path):
-    card = tmp_path / "README.md"
-    card.write_text("# m\n\n## Metrics (1,234 held-out photos, percent)\n\nSome words.\n\n"
-                    "| mAP | top-3 |\n|:---|---:|\n| 70.9 | 52.6 % |\n\n## Limits\n| x |\n")
-    assert hub.heldout_figures(card) == {"images": 1234, "metrics": {"mAP": 70.9, "top-3": 52.6}}
-    card.write_text("## Metrics\n\n| mAP | top-3 |\n|---|---|\n| 70.9 | n/a |\n")
-    with pytest.raises(ModelDirError, match=r"README\.md:5: column 'top-3': expected a number, found 'n/a'"):
-        hub.heldout_figures(card)
-    card.write_text("## Results\n")
-    with pytest.raises(ModelDirError, match="no heading with 'Metrics'"):
-        hub.heldout_figures(card)
-
-
 def test_models_lists_name_task_outputs_size_and_heldout_figures(capsys: pytest.CaptureFixture[str]):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -380,7 +367,17 @@ def test_the_release_script_writes_card_and_manifest(tmp_path: Path, capsys: pyt
     assert card["outputs"] == {"categories": 13, "attributes": 30}
     assert set(json.loads((directory / modeldir.MANIFEST_FILE).read_text())["files"]) == {
         "card.json", "config.json", "labels.json", "model.safetensors", "preprocessing.json", "thresholds.json"}
-    # A card whose figures changed in README.md is stale.
-    (directory / "README.md").write_text((directory / "README.md").read_text().replace("| 75.9 |", "| 76.0 |"))
+    # The figures live in card.json: given with --metric, kept by a later release, never read from README.md.
+    assert script["main"]([str(directory), "--images", "297", "--metric", "mAP=76.0", "--metric", "top-3 (%)=52.5"]) == 0
+    card = hub.read_card(directory)
+    assert card["heldout"] == {"images": 297, "metrics": {"mAP": 76.0, "top-3 (%)": 52.5}, "headline": ["mAP"]}
+    (directory / "README.md").write_text("# no metrics table at all\n")
+    assert script["main"]([str(directory)]) == 0 and hub.read_card(directory)["heldout"] == card["heldout"]
+    assert script["main"]([str(directory), "--check"]) == 0
+    capsys.readouterr()
+    assert script["main"]([str(directory), "--metric", "mAP=n/a"]) == 2
+    assert "--metric 'mAP=n/a': expected NAME=NUMBER" in capsys.readouterr().err
+    # A card edited by hand after release no longer matches the manifest.
+    (directory / hub.CARD_FILE).write_text((directory / hub.CARD_FILE).read_text().replace("76.0", "77.0"))
     assert script["main"]([str(directory), "--check"]) == 1
-    assert "out of date" in capsys.readouterr().out
+    assert "card.json" in capsys.readouterr().out

@@ -27,7 +27,6 @@ name, task, outputs and held-out figures, read from the model card README.md at 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import shutil
@@ -309,7 +308,7 @@ def _linked_snapshot(snapshot: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Model cards: card.json, written at release from the model's README.md and config.json.
+# Model cards: card.json, written at release from config.json and the figures the releaser gives.
 
 def model_outputs(config: dict[str, Any]) -> dict[str, int]:
     """What a model predicts, counted: ``{"labels": 37}`` or ``{"categories": 7, "attributes": 30, ...}``."""
@@ -321,67 +320,27 @@ def model_outputs(config: dict[str, Any]) -> dict[str, int]:
     return outputs
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def heldout_figures(readme: str | os.PathLike[str]) -> dict[str, Any]:
-    """The held-out figures of a model card: the first Markdown table under a heading that says
-    "Metrics", e.g. ``## Metrics (297 held-out photos, percent)``, as ``{"images": 297, "metrics": {...}}``."""
-    readme = Path(readme)
-    try:
-        lines = readme.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelDirError(f"{readme}: cannot read the model card ({error})") from error
-    start = next((number for number, line in enumerate(lines)
-                  if re.match(r"#{1,6}\s.*\bmetrics\b", line, re.IGNORECASE)), None)
-    if start is None:
-        raise ModelDirError(f"{readme}: no heading with 'Metrics' in it (expected e.g. '## Metrics (297 held-out "
-                            f"photos, percent)' above a table of the held-out figures)")
-    count = re.search(r"(\d[\d,]*)\s+held-out", lines[start])
-    table = []
-    for line in lines[start + 1:]:
-        if line.startswith("#"):
-            break
-        if line.lstrip().startswith("|"):
-            table.append(line)
-        elif table:
-            break
-    if len(table) < 3 or not set(table[1].replace("|", "").strip()) <= set("-: "):
-        raise ModelDirError(f"{readme}:{start + 1}: expected a Markdown table (header, |---| line, one row of "
-                            f"numbers) under '{lines[start].strip()}'")
-    header, values = _cells(table[0]), _cells(table[2])
-    row = lines.index(table[2], start) + 1
-    if len(header) != len(values):
-        raise ModelDirError(f"{readme}:{row}: {len(values)} values under {len(header)} column names")
-    metrics = {}
-    for name, value in zip(header, values):
-        try:
-            number = float(value.rstrip("%").strip())
-        except ValueError:
-            raise ModelDirError(f"{readme}:{row}: column {name!r}: expected a number, found {value!r}") from None
-        if not math.isfinite(number):
-            raise ModelDirError(f"{readme}:{row}: column {name!r}: expected a finite number, found {value!r}")
-        metrics[name] = number
-    return {"images": int(count.group(1).replace(",", "")) if count else None, "metrics": metrics}
-
-
 def card_for_release(directory: str | os.PathLike[str], name: str, summary: str = "",
-                     aliases: tuple[str, ...] = ()) -> dict[str, Any]:
+                     aliases: tuple[str, ...] = (), heldout: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card.json a release writes: ``name``, the folder name as an alias, the task and outputs
-    (config.json), and the held-out figures of the model card (README.md)."""
+    (config.json), and the held-out figures ``heldout`` (``{"images": N, "metrics": {name: number}}``;
+    None keeps the directory's card's). card.json is where a released model's figures live: its
+    README shows them to people, nothing reads them back from there."""
     directory = Path(directory)
     if not _is_name(name):
         raise ModelDirError(f"{name!r}: a model name is lowercase letters, digits, '.', '_' and '-', starting with a "
                             f"letter or digit")
     config = read_json(directory / "config.json")
-    figures = heldout_figures(directory / "README.md")
-    headline = [key for key in figures["metrics"] if key in HEADLINE_METRICS] or list(figures["metrics"])[:3]
+    if heldout is None:
+        heldout = (read_card(directory) or {}).get("heldout") or {"images": None, "metrics": {}}
+    metrics = dict(heldout.get("metrics") or {})
+    headline = ([key for key in heldout.get("headline") or [] if key in metrics]
+                or [key for key in metrics if key in HEADLINE_METRICS] or list(metrics)[:3])
     folder = directory.resolve().name
     aliases = tuple(dict.fromkeys(alias for alias in (*aliases, folder) if alias != name))
     return {"card_version": CARD_VERSION, "name": name, "aliases": list(aliases), "summary": summary,
             "task": config["task"], "outputs": model_outputs(config),
-            "heldout": {**figures, "headline": headline}}
+            "heldout": {"images": heldout.get("images"), "metrics": metrics, "headline": list(headline)}}
 
 
 def read_card(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
