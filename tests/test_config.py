@@ -14,6 +14,7 @@ from fashionlens.config import (
     RECIPES,
     ClothingConfig,
     ConfigError,
+    DataConfig,
     DataSource,
     StyleConfig,
     dump_yaml,
@@ -169,6 +170,21 @@ def test_numbers_on_the_command_line_are_checked_where_they_are_read(argv, messa
         main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"data.limit": -5}, "data.limit: must be at least 1, got -5"),
+    ({"data.batch_size": 0}, "data.batch_size: must be at least 1, got 0"),
+    ({"data.workers": -1}, "data.workers: must be at least 0, got -1"),
+    ({"recipe.lr": float("inf")}, "recipe.lr: must be a finite number, got inf"),
+    ({"recipe.weight_decay": float("nan")}, "recipe.weight_decay: must be a finite number, got nan"),
+])
+def test_numbers_in_a_config_file_meet_the_flags_bounds(changes, message):
+    """Issue 27 item 13: the flags checked these, but `--config` with data.limit -5, batch_size 0 or lr inf
+    was accepted."""
+    config = override(StyleConfig(out=Path("run"), data=DataConfig(sources=(DataSource(REPO, "folders"),))), changes)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
 
 
 def test_an_image_size_past_1024_is_refused_before_training(tmp_path, capsys):

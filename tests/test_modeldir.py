@@ -86,6 +86,9 @@ STYLE_CASES = [
      r"preprocessing\.json: 'image_size' is missing"),
     ("image_size 100000", "preprocessing.json", _set("image_size", 100000),
      r"preprocessing\.json: 'image_size': expected an integer from 16 to 1024 \(pixels\), found 100000 \(a number\)"),
+    ("image_size 2048", "preprocessing.json", _set("image_size", 2048),  # issue 27 item 9: 2.5 GB for one photo
+     r"preprocessing\.json: 'image_size': expected an integer from 16 to 1024 \(pixels\), found 2048"),
+    ("image_size 2048 in config.json", "config.json", _set("image_size", 2048), r"config\.json: .*'image_size'"),
     ("image_size 0", "preprocessing.json", _set("image_size", 0), r"'image_size': expected an integer from 16"),
     ("image_size -5", "preprocessing.json", _set("image_size", -5), r"'image_size': expected an integer from 16"),
     ("image_size as text", "preprocessing.json", _set("image_size", "224"), r"found '224' \(a string\)"),

@@ -333,7 +333,7 @@ def test_an_index_file_declaring_more_than_it_holds_is_refused_before_faiss_read
         SearchIndex.load(hnsw)
 
 
-def test_an_ivf_id_out_of_range_is_refused_at_load(tmp_path):
+def test_an_ivf_id_out_of_range_is_refused_at_load(tmp_path, capsys):
     folder = _saved_index(tmp_path, "ivf")
     assert len(SearchIndex.load(folder).search(np.eye(8, dtype=np.float32)[0], 5)[0]) == 5
     data = bytearray((folder / "index.faiss").read_bytes())
@@ -342,3 +342,9 @@ def test_an_ivf_id_out_of_range_is_refused_at_load(tmp_path):
     with pytest.raises(SearchError, match=r"index\.faiss: holds the id 1000, outside 0\.\.199 \(the items of "
                                           r"items\.parquet\); rebuild the index"):
         SearchIndex.load(folder)
+    # The command says it in one line (an IndexError traceback before); `serve --index` loads it the same way.
+    from fashionlens.cli import main
+
+    assert main(["search", str(folder), str(tmp_path / "any.jpg")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the id 1000, outside 0..199" in err

@@ -430,11 +430,20 @@ def validate(config: TaskConfig) -> TaskConfig:
                           + " or ".join(TYPED_ATTRIBUTE_FORMATS) + "); class folders only name categories")
     if not 0.0 < config.data.val_split < 1.0:
         raise ConfigError(f"data.val_split: must be between 0 and 1, got {config.data.val_split}")
+    # The same bounds as the flags (whole_number, positive_number below): a --config file meets them too.
+    for key, value, low in (("data.limit", config.data.limit, 1), ("data.batch_size", config.data.batch_size, 1),
+                            ("data.workers", config.data.workers, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{key}: must be at least {low}, got {value}")
     recipe = config.recipe
     if recipe.epochs < 1:
         raise ConfigError(f"recipe.epochs: must be at least 1, got {recipe.epochs}")
     if recipe.freeze_epochs < 0:
         raise ConfigError(f"recipe.freeze_epochs: must be 0 or more, got {recipe.freeze_epochs}")
+    for key in ("learning_rate", "lrp", "weight_decay", "momentum", "grad_clip"):
+        value = getattr(recipe, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"recipe.{'lr' if key == 'learning_rate' else key}: must be a finite number, got {value}")
     if recipe.learning_rate <= 0:
         raise ConfigError(f"recipe.lr: must be positive, got {recipe.lr}")
     if config.calibration.method != "none":
