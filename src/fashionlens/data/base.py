@@ -22,7 +22,6 @@ from torchvision import tv_tensors
 
 from fashionlens import images
 from fashionlens.errors import DataError
-from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
 from fashionlens.labels import clean_label_name, confusable_labels
 from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
@@ -30,7 +29,6 @@ from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 CACHE_ENV = "FASHIONLENS_CACHE"
 ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
 CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
-
 
 
 @dataclass
@@ -69,22 +67,26 @@ def image_error(record: Record, reason: str) -> DataError:
     return DataError(f"{reason}{where}", path=record.image)
 
 
-def open_image(record: Record, full_decode: bool = True) -> Image.Image:
+def open_image(record: Record, full_decode: bool = True, draft: bool = False) -> Image.Image:
     """Open ``record.image`` with the project's decoder (``fashionlens.images``): DataError naming the
     file and its row if it is missing, empty, not an accepted format, over the pixel limit or, with
     ``full_decode``, truncated or corrupt.
 
     ``full_decode=False`` only reads the header (enough to reject non-images and bombs); a truncated
-    file is only found by decoding it. The image is returned as stored (mode and orientation).
+    file is only found by decoding it. ``draft`` decodes a JPEG at 1/8 scale: libjpeg still reads
+    every byte of the entropy stream (so truncation is caught) at a fraction of the cost. The image
+    is returned as stored (mode and orientation).
     """
     try:
         img = images.open_header(record.image)
-        if full_decode:
-            try:
+        try:
+            if draft and img.format in ("JPEG", "MPO"):
+                img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+            if full_decode:
                 images.load_pixels(img, record.image, record.image)
-            except DataError:
-                img.close()
-                raise
+        except DataError:
+            img.close()
+            raise
     except DataError as exc:
         raise image_error(record, exc.reason) from None
     return img
@@ -100,18 +102,9 @@ def _load_rgb(record: Record) -> Image.Image:
 
 def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
     try:
-        img = images.open_header(record.image)
-        try:
-            if full_decode:
-                # draft() makes libjpeg decode at 1/8 scale: every byte of the entropy stream is still
-                # read (so truncation is caught) at a fraction of the cost of a full decode.
-                if img.format in ("JPEG", "MPO"):
-                    img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
-                images.load_pixels(img, record.image, record.image)
-        finally:
-            img.close()
-    except DataError as err:
-        return image_error(record, err.reason)
+        open_image(record, full_decode, draft=True).close()
+    except DataError as error:
+        return error
     return None
 
 

@@ -129,11 +129,20 @@ def _view(data: np.ndarray, array: pa.Array) -> np.ndarray:
     return data[start : start + len(array) * dtype.itemsize].view(dtype)
 
 
-class LazySequence(Sequence[T]):
-    """A sequence whose items are made when they are asked for: subclasses give ``__len__`` and ``item``."""
+class LazyRows(Sequence[T]):
+    """The items of some rows of a reader's columns, each built when it is asked for.
 
-    def item(self, index: int) -> T:
-        raise NotImplementedError
+    Building 289,222 ``Record`` and ``Path`` objects takes seconds; a dataset read from the cache
+    only builds the ones a DataLoader (or ``validate_images``) touches. ``build(row)`` makes the
+    item of one row; ``rows`` says which rows, in order, this sequence shows.
+    """
+
+    def __init__(self, build: Callable[[int], T], rows: np.ndarray) -> None:
+        self.build = build
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -141,44 +150,21 @@ class LazySequence(Sequence[T]):
     def __getitem__(self, index: slice) -> list[T]: ...
     def __getitem__(self, index: int | slice) -> T | list[T]:
         if isinstance(index, slice):
-            return [self.item(i) for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        return self.item(index)
+            return [self.build(int(row)) for row in self.rows[index]]
+        return self.build(int(self.rows[index]))  # numpy raises the IndexError
 
     def __iter__(self) -> Iterator[T]:
-        return (self.item(i) for i in range(len(self)))
-
-
-class LazyRecords(LazySequence[Record]):
-    """The records of some rows of a reader's columns, each built when it is asked for.
-
-    Building 289,222 ``Record`` and ``Path`` objects takes seconds; a dataset read from the cache
-    only builds the ones a DataLoader (or ``validate_images``) touches. ``build(row)`` makes the
-    record of one row; ``rows`` says which rows, in order, this sequence shows.
-    """
-
-    def __init__(self, build: Callable[[int], Record], rows: np.ndarray) -> None:
-        self.build = build
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def item(self, index: int) -> Record:
-        return self.build(int(self.rows[index]))
+        return (self.build(int(row)) for row in self.rows)
 
 
 class LazyFashionDataset(FashionDataset):
-    """A FashionDataset over ``LazyRecords``: the same samples, without building every record first.
+    """A FashionDataset over ``LazyRows`` of records: the same samples, without building every record first.
 
     The reader says whether there are boxes and landmarks (what ``FashionDataset.__init__`` would
     scan every record for); ``skip_bad`` still validates every image (and then holds a plain list).
     """
 
-    def __init__(self, records: LazyRecords, label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
+    def __init__(self, records: LazyRows[Record], label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
                  skip_bad: bool = False, decode_on_validate: bool = True, **options: Any) -> None:
         super().__init__([], label_names, **options)
         self.records = records  # type: ignore[assignment]

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from fashionlens.data.base import FashionDataset, ReaderOptions, Record, force_vocabulary, resolve_inside
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRecords
+from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRows
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS, CUT_OFF, NUM_LANDMARKS
 
@@ -652,7 +652,7 @@ class DeepFashionAnnotations:
         type_by_name = dict(zip(self.attribute_names, self.attribute_type_ids))
         attribute_types = [ATTRIBUTE_TYPE_IDS[type_by_name[name]] if name in type_by_name else "unknown" for name in vocabulary]
         return LazyFashionDataset(
-            LazyRecords(partial(self.record, values=values), rows),
+            LazyRows(partial(self.record, values=values), rows),
             vocabulary,
             has_bbox=self.bboxes is not None and bool((~np.isnan(self.bboxes[rows, 0])).any()),
             has_landmarks=self.landmarks is not None and len(rows) > 0,
