@@ -18,6 +18,7 @@ from fashionlens.data.deepfashion import (
     read_vocabulary,
     weak_label_rows,
     write_deepfashion_lists,
+    write_list_file,
 )
 from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS
 
@@ -64,6 +65,5 @@ def build_deepfashion_sample(shared_data: str | Path, out: str | Path, landmarks
     write_deepfashion_lists(out, rows, vocabulary_root=deepfashion)
     header = "image_name  clothes_type  " + "  ".join(
         f"landmark_visibility_{k} landmark_location_x_{k} landmark_location_y_{k}" for k in range(1, 7))
-    (out / "Anno" / "list_landmarks.txt").write_text(
-        f"{len(landmark_lines)}\n{header}\n" + "".join(line + "\n" for line in landmark_lines), encoding="utf-8")
+    write_list_file(out / "Anno" / "list_landmarks.txt", header, landmark_lines)
     return out
