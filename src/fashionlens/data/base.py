@@ -1,4 +1,5 @@
-"""The record type every reader produces and the Dataset that turns records into sample dicts.
+"""The record type every reader produces and the Dataset that turns records into sample dicts
+(``LazyFashionDataset``: the records built only when asked for, from a reader's columns).
 
 Readers parse annotations only; images are opened lazily in ``FashionDataset.__getitem__`` so that
 building a dataset of 289k DeepFashion rows costs no image I/O. The sample dict follows
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar, overload
 
 import numpy as np
 import torch
@@ -21,14 +22,12 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from fashionlens import images
+from fashionlens.data.cache import photo_check_file, photo_stamp, read_passed, write_passed
 from fashionlens.errors import DataError
 from fashionlens.labels import clean_label_name, confusable_labels
 from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
-# The annotation cache (data/cache.py) and the photos that passed the check before training share its folder.
-CACHE_ENV = "FASHIONLENS_CACHE"
-ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
-CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,62 +105,6 @@ def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
     except DataError as error:
         return error
     return None
-
-
-def cache_dir() -> Path | None:
-    """The annotation cache folder, or None when ``$FASHIONLENS_ANNOTATION_CACHE`` turns it off."""
-    value = os.environ.get(ANNOTATION_CACHE_ENV, "").strip()
-    if value.lower() in CACHE_OFF_VALUES:
-        return None
-    if value:
-        return Path(value).expanduser()
-    root = os.environ.get(CACHE_ENV, "").strip()
-    if root:
-        return Path(root).expanduser() / "annotations"
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
-
-
-def _stamp(path: Path) -> str | None:
-    """``size mtime_ns path``: what a photo that passed the check is remembered by (None: no such file)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return f"{stat.st_size} {stat.st_mtime_ns} {path}"
-
-
-def _photo_check_file(records: Sequence[Record], full_decode: bool) -> Path | None:
-    """The cache file of the photos of ``records`` that passed the check (one per set of photos), in
-    the annotation cache's folder (``fashionlens.data.cache``); None when that cache is off."""
-    import hashlib
-
-    folder = cache_dir()
-    if folder is None:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(b"decoded" if full_decode else b"header")
-    for record in records:
-        digest.update(os.fsencode(str(record.image)) + b"\0")
-    return folder / "photo-checks" / f"{digest.hexdigest()}.txt"
-
-
-def _read_passed(path: Path) -> set[str]:
-    try:
-        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
-    except OSError:
-        return set()
-
-
-def _write_passed(path: Path, stamps: set[str]) -> None:
-    """Written to a temporary name and renamed; a cache that cannot be written is only slower."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text("\n".join(sorted(stamps)), encoding="utf-8", errors="surrogateescape")
-        os.replace(temporary, path)
-    except OSError:
-        pass
 
 
 def clip_crop_box(
@@ -308,9 +251,9 @@ class FashionDataset(torch.utils.data.Dataset):
         and mtime) and not decoded again while they stay the same: a second run checks for free.
         """
         records = list(self.records)
-        stamps = [_stamp(record.image) for record in records] if remember else []
-        cache_file = _photo_check_file(records, full_decode) if remember else None
-        passed = _read_passed(cache_file) if cache_file is not None else set()
+        stamps = [photo_stamp(record.image) for record in records] if remember else []
+        cache_file = photo_check_file([record.image for record in records], full_decode) if remember else None
+        passed = read_passed(cache_file) if cache_file is not None else set()
         todo = [i for i in range(len(records)) if not (remember and stamps[i] is not None and stamps[i] in passed)]
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -319,7 +262,7 @@ class FashionDataset(torch.utils.data.Dataset):
         for i, err in zip(todo, checked):
             results[i] = err
         if cache_file is not None and todo:
-            _write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
+            write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
         problems = [err for err in results if err is not None]
         if drop and problems:
             self.records = [r for r, err in zip(records, results) if err is None]
@@ -396,6 +339,51 @@ class FashionDataset(torch.utils.data.Dataset):
             + (f", {len(self.skipped)} skipped" if self.skipped else "")
             + ")"
         )
+
+
+class LazyRows(Sequence[T]):
+    """The items of some rows of a reader's columns, each built when it is asked for.
+
+    Building 289,222 ``Record`` and ``Path`` objects takes seconds; a dataset read from the cache
+    only builds the ones a DataLoader (or ``validate_images``) touches. ``build(row)`` makes the
+    item of one row; ``rows`` says which rows, in order, this sequence shows.
+    """
+
+    def __init__(self, build: Callable[[int], T], rows: np.ndarray) -> None:
+        self.build = build
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self.build(int(row)) for row in self.rows[index]]
+        return self.build(int(self.rows[index]))  # numpy raises the IndexError
+
+    def __iter__(self) -> Iterator[T]:
+        return (self.build(int(row)) for row in self.rows)
+
+
+class LazyFashionDataset(FashionDataset):
+    """A FashionDataset over ``LazyRows`` of records: the same samples, without building every record first.
+
+    The reader says whether there are boxes and landmarks (what ``FashionDataset.__init__`` would
+    scan every record for); ``skip_bad`` still validates every image (and then holds a plain list).
+    """
+
+    def __init__(self, records: LazyRows[Record], label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
+                 skip_bad: bool = False, decode_on_validate: bool = True, **options: Any) -> None:
+        super().__init__([], label_names, **options)
+        self.records = records  # type: ignore[assignment]
+        self._has_bbox = has_bbox
+        self._has_landmarks = has_landmarks
+        if skip_bad:
+            self.validate_images(full_decode=decode_on_validate, drop=True)
 
 
 def force_vocabulary(

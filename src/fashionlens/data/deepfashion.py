@@ -38,8 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from fashionlens.data.base import FashionDataset, ReaderOptions, Record, force_vocabulary, resolve_inside
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRows
+from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
+                                   resolve_inside)
+from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS, CUT_OFF, NUM_LANDMARKS
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fashionlens.data.base import FashionDataset, Record, force_vocabulary
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRows
+from fashionlens.data.base import FashionDataset, LazyFashionDataset, LazyRows, Record, force_vocabulary
+from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
 

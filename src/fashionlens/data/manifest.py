@@ -47,8 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from fashionlens.data.base import FashionDataset, ReaderOptions, Record, force_vocabulary, resolve_inside
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRows
+from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
+                                   resolve_inside)
+from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 
 UNKNOWN_PREFIX = "?"
