@@ -235,19 +235,15 @@ def _tokenise(data: bytes, first_line: int) -> _Tokens:
 
 
 def _numbers(column: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """A column as numbers (numpy parses bytes as int() and float() do) and where it holds no finite one."""
+    """A column as numbers (numpy parses bytes as int() and float() do) and where it holds no finite one.
+
+    A column numpy cannot convert marks every row: the rescan finds the row (and says what is wrong).
+    """
     try:
         values = column.astype(dtype)
     except (ValueError, OverflowError):
-        return np.zeros(len(column), dtype), np.array([not _parses(value, dtype) for value in column.tolist()])
+        return np.zeros(len(column), dtype), np.ones(len(column), dtype=bool)
     return values, ~np.isfinite(values)
-
-
-def _parses(value: bytes, dtype: type) -> bool:
-    try:
-        return bool(np.isfinite(dtype(value.decode())))
-    except (ValueError, OverflowError):
-        return False
 
 
 class _Lookup:
