@@ -488,7 +488,8 @@ def _landmarks(path: Path, lookup: _Lookup, categories: np.ndarray,
         bad = (tokens.counts < lead) | ((tokens.counts - lead) % 3 != 0) | ~np.isin(triples, list(TYPE_BY_LANDMARK_COUNT))
         if bad.any():
             return bad, None
-        slots = []  # (rows of the block, slot, visibility, x, y)
+        points = np.zeros((len(tokens.lines), NUM_LANDMARKS, 2), dtype=np.float32)
+        visibility = np.full((len(tokens.lines), NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
         for triple_count, clothes_type in TYPE_BY_LANDMARK_COUNT.items():
             group = np.flatnonzero(triples == triple_count)
             if has_type:
@@ -500,20 +501,16 @@ def _landmarks(path: Path, lookup: _Lookup, categories: np.ndarray,
                 (v, wrong), (x, wrong_x), (y, wrong_y) = (_numbers(tokens.column(lead + 3 * k + d, group), t)
                                                           for d, t in ((0, int), (1, float), (2, float)))
                 bad[group] |= wrong | wrong_x | wrong_y | (v < 0) | (v > 2)
-                slots.append((group, slot, v, x, y))
-        return bad, (slots, np.array([TYPE_BY_LANDMARK_COUNT.get(t, 0) for t in range(9)])[triples])
+                visibility[group, slot], points[group, slot, 0], points[group, slot, 1] = v, x, y
+        return bad, (points, visibility, np.array([TYPE_BY_LANDMARK_COUNT.get(t, 0) for t in range(9)])[triples])
 
     _, lines, rows, parts = _read_list(path, check, _tokenised(parse), lookup)
-    n, start = len(lookup.names), 0
+    n = len(lookup.names)
     points = np.zeros((n, NUM_LANDMARKS, 2), dtype=np.float32)
     visibility = np.full((n, NUM_LANDMARKS), CUT_OFF, dtype=np.int64)
     types = np.zeros(len(rows), dtype=np.int64)
-    for slots, block_types in parts:
-        for group, slot, v, x, y in slots:
-            target = rows[start + group]
-            visibility[target, slot], points[target, slot, 0], points[target, slot, 1] = v, x, y
-        types[start : start + len(block_types)] = block_types
-        start += len(block_types)
+    if parts:
+        points[rows], visibility[rows], types[:] = (np.concatenate([part[k] for part in parts]) for k in range(3))
     disagree = np.asarray(category_types, dtype=np.int64)[categories[rows]] != types
     if not has_type and disagree.any():
         _rescan(path, check, lines[disagree])
