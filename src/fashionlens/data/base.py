@@ -408,7 +408,6 @@ def force_vocabulary(
     if len(set(forced)) != len(forced):
         dupes = sorted({n for n in forced if forced.count(n) > 1})
         raise ValueError(f"label_names contains duplicates: {dupes}")
-    index = {n: i for i, n in enumerate(names)}
     forced_set = set(forced)
     positives = (labels.astype(bool) & mask.astype(bool)).any(axis=0) if labels.size else np.zeros(len(names), bool)
     missing = [n for n, used in zip(names, positives) if used and n not in forced_set]
@@ -418,18 +417,19 @@ def force_vocabulary(
             f"labels not in the forced vocabulary of {len(forced)} labels: expected only those, found {shown}",
             path=source,
         )
-    n = labels.shape[0]
-    new_labels = np.zeros((n, len(forced)), dtype=labels.dtype)
-    new_mask = np.zeros((n, len(forced)), dtype=mask.dtype)
-    for j, name in enumerate(forced):
-        i = index.get(name)
-        if i is None:
-            if not absent_is_unknown:
-                new_mask[:, j] = 1
-            continue
-        new_labels[:, j] = labels[:, i]
-        new_mask[:, j] = mask[:, i]
-    return new_labels, new_mask, forced
+    absent = 0 if absent_is_unknown else 1  # the mask of a forced label the data does not have
+    return take_columns(labels, names, forced, 0), take_columns(mask, names, forced, absent), forced
+
+
+def take_columns(array: np.ndarray, names: Sequence[str], wanted: Sequence[str], fill: int) -> np.ndarray:
+    """The columns of ``array`` (named ``names``) in the order of ``wanted``, ``fill`` where a name is not one of them."""
+    index = {name: i for i, name in enumerate(names)}
+    columns = np.array([index.get(name, -1) for name in wanted], dtype=np.int64)
+    if not len(names):
+        return np.full((len(array), len(wanted)), fill, dtype=array.dtype)
+    taken = array[:, np.maximum(columns, 0)]
+    taken[:, columns < 0] = fill
+    return taken
 
 
 def resolve_inside(root: Path, relative: str, source: Path, line: int) -> Path:

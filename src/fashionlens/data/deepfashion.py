@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
-                                   resolve_inside)
+                                   resolve_inside, take_columns)
 from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import ATTRIBUTE_TYPE_IDS, CUT_OFF, NUM_LANDMARKS
@@ -636,10 +636,7 @@ class DeepFashionAnnotations:
                 positives, np.ones_like(positives), self.attribute_names, label_names,
                 self.root / "Anno" / "list_attr_img.txt", absent_is_unknown=True,
             )
-            index = {name: i for i, name in enumerate(self.attribute_names)}
-            columns = np.array([index.get(name, -1) for name in vocabulary], dtype=np.int64)
-            values = self.attribute_values[:, np.maximum(columns, 0)]
-            values[:, columns < 0] = 0  # not a DeepFashion attribute: unknown
+            values = take_columns(self.attribute_values, self.attribute_names, vocabulary, 0)  # 0: unknown
         type_by_name = dict(zip(self.attribute_names, self.attribute_type_ids))
         attribute_types = [ATTRIBUTE_TYPE_IDS[type_by_name[name]] if name in type_by_name else "unknown" for name in vocabulary]
         return LazyFashionDataset(
