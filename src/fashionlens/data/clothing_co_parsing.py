@@ -19,6 +19,7 @@ a pixel-level annotation get an all -1 mask so that a mixed batch still collates
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,7 @@ class ParsingRecord(Record):
 
 def _loadmat(path: Path, variable: str) -> np.ndarray:
     """``variable`` of the MATLAB file ``path``, or a DataError saying what the file holds instead."""
-    import zlib
-
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # only this format needs scipy: `import fashionlens.data` goes without it
     from scipy.io.matlab import MatReadError
 
     try:
