@@ -305,8 +305,8 @@ def _read_list(path: Path, check: Callable[[list[str], int], Any], parse: Callab
     all_names, all_lines = np.concatenate(names), np.concatenate(lines)
     rows = None if lookup is None else lookup.rows(path, all_names, all_lines)
     _check_count(path, count, found)
-    # glibc keeps the freed blocks in its heap (100 MB after list_attr_img.txt): handed back, the
-    # peak of the benchmark's first read went from 1548 to 1461 MiB (target 1.5 GiB, 2026-12-07).
+    # glibc keeps the freed blocks in its heap (100 MB after list_attr_img.txt, 2026-12-07), where
+    # the next file's blocks do not fit: handed back, they no longer add to the first read's peak.
     release_memory()
     return all_names, all_lines, rows, parts
 
