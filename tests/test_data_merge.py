@@ -164,6 +164,20 @@ def test_validate_images_keeps_rows_aligned(shared_data: Path, tmp_path: Path) -
     assert merged[1]["labels"].tolist() == [0.0, 1.0] and merged[1]["label_mask"].tolist() == [0.0, 1.0]
 
 
+
+def test_merged_photos_are_checked_and_remembered_as_training_checks_them(shared_data: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Training on several --data checks the merged photos with remember=True (a TypeError before)."""
+    monkeypatch.setenv("FASHIONLENS_ANNOTATION_CACHE", str(tmp_path / "cache"))
+    image = shared_data / "clothing-attributes" / "images" / "000002.jpg"
+    a = _dataset(["red"], [([1], [1]), ([0], [1])], image)
+    a.records[0].image = tmp_path / "gone.jpg"
+    b = _dataset(["blue"], [([1], [1])], image.with_name("000003.jpg"))
+    merged = merge_datasets([a, b], names=["a", "b"])
+    problems = merged.validate_images(drop=True, remember=True)
+    assert len(problems) == 1 and merged.rows == [(0, 1), (1, 0)]
+    assert len(list((tmp_path / "cache" / "photo-checks").iterdir())) == 1
+
 def test_load_aliases(tmp_path: Path) -> None:
     path = tmp_path / "aliases.yaml"
     path.write_text("outwear: outerwear\nouterwear: [coat, jacket]\n")

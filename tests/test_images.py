@@ -294,7 +294,7 @@ def test_a_gif_declaring_a_huge_width_is_reduced_by_the_server_and_memory_given_
     assert len(gif) < 3_000
     released = []
     monkeypatch.setattr(images, "LARGE_DECODE_BYTES", 500_000)
-    monkeypatch.setattr(images, "_release_memory", lambda: released.append(True))
+    monkeypatch.setattr(images, "release_memory", lambda: released.append(True))
     decoded = images.decode_image(gif, draft_side=1024)
     assert (decoded.image.size, decoded.full_size, decoded.scale) == ((1053, 2), (20_000, 30), 19)
     assert decoded.image.getpixel((0, 0)) == (255, 0, 0) and released == [True]

@@ -161,7 +161,7 @@ def decoded_bytes(image: Image.Image) -> int:
     return image.size[0] * image.size[1] * len(mode.bands) * int(mode.typestr[2:])
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Hand freed heap memory back to the system. Pillow allocates an image in 16 MB blocks that glibc
     keeps in its arenas once freed (a server that decoded 16 large images at once stayed at 2.2 GB)."""
     trim = getattr(_LIBC, "malloc_trim", None)
@@ -558,7 +558,7 @@ def decode_image(source: Source, name: str | Path | None = None, draft_side: int
     if rgb is not image:
         image.close()  # its pixels: the RGB result is a new image
     if large:
-        _release_memory()
+        release_memory()
     if orientation in (5, 6, 7, 8):
         full_width, full_height = full_height, full_width
     return DecodedImage(rgb, (full_width, full_height), scale, kind)

@@ -13,16 +13,12 @@ from fashionlens.data.base import FashionDataset, Record, check_format
 from fashionlens.data.clothing_attributes import read_clothing_attributes
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
 from fashionlens.data.clothing_dataset import read_clothing_dataset
-from fashionlens.data.deepfashion import (
-    DeepFashionRow,
-    read_deepfashion,
-    weak_label_rows,
-    write_deepfashion_lists,
-)
+from fashionlens.data.deepfashion import read_deepfashion
 from fashionlens.data.deepfashion_fine import read_deepfashion_fine
 from fashionlens.data.folders import read_class_folders
 from fashionlens.data.kfashion import STYLE_NAMES, read_kfashion
 from fashionlens.data.manifest import read_manifest_csv, read_manifest_jsonl
+from fashionlens.data.samples import DeepFashionRow, weak_label_rows, write_deepfashion_lists
 from fashionlens.data.transforms import build_transforms
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import FORMATS, LANDMARK_NAMES, SPLIT_FORMATS

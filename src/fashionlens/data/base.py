@@ -1,4 +1,5 @@
-"""The record type every reader produces and the Dataset that turns records into sample dicts.
+"""The record type every reader produces and the Dataset that turns records into sample dicts
+(``LazyFashionDataset``: the records built only when asked for, from a reader's columns).
 
 Readers parse annotations only; images are opened lazily in ``FashionDataset.__getitem__`` so that
 building a dataset of 289k DeepFashion rows costs no image I/O. The sample dict follows
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar, overload
 
 import numpy as np
 import torch
@@ -21,16 +22,12 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from fashionlens import images
+from fashionlens.data.cache import photo_check_file, photo_stamp, read_passed, write_passed
 from fashionlens.errors import DataError
-from fashionlens.images import pil_to_rgb  # noqa: F401 - readers and the Predictor share it
 from fashionlens.labels import clean_label_name, confusable_labels
 from fashionlens.vocabulary import CUT_OFF, NUM_LANDMARKS
 
-# The annotation cache (data/cache.py) and the photos that passed the check before training share its folder.
-CACHE_ENV = "FASHIONLENS_CACHE"
-ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
-CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
-
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,22 +66,26 @@ def image_error(record: Record, reason: str) -> DataError:
     return DataError(f"{reason}{where}", path=record.image)
 
 
-def open_image(record: Record, full_decode: bool = True) -> Image.Image:
+def open_image(record: Record, full_decode: bool = True, draft: bool = False) -> Image.Image:
     """Open ``record.image`` with the project's decoder (``fashionlens.images``): DataError naming the
     file and its row if it is missing, empty, not an accepted format, over the pixel limit or, with
     ``full_decode``, truncated or corrupt.
 
     ``full_decode=False`` only reads the header (enough to reject non-images and bombs); a truncated
-    file is only found by decoding it. The image is returned as stored (mode and orientation).
+    file is only found by decoding it. ``draft`` decodes a JPEG at 1/8 scale: libjpeg still reads
+    every byte of the entropy stream (so truncation is caught) at a fraction of the cost. The image
+    is returned as stored (mode and orientation).
     """
     try:
         img = images.open_header(record.image)
-        if full_decode:
-            try:
+        try:
+            if draft and img.format in ("JPEG", "MPO"):
+                img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+            if full_decode:
                 images.load_pixels(img, record.image, record.image)
-            except DataError:
-                img.close()
-                raise
+        except DataError:
+            img.close()
+            raise
     except DataError as exc:
         raise image_error(record, exc.reason) from None
     return img
@@ -100,75 +101,10 @@ def _load_rgb(record: Record) -> Image.Image:
 
 def _check_image_quickly(record: Record, full_decode: bool) -> DataError | None:
     try:
-        img = images.open_header(record.image)
-        try:
-            if full_decode:
-                # draft() makes libjpeg decode at 1/8 scale: every byte of the entropy stream is still
-                # read (so truncation is caught) at a fraction of the cost of a full decode.
-                if img.format in ("JPEG", "MPO"):
-                    img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
-                images.load_pixels(img, record.image, record.image)
-        finally:
-            img.close()
-    except DataError as err:
-        return image_error(record, err.reason)
+        open_image(record, full_decode, draft=True).close()
+    except DataError as error:
+        return error
     return None
-
-
-def cache_dir() -> Path | None:
-    """The annotation cache folder, or None when ``$FASHIONLENS_ANNOTATION_CACHE`` turns it off."""
-    value = os.environ.get(ANNOTATION_CACHE_ENV, "").strip()
-    if value.lower() in CACHE_OFF_VALUES:
-        return None
-    if value:
-        return Path(value).expanduser()
-    root = os.environ.get(CACHE_ENV, "").strip()
-    if root:
-        return Path(root).expanduser() / "annotations"
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
-
-
-def _stamp(path: Path) -> str | None:
-    """``size mtime_ns path``: what a photo that passed the check is remembered by (None: no such file)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return f"{stat.st_size} {stat.st_mtime_ns} {path}"
-
-
-def _photo_check_file(records: Sequence[Record], full_decode: bool) -> Path | None:
-    """The cache file of the photos of ``records`` that passed the check (one per set of photos), in
-    the annotation cache's folder (``fashionlens.data.cache``); None when that cache is off."""
-    import hashlib
-
-    folder = cache_dir()
-    if folder is None:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(b"decoded" if full_decode else b"header")
-    for record in records:
-        digest.update(os.fsencode(str(record.image)) + b"\0")
-    return folder / "photo-checks" / f"{digest.hexdigest()}.txt"
-
-
-def _read_passed(path: Path) -> set[str]:
-    try:
-        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
-    except OSError:
-        return set()
-
-
-def _write_passed(path: Path, stamps: set[str]) -> None:
-    """Written to a temporary name and renamed; a cache that cannot be written is only slower."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text("\n".join(sorted(stamps)), encoding="utf-8", errors="surrogateescape")
-        os.replace(temporary, path)
-    except OSError:
-        pass
 
 
 def clip_crop_box(
@@ -315,9 +251,9 @@ class FashionDataset(torch.utils.data.Dataset):
         and mtime) and not decoded again while they stay the same: a second run checks for free.
         """
         records = list(self.records)
-        stamps = [_stamp(record.image) for record in records] if remember else []
-        cache_file = _photo_check_file(records, full_decode) if remember else None
-        passed = _read_passed(cache_file) if cache_file is not None else set()
+        stamps = [photo_stamp(record.image) for record in records] if remember else []
+        cache_file = photo_check_file([record.image for record in records], full_decode) if remember else None
+        passed = read_passed(cache_file) if cache_file is not None else set()
         todo = [i for i in range(len(records)) if not (remember and stamps[i] is not None and stamps[i] in passed)]
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -326,7 +262,7 @@ class FashionDataset(torch.utils.data.Dataset):
         for i, err in zip(todo, checked):
             results[i] = err
         if cache_file is not None and todo:
-            _write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
+            write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
         problems = [err for err in results if err is not None]
         if drop and problems:
             self.records = [r for r, err in zip(records, results) if err is None]
@@ -405,6 +341,51 @@ class FashionDataset(torch.utils.data.Dataset):
         )
 
 
+class LazyRows(Sequence[T]):
+    """The items of some rows of a reader's columns, each built when it is asked for.
+
+    Building 289,222 ``Record`` and ``Path`` objects takes seconds; a dataset read from the cache
+    only builds the ones a DataLoader (or ``validate_images``) touches. ``build(row)`` makes the
+    item of one row; ``rows`` says which rows, in order, this sequence shows.
+    """
+
+    def __init__(self, build: Callable[[int], T], rows: np.ndarray) -> None:
+        self.build = build
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self.build(int(row)) for row in self.rows[index]]
+        return self.build(int(self.rows[index]))  # numpy raises the IndexError
+
+    def __iter__(self) -> Iterator[T]:
+        return (self.build(int(row)) for row in self.rows)
+
+
+class LazyFashionDataset(FashionDataset):
+    """A FashionDataset over ``LazyRows`` of records: the same samples, without building every record first.
+
+    The reader says whether there are boxes and landmarks (what ``FashionDataset.__init__`` would
+    scan every record for); ``skip_bad`` still validates every image (and then holds a plain list).
+    """
+
+    def __init__(self, records: LazyRows[Record], label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
+                 skip_bad: bool = False, decode_on_validate: bool = True, **options: Any) -> None:
+        super().__init__([], label_names, **options)
+        self.records = records  # type: ignore[assignment]
+        self._has_bbox = has_bbox
+        self._has_landmarks = has_landmarks
+        if skip_bad:
+            self.validate_images(full_decode=decode_on_validate, drop=True)
+
+
 def force_vocabulary(
     labels: np.ndarray,
     mask: np.ndarray,
@@ -427,7 +408,6 @@ def force_vocabulary(
     if len(set(forced)) != len(forced):
         dupes = sorted({n for n in forced if forced.count(n) > 1})
         raise ValueError(f"label_names contains duplicates: {dupes}")
-    index = {n: i for i, n in enumerate(names)}
     forced_set = set(forced)
     positives = (labels.astype(bool) & mask.astype(bool)).any(axis=0) if labels.size else np.zeros(len(names), bool)
     missing = [n for n, used in zip(names, positives) if used and n not in forced_set]
@@ -437,18 +417,19 @@ def force_vocabulary(
             f"labels not in the forced vocabulary of {len(forced)} labels: expected only those, found {shown}",
             path=source,
         )
-    n = labels.shape[0]
-    new_labels = np.zeros((n, len(forced)), dtype=labels.dtype)
-    new_mask = np.zeros((n, len(forced)), dtype=mask.dtype)
-    for j, name in enumerate(forced):
-        i = index.get(name)
-        if i is None:
-            if not absent_is_unknown:
-                new_mask[:, j] = 1
-            continue
-        new_labels[:, j] = labels[:, i]
-        new_mask[:, j] = mask[:, i]
-    return new_labels, new_mask, forced
+    absent = 0 if absent_is_unknown else 1  # the mask of a forced label the data does not have
+    return take_columns(labels, names, forced, 0), take_columns(mask, names, forced, absent), forced
+
+
+def take_columns(array: np.ndarray, names: Sequence[str], wanted: Sequence[str], fill: int) -> np.ndarray:
+    """The columns of ``array`` (named ``names``) in the order of ``wanted``, ``fill`` where a name is not one of them."""
+    index = {name: i for i, name in enumerate(names)}
+    columns = np.array([index.get(name, -1) for name in wanted], dtype=np.int64)
+    if not len(names):
+        return np.full((len(array), len(wanted)), fill, dtype=array.dtype)
+    taken = array[:, np.maximum(columns, 0)]
+    taken[:, columns < 0] = fill
+    return taken
 
 
 def resolve_inside(root: Path, relative: str, source: Path, line: int) -> Path:

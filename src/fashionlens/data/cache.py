@@ -1,8 +1,9 @@
-"""Parsed annotations kept between runs: one Arrow IPC file per dataset, and records built lazily.
+"""What is kept between runs: parsed annotations (one Arrow IPC file per dataset) and the photos that passed the check.
 
 A reader that parses a large annotation set (DeepFashion's 878 MB ``list_attr_img.txt``, a folder of
 K-Fashion JSON files, a million-row manifest) keeps its columns in one cache file; the next read
-maps that file instead of parsing again.
+maps that file instead of parsing again. ``FashionDataset.validate_images(remember=True)`` keeps
+the photos that passed (by path, size and mtime) in ``photo-checks/``, so a second check decodes none.
 
 Where: ``$FASHIONLENS_ANNOTATION_CACHE`` if set (a folder, or ``off`` / ``0`` / ``false`` / ``no`` /
 ``none`` to turn the cache off), else ``annotations/`` in ``$FASHIONLENS_CACHE`` (the folder the model
@@ -24,20 +25,52 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from fashionlens.data.base import ANNOTATION_CACHE_ENV, FashionDataset, Record, cache_dir
-
+# The annotation cache and the photos that passed the check share its folder.
+CACHE_ENV = "FASHIONLENS_CACHE"
+ANNOTATION_CACHE_ENV = "FASHIONLENS_ANNOTATION_CACHE"
+CACHE_OFF_VALUES = ("off", "0", "false", "no", "none")
 MIN_CACHED_BYTES = 1 << 20
 SUFFIX = ".arrow"
 
-T = TypeVar("T")
 Columns = dict[str, Any]  # name -> numpy array (first axis: rows) or pyarrow array (strings, lists)
+
+
+def cache_dir() -> Path | None:
+    """The annotation cache folder, or None when ``$FASHIONLENS_ANNOTATION_CACHE`` turns it off."""
+    value = os.environ.get(ANNOTATION_CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF_VALUES:
+        return None
+    if value:
+        return Path(value).expanduser()
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if root:
+        return Path(root).expanduser() / "annotations"
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
+
+
+def _replace(path: Path, write: Callable[[str], None]) -> None:
+    """``write(temporary name)`` in ``path``'s folder, then renamed to ``path``: a crash or two processes
+    writing at once leave the old file or a whole new one. The OSError of a failed write is raised,
+    with nothing left behind."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(descriptor)
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
 
 
 class AnnotationCache:
@@ -105,19 +138,16 @@ class AnnotationCache:
             arrays[name] = column if isinstance(column, pa.Array) else pa.array(column)
         header = {"key": self.key, "meta": meta, "shapes": shapes}
         table = pa.table(arrays).replace_schema_metadata({"fashionlens": json.dumps(header)})
-        temporary = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Not modeldir.atomic_write_bytes: that wants the whole file as bytes in memory (340 MB more
-            # for DeepFashion) and syncs it to disk, which a cache does not need.
-            descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            os.close(descriptor)
+
+        def write(temporary: str) -> None:
             with pa.OSFile(temporary, "wb") as handle, pa.ipc.new_file(handle, table.schema) as writer:
                 writer.write_table(table)
-            os.replace(temporary, self.path)
+
+        try:
+            # Not fileio's atomic write: that wants the whole file as bytes in memory (340 MB more for
+            # DeepFashion) and syncs it to disk, which a cache does not need.
+            _replace(self.path, write)
         except OSError as error:
-            if temporary is not None and os.path.exists(temporary):
-                os.unlink(temporary)
             return f"annotation cache not written ({error}); set {ANNOTATION_CACHE_ENV} to a writable folder, or to 'off'"
         return None
 
@@ -129,60 +159,37 @@ def _view(data: np.ndarray, array: pa.Array) -> np.ndarray:
     return data[start : start + len(array) * dtype.itemsize].view(dtype)
 
 
-class LazySequence(Sequence[T]):
-    """A sequence whose items are made when they are asked for: subclasses give ``__len__`` and ``item``."""
-
-    def item(self, index: int) -> T:
-        raise NotImplementedError
-
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
-    def __getitem__(self, index: int | slice) -> T | list[T]:
-        if isinstance(index, slice):
-            return [self.item(i) for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        return self.item(index)
-
-    def __iter__(self) -> Iterator[T]:
-        return (self.item(i) for i in range(len(self)))
+def photo_check_file(images: Iterable[Path], full_decode: bool) -> Path | None:
+    """The file of the photos that passed the check, one per set of photos (None: the cache is off)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.blake2b(b"decoded" if full_decode else b"header", digest_size=16)
+    for image in images:
+        digest.update(os.fsencode(str(image)) + b"\0")
+    return folder / "photo-checks" / f"{digest.hexdigest()}.txt"
 
 
-class LazyRecords(LazySequence[Record]):
-    """The records of some rows of a reader's columns, each built when it is asked for.
-
-    Building 289,222 ``Record`` and ``Path`` objects takes seconds; a dataset read from the cache
-    only builds the ones a DataLoader (or ``validate_images``) touches. ``build(row)`` makes the
-    record of one row; ``rows`` says which rows, in order, this sequence shows.
-    """
-
-    def __init__(self, build: Callable[[int], Record], rows: np.ndarray) -> None:
-        self.build = build
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def item(self, index: int) -> Record:
-        return self.build(int(self.rows[index]))
+def photo_stamp(path: Path) -> str | None:
+    """``size mtime_ns path``: what a photo that passed the check is remembered by (None: no such file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_size} {stat.st_mtime_ns} {path}"
 
 
-class LazyFashionDataset(FashionDataset):
-    """A FashionDataset over ``LazyRecords``: the same samples, without building every record first.
+def read_passed(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    except OSError:
+        return set()
 
-    The reader says whether there are boxes and landmarks (what ``FashionDataset.__init__`` would
-    scan every record for); ``skip_bad`` still validates every image (and then holds a plain list).
-    """
 
-    def __init__(self, records: LazyRecords, label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
-                 skip_bad: bool = False, decode_on_validate: bool = True, **options: Any) -> None:
-        super().__init__([], label_names, **options)
-        self.records = records  # type: ignore[assignment]
-        self._has_bbox = has_bbox
-        self._has_landmarks = has_landmarks
-        if skip_bad:
-            self.validate_images(full_decode=decode_on_validate, drop=True)
+def write_passed(path: Path, stamps: set[str]) -> None:
+    """A cache that cannot be written is only slower."""
+    text = "\n".join(sorted(stamps))
+    try:
+        _replace(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8", errors="surrogateescape"))
+    except OSError:
+        pass

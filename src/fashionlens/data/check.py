@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fashionlens.data import open_dataset
 from fashionlens.errors import DataError
 
 
@@ -86,8 +87,6 @@ def check_dataset(
     **kw: Any,
 ) -> DatasetReport:
     """Open the dataset, decode every image (``full_decode``) and count labels; never raises DataError."""
-    from fashionlens.data import open_dataset
-
     report = DatasetReport(path=str(path), format=format)
     try:
         with warnings.catch_warnings(record=True) as caught:

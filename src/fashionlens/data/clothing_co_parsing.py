@@ -19,6 +19,7 @@ a pixel-level annotation get an all -1 mask so that a mixed batch still collates
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,7 @@ class ParsingRecord(Record):
 
 def _loadmat(path: Path, variable: str) -> np.ndarray:
     """``variable`` of the MATLAB file ``path``, or a DataError saying what the file holds instead."""
-    import zlib
-
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # only this format needs scipy: `import fashionlens.data` goes without it
     from scipy.io.matlab import MatReadError
 
     try:
@@ -104,6 +103,20 @@ def _as_ids(values: np.ndarray, what: str, num_ids: int, path: Path) -> np.ndarr
     return ids
 
 
+def _mask_ids(path: Path, num_ids: int) -> np.ndarray:
+    """The H x W label ids of the pixel-level annotation ``path``."""
+    ids = _as_ids(_loadmat(path, MASK_VARIABLE), MASK_VARIABLE, num_ids, path)
+    if ids.ndim != 2:
+        raise DataError(f"expected {MASK_VARIABLE!r} to be an H x W mask, found shape {ids.shape}", path=path)
+    return ids
+
+
+def _check_mask_size(ids: np.ndarray, path: Path, photo: Path, height: int, width: int) -> None:
+    if ids.shape != (height, width):
+        raise DataError(f"mask is {ids.shape[0]} x {ids.shape[1]} (H x W) but its photo {photo} is "
+                        f"{height} x {width}: expected the same size", path=path)
+
+
 def _photo_size(path: Path, annotation: Path) -> tuple[int, int]:
     """(height, width) from the photo's header, as the image will have after EXIF orientation."""
     try:
@@ -139,12 +152,7 @@ class ClothingCoParsingDataset(FashionDataset):
     def load_mask(self, index: int) -> np.ndarray | None:
         """Record ``index``'s mask as int64 label indices (-1: background / excluded), or None."""
         path = getattr(self.records[index], "mask_path", None)
-        if path is None:
-            return None
-        ids = _as_ids(_loadmat(path, MASK_VARIABLE), MASK_VARIABLE, len(self.id_names), path)
-        if ids.ndim != 2:
-            raise DataError(f"expected {MASK_VARIABLE!r} to be an H x W mask, found shape {ids.shape}", path=path)
-        return self.id_to_label[ids]
+        return None if path is None else self.id_to_label[_mask_ids(path, len(self.id_names))]
 
     def load_sample(self, index: int) -> dict[str, Any]:
         sample = super().load_sample(index)
@@ -154,12 +162,9 @@ class ClothingCoParsingDataset(FashionDataset):
         mask = self.load_mask(index)
         if mask is None:
             mask = np.full((height, width), -1, dtype=np.int64)
-        elif mask.shape != (height, width):
-            raise DataError(
-                f"mask is {mask.shape[0]} x {mask.shape[1]} (H x W) but its photo {self.records[index].image} "
-                f"is {height} x {width}: expected the same size",
-                path=self.records[index].mask_path,
-            )
+        else:
+            record = self.records[index]
+            _check_mask_size(mask, record.mask_path, record.image, height, width)
         sample["mask"] = tv_tensors.Mask(torch.from_numpy(mask))
         return sample
 
@@ -230,17 +235,8 @@ def read_clothing_co_parsing(
                                 files["image-level"]).ravel()] = True
             if "pixel-level" in files:
                 mask_file = files["pixel-level"]
-                ids = _as_ids(_loadmat(mask_file, MASK_VARIABLE), MASK_VARIABLE, len(id_names), mask_file)
-                if ids.ndim != 2:
-                    raise DataError(f"expected {MASK_VARIABLE!r} to be an H x W mask, found shape {ids.shape}",
-                                    path=mask_file)
-                height, width = _photo_size(photo, mask_file)
-                if ids.shape != (height, width):
-                    raise DataError(
-                        f"mask is {ids.shape[0]} x {ids.shape[1]} (H x W) but its photo {photo} is "
-                        f"{height} x {width}: expected the same size",
-                        path=mask_file,
-                    )
+                ids = _mask_ids(mask_file, len(id_names))
+                _check_mask_size(ids, mask_file, photo, *_photo_size(photo, mask_file))
                 present |= np.bincount(ids.ravel(), minlength=len(id_names)) > 0
         except DataError as error:
             if not skip_bad:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fashionlens.data.base import FashionDataset, Record, force_vocabulary
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRecords, LazySequence
+from fashionlens.data.base import FashionDataset, LazyFashionDataset, LazyRows, Record, force_vocabulary
+from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
@@ -162,19 +162,6 @@ def _images(root: Path, files: Sequence[str], named: pa.Array) -> list[str]:
     return images
 
 
-class GarmentBoxes(LazySequence[list[GarmentBox]]):
-    """``boxes[i]``: record i's ``(garment, xyxy)`` boxes, built when asked for."""
-
-    def __init__(self, boxes: pa.Array, rows: np.ndarray) -> None:
-        self.boxes, self.rows = boxes, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def item(self, index: int) -> list[GarmentBox]:
-        return [(box["garment"], tuple(box["box"])) for box in self.boxes[int(self.rows[index])].as_py()]
-
-
 def read_kfashion(
     path_or_folder: str | Path,
     *,
@@ -228,12 +215,15 @@ def read_kfashion(
     def record(row: int) -> Record:
         return Record(image=root / images[row], labels=labels[row], label_mask=mask[row], source=root / files[row])
 
+    def garment_boxes_of(row: int) -> list[GarmentBox]:
+        return [(box["garment"], tuple(box["box"])) for box in columns["boxes"][row].as_py()]
+
     rows = np.arange(len(files))
     # The English style names are single GloVe tokens already ("hip-hop", "avant-garde" included).
-    dataset = LazyFashionDataset(LazyRecords(record, rows), vocabulary, has_bbox=False, has_landmarks=False,
+    dataset = LazyFashionDataset(LazyRows(record, rows), vocabulary, has_bbox=False, has_landmarks=False,
                                  label_words=vocabulary, transform=transform, skip_bad=skip_bad, notes=notes)
     if dataset.skipped:  # keep boxes aligned with the records that survived validation
         kept = {record.source for record in dataset.records}
         rows = np.array([row for row in rows if root / files[row] in kept], dtype=np.int64)
-    dataset.garment_boxes = GarmentBoxes(columns["boxes"], rows)
+    dataset.garment_boxes = LazyRows(garment_boxes_of, rows)
     return dataset

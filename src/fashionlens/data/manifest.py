@@ -47,8 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from fashionlens.data.base import FashionDataset, ReaderOptions, Record, force_vocabulary, resolve_inside
-from fashionlens.data.cache import AnnotationCache, LazyFashionDataset, LazyRecords
+from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
+                                   resolve_inside)
+from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 
 UNKNOWN_PREFIX = "?"
@@ -376,7 +377,7 @@ def _read(
         return Record(image=Path(images[row].as_py()), labels=labels[row], label_mask=mask[row], source=path,
                       line=int(lines[row]))
 
-    return LazyFashionDataset(LazyRecords(record, np.arange(len(lines))), vocabulary, has_bbox=False, has_landmarks=False,
+    return LazyFashionDataset(LazyRows(record, np.arange(len(lines))), vocabulary, has_bbox=False, has_landmarks=False,
                               transform=transform, skip_bad=skip_bad, notes=notes)
 
 

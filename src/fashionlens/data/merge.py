@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torchvision import tv_tensors
 
 from fashionlens.data.base import FashionDataset, Record
@@ -67,8 +68,6 @@ def load_aliases(path: str | Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError("expected an alias file (YAML or JSON mapping of name -> name), found nothing", path=path) from None
-    import yaml
-
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as error:
@@ -245,16 +244,15 @@ class MergedDataset(FashionDataset):
         self.annotated_by = annotated_by
         self.skipped = [error for ds in datasets for error in ds.skipped]
         self.with_masks = any(getattr(ds, "with_masks", False) for ds in datasets)
-        self._fill_bbox = any(r.bbox is not None for r in records)
-        self._fill_landmarks = any(r.landmarks is not None for r in records)
 
     def source_of(self, index: int) -> str:
         """The name of the source dataset row ``index`` comes from."""
         return self.sources[self.rows[index][0]]
 
-    def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None) -> list[DataError]:
+    def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None,
+                        remember: bool = False) -> list[DataError]:
         before = list(zip(self.records, self.rows))
-        problems = super().validate_images(full_decode=full_decode, drop=drop, workers=workers)
+        problems = super().validate_images(full_decode=full_decode, drop=drop, workers=workers, remember=remember)
         if drop and problems:
             kept = {id(record) for record in self.records}
             self.rows = [row for record, row in before if id(record) in kept]
@@ -273,10 +271,10 @@ class MergedDataset(FashionDataset):
             sample["mask"] = tv_tensors.Mask(self._label_lookup[source][torch.as_tensor(sample["mask"]).long()])
         elif self.with_masks:
             sample["mask"] = tv_tensors.Mask(torch.full((height, width), -1, dtype=torch.int64))
-        if self._fill_bbox and "bbox" not in sample:
+        if self._has_bbox and "bbox" not in sample:
             sample["bbox"] = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0.0, float(width), float(height)]]),
                                                       format="XYXY", canvas_size=(height, width))
-        if self._fill_landmarks and "landmarks" not in sample:
+        if self._has_landmarks and "landmarks" not in sample:
             sample["landmarks"] = tv_tensors.KeyPoints(torch.zeros(NUM_LANDMARKS, 2), canvas_size=(height, width))
             sample["landmark_visibility"] = torch.full((NUM_LANDMARKS,), CUT_OFF, dtype=torch.int64)
         sample["index"] = index
