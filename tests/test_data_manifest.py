@@ -283,3 +283,22 @@ def test_a_cache_that_cannot_be_written_is_a_note_and_leaves_nothing(folder: Pat
     assert len(dataset) == 50 and not list((tmp_path / "cache").iterdir())
     assert dataset.notes == ["annotation cache not written ([Errno 28] No space left on device); "
                              "set FASHIONLENS_ANNOTATION_CACHE to a writable folder, or to 'off'"]
+
+
+def test_a_photo_that_links_out_of_the_root_is_not_followed(folder: Path, tmp_path_factory) -> None:
+    """Issue 27 item 10: the manifest checked each path's text only, so `img/evil.jpg -> /elsewhere/x.jpg`
+    was read as a photo of the dataset."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "x.jpg"
+    shutil.copyfile(folder / "img" / "000002.jpg", elsewhere)
+    (folder / "img" / "evil.jpg").symlink_to(elsewhere)
+    (folder / "data").symlink_to(folder / "img")  # a link that stays inside is fine
+    path = folder / "train.csv"
+    path.write_text("image,labels\nimg/000003.jpg,street\nimg/evil.jpg,punk\ndata/000005.jpg,street\n")
+    problems = read_manifest_csv(path, cache=False).validate_images(full_decode=False)
+    assert [str(problem) for problem in problems] == [
+        f"{path}:3: {folder / 'img' / 'evil.jpg'}: a link to {elsewhere}, outside the dataset root {folder}: "
+        f"not followed (--allow-outside-root reads it)"]
+    dataset = read_manifest_csv(path, cache=False)
+    dataset.validate_images(full_decode=False, drop=True)
+    assert [Path(sample["path"]).name for sample in (dataset[0], dataset[1])] == ["000003.jpg", "000005.jpg"]
+    assert read_manifest_csv(path, cache=False, allow_outside_root=True).validate_images(full_decode=False) == []

@@ -199,6 +199,9 @@ class FashionDataset(torch.utils.data.Dataset):
         self.bbox_margin = bbox_margin
         self.notes: list[str] = list(notes) + cleaning_notes
         self.skipped: list[DataError] = []
+        # Annotation file -> the folder its photos must stay inside once links are followed (manifests,
+        # unless allow_outside_root): checked with the photos, before training (validate_images).
+        self.roots: dict[str, str] = {}
         self._has_bbox = any(r.bbox is not None for r in self.records)
         self._has_landmarks = any(r.landmarks is not None for r in self.records)
         if skip_bad:
@@ -258,9 +261,11 @@ class FashionDataset(torch.utils.data.Dataset):
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             checked = list(pool.map(lambda i: _check_image_quickly(records[i], full_decode), todo))
-        results: list[DataError | None] = [None] * len(records)
+            # Every photo, checked ones included: a link can be replaced without changing what it leads to.
+            outside = list(pool.map(self._link_out_of_root, records)) if self.roots else [None] * len(records)
+        results: list[DataError | None] = list(outside)
         for i, err in zip(todo, checked):
-            results[i] = err
+            results[i] = results[i] or err
         if cache_file is not None and todo:
             write_passed(cache_file, {stamp for stamp, err in zip(stamps, results) if stamp is not None and err is None})
         problems = [err for err in results if err is not None]
@@ -268,6 +273,16 @@ class FashionDataset(torch.utils.data.Dataset):
             self.records = [r for r, err in zip(records, results) if err is None]
             self.skipped.extend(problems)
         return problems
+
+    def _link_out_of_root(self, record: Record) -> DataError | None:
+        root = self.roots.get(str(record.source))
+        if root is None:
+            return None
+        real = os.path.realpath(record.image)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return None
+        return DataError(f"{record.image}: a link to {real}, outside the dataset root {root}: not followed "
+                         f"(--allow-outside-root reads it)", path=record.source, line=record.line)
 
     def skipped_summary(self, limit: int = 20) -> str:
         """How many images were skipped and why, one line each (first ``limit`` of them)."""

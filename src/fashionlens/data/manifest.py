@@ -377,8 +377,11 @@ def _read(
         return Record(image=Path(images[row].as_py()), labels=labels[row], label_mask=mask[row], source=path,
                       line=int(lines[row]))
 
-    return LazyFashionDataset(LazyRows(record, np.arange(len(lines))), vocabulary, has_bbox=False, has_landmarks=False,
-                              transform=transform, skip_bad=skip_bad, notes=notes)
+    dataset = LazyFashionDataset(LazyRows(record, np.arange(len(lines))), vocabulary, has_bbox=False,
+                                 has_landmarks=False, transform=transform, skip_bad=skip_bad, notes=notes)
+    if not allow_outside_root:  # the text of each path stays inside; where its links lead is checked with the photos
+        dataset.roots[str(path)] = os.path.realpath(base)
+    return dataset
 
 
 def read_manifest_csv(path: str | Path, images_root: str | Path | None = None, **options: Unpack[ManifestOptions]) -> FashionDataset:

@@ -243,6 +243,7 @@ class MergedDataset(FashionDataset):
         self.rows = rows
         self.annotated_by = annotated_by
         self.skipped = [error for ds in datasets for error in ds.skipped]
+        self.roots = {source: root for ds in datasets for source, root in ds.roots.items()}
         self.with_masks = any(getattr(ds, "with_masks", False) for ds in datasets)
 
     def source_of(self, index: int) -> str:
