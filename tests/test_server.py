@@ -417,7 +417,7 @@ def test_a_client_disconnecting_mid_upload_is_one_log_line(strict_app, caplog, c
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_only_the_bound_address_and_localhost_are_answered(model_dir):
+def test_only_the_bound_address_and_localhost_are_answered(model_dir, monkeypatch):
     """Issue 27 item 14: the server answered any Host header, so a page whose name was re-pointed at
     127.0.0.1 (DNS rebinding) could read predictions and catalogue thumbnails."""
     from fashionlens.server.app import create_app, local_hosts
@@ -434,6 +434,17 @@ def test_only_the_bound_address_and_localhost_are_answered(model_dir):
     with TestClient(app, base_url="http://attacker.example:8000") as client:
         assert client.get("/health").status_code == 400
         assert client.get("/").status_code == 400
+    # `serve` (the command) passes them: what it binds to, never every host unless told.
+    import uvicorn
+
+    from fashionlens.server import app as server_app
+
+    given = []
+    real_create_app = server_app.create_app
+    monkeypatch.setattr(server_app, "create_app", lambda *a, **k: given.append(k["allowed_hosts"]) or real_create_app(*a, **k))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: None)
+    assert server_app.serve(model_dir, host="127.0.0.1", allow_hosts=["shop.lan"]) == 0
+    assert given == [["127.0.0.1", "localhost", "::1", "shop.lan"]]
 
 
 def test_slow_clients_neither_stall_nor_flood_the_server(client, caplog):
