@@ -167,6 +167,7 @@ def test_pointing_hit_and_scoring():
     assert result.rows() == [("shoes", 1, 1.0, 0.0)]
 
 
+@pytest.mark.slow  # 2.4 s
 @pytest.mark.skipif(not PHOTOS, reason=f"Clothing Co-Parsing photos not found under {CCP}")
 def test_predict_explain_writes_overlays(tmp_path, capsys, monkeypatch):
     from fashionlens.cli import main

@@ -290,6 +290,7 @@ def test_onnx_matches_torch_on_real_photos(head, tmp_path, monkeypatch):
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
 
 
+@pytest.mark.slow  # three ONNX exports (3 s)
 def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_nothing_into_the_model(
         tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file, save_file

@@ -192,6 +192,7 @@ def test_the_pr_curve_breaks_ties_as_the_metrics_do():
     assert multilabel_metrics(scores, positive)["mAP"] == pytest.approx(area, abs=1e-9)
 
 
+@pytest.mark.slow  # 1.9 s
 def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):
     paths, true_xy, visibility = report.read_landmark_annotations(shared_data / "landmarks")
     assert len(paths) == 20 and true_xy.shape == (20, 8, 2)
