@@ -93,7 +93,7 @@ def test_an_unreadable_shard_is_refused_never_renamed(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_every_photo_exactly_once(style_dir, tmp_path):
+def test_two_processes_write_every_photo_exactly_once_with_the_local_commands_rows(style_dir, tmp_path):
     out = tmp_path / "preds.parquet"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-m", "fashionlens.cli", "predict", str(style_dir), *map(str, PHOTOS),
@@ -104,6 +104,14 @@ def test_two_processes_write_every_photo_exactly_once(style_dir, tmp_path):
     assert sorted(rows) == sorted(str(p) for p in PHOTOS)  # every photo, none twice
     ranks = {shard.name.split("-")[1] for shard in out.glob("part-*.parquet")}
     assert ranks == {"000", "001"}
+    # The same rows as this machine's one-process command (issue 29: the paths give identical rows).
+    local = tmp_path / "local.parquet"
+    assert main(["predict", str(style_dir), *map(str, PHOTOS), "--out", str(local), "--workers", "0"]) == 0
+    by_path = {row["path"]: row for row in pq.read_table(local).to_pylist()}
+    for row in pq.read_table(out).to_pylist():
+        other = by_path[row["path"]]
+        assert row["labels"] == other["labels"] and row["predicted"] == other["predicted"]
+        assert max(abs(a - b) for a, b in zip(row["scores"], other["scores"])) < 1e-6
 
 
 def test_threshold_auto_marks_labels_against_their_calibrated_thresholds(style_dir, tmp_path, capsys):
