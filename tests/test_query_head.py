@@ -99,7 +99,7 @@ def test_a_saved_query_model_loads_with_identical_logits_and_old_configs_still_l
     assert StyleNetConfig.from_dict(old).query_layers == StyleNetConfig(num_labels=1).query_layers
 
 
-def test_onnx_export_of_the_query_head_matches_torch_on_real_photos(tmp_path, monkeypatch):
+def test_onnx_export_and_explanations_of_the_query_head_on_real_photos(tmp_path, monkeypatch):
     from fashionlens.inference import load
     from fashionlens.modeldir import save_model_dir
 
@@ -110,8 +110,13 @@ def test_onnx_export_of_the_query_head_matches_torch_on_real_photos(tmp_path, mo
                                {"label_names": STYLE_NAMES, "display_names": STYLE_NAMES},
                                {**PREPROCESSING, "image_size": 64})
     photos = sorted((MINI / "images").glob("*.jpg"))[:3]
-    expected = load(directory)(photos)
+    predictor = load(directory)
+    expected = predictor(photos)
     got = load(directory, runtime="onnx")(photos)  # exported on demand (checked against torch), a batch of 3
+    # predict --explain, /explain and the page get each label's attention over the places.
+    explanation = predictor.explain(photos[0], labels=["floral", "scarf"])
+    assert [m.name for m in explanation.maps] == ["floral", "scarf"]
+    assert all(m.grid.shape == (2, 2) and abs(float(m.grid.sum()) - 1) < 1e-5 for m in explanation.maps)
     for a, b in zip(expected, got):
         logits = {label.name: label.logit for label in b.labels}
         assert max(abs(label.logit - logits[label.name]) for label in a.labels) < 1e-4
