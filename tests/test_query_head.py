@@ -161,8 +161,8 @@ def test_a_bad_query_knob_is_a_one_line_error_naming_the_key(capsys):
 
 @pytest.mark.slow
 def test_the_query_head_learns_on_real_street_photos(tmp_path: Path):
-    """Frozen cached features of 400 Clothing Co-Parsing photos, 100 held out: the query head (its
-    default start) ranks the held-out photos' garments well above chance."""
+    """Frozen cached features of 400 Clothing Co-Parsing photos (128 px, 8 epochs), 100 held out: the
+    query head (its default start) ranks the held-out photos' garments well above chance."""
     from fashionlens.metrics import multilabel_metrics
     from fashionlens.training import train_style
 
@@ -179,4 +179,6 @@ def test_the_query_head_learns_on_real_street_photos(tmp_path: Path):
     rng = np.random.default_rng(0)
     chance = np.mean([multilabel_metrics(rng.normal(size=labels.shape), labels, mask)["mAP"] for _ in range(20)])
     learned = json.loads((out / "metrics.json").read_text())["mAP"]
-    assert learned > chance + 5.0, (learned, chance)
+    # Measured 2026-12-07 (2-core CPU): 20.91 against a chance of 15.01; 3 points of margin for other
+    # machines and library versions.
+    assert learned > 20.9 - 3.0 and learned > chance + 2.0, (learned, chance)

@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Label queries cross-attending the feature map (models/query_head.py), from random or GCN-started queries.
     "query-scratch": {"head.kind": "query", "head.query_init": "scratch"},
     "query-gcn": {"head.kind": "query", "head.query_init": "gcn", "graph.embeddings": "onehot"},
+    "query-scratch-selfattn": {"head.kind": "query", "head.query_init": "scratch", "head.query_self_attention": True},
 }
 DEFAULT_VARIANTS = ("linear-avg", "linear-max", "mlgcn-glove", "mlgcn-onehot", "mlgcn-identity", "linear-max-scratch")
 
