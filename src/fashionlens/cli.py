@@ -53,7 +53,8 @@ TRAINING_FLAGS: dict[str, str] = {
     "devices": "trainer.devices", "num_nodes": "trainer.num_nodes", "accelerator": "trainer.accelerator",
     "precision": "trainer.precision", "resume": "trainer.resume", "progress": "trainer.progress",
     "head": "head.kind", "attr_head": "head.kind", "pool": "head.pool", "hidden_dim": "head.hidden_dim",
-    "bias": "head.bias", "residual": "head.residual",
+    "bias": "head.bias", "residual": "head.residual", "query_init": "head.query_init", "query_dim": "head.query_dim",
+    "query_layers": "head.query_layers", "query_self_attention": "head.query_self_attention",
     "embeddings": "graph.embeddings", "embedding_fallback": "graph.embedding_fallback", "graph": "graph.graph",
     "t": "graph.t", "p": "graph.p", "min_lift": "graph.min_lift",
     "calibrate": "calibration.method",
@@ -160,6 +161,14 @@ def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> Non
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
                         help="add learned per-label classifiers to the GCN's")
+    parser.add_argument("--query-init", choices=CHOICES["head.query_init"], default=S,
+                        help=f"--head query: the label queries start at the GCN's classifiers or at random "
+                             f"(default {d.head.query_init})")
+    parser.add_argument("--query-dim", type=int, default=S, help=f"--head query: its width (default {d.head.query_dim})")
+    parser.add_argument("--query-layers", type=int, default=S,
+                        help=f"--head query: decoder layers (default {d.head.query_layers})")
+    parser.add_argument("--query-self-attention", action=argparse.BooleanOptionalAction, default=S,
+                        help=f"--head query: self-attention among the label queries (default {d.head.query_self_attention})")
     parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S,
                         help=f"default {d.recipe.loss}: softmax (cross-entropy, top-1) when every training photo has "
                              "exactly one label (class folders), else bce (multi-label); asl: asymmetric loss")

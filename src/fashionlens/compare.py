@@ -1,4 +1,4 @@
-"""Side-by-side comparison of the style heads on one fixed split: baselines vs ML-GCN variants.
+"""Side-by-side comparison of the style heads on one fixed split: baselines vs ML-GCN and label-query variants.
 
 Every variant trains with the same data, split, seed, backbone, image size and recipe (one
 StyleConfig); a variant is a set of overrides of that config (``fashionlens.config.override``, so
@@ -46,6 +46,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear-max-scratch": {"head.kind": "linear", "head.pool": "max", **_SCRATCH},
     "mlgcn-glove-scratch": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "glove50", **_SCRATCH},
     "mlgcn-onehot-scratch": {"head.kind": "mlgcn", "head.pool": "max", "graph.embeddings": "onehot", **_SCRATCH},
+    # Label queries cross-attending the feature map (models/query_head.py), from random or GCN-started queries.
+    "query-scratch": {"head.kind": "query", "head.query_init": "scratch"},
+    "query-gcn": {"head.kind": "query", "head.query_init": "gcn", "graph.embeddings": "onehot"},
+    "query-scratch-selfattn": {"head.kind": "query", "head.query_init": "scratch", "head.query_self_attention": True},
 }
 DEFAULT_VARIANTS = ("linear-avg", "linear-max", "mlgcn-glove", "mlgcn-onehot", "mlgcn-identity", "linear-max-scratch")
 

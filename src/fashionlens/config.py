@@ -151,13 +151,18 @@ class GraphConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """A multi-label head: a linear classifier per label, or ML-GCN's graph-convolved classifiers."""
+    """A multi-label head: a linear classifier per label, ML-GCN's graph-convolved classifiers, or label
+    queries attending the feature map (style only)."""
 
-    kind: str | None = None  # mlgcn | linear
+    kind: str | None = None  # mlgcn | linear | query (style only)
     pool: str | None = None  # max | avg (style model's global pooling)
     hidden_dim: int | None = None  # the GCN's hidden width
     bias: bool | None = None  # a learned per-label bias on the ML-GCN logits (the reference has none)
     residual: bool | None = None  # learned classifiers added to the GCN's
+    query_init: str | None = None  # the query head's start: gcn | scratch
+    query_dim: int | None = None  # the query head's width
+    query_layers: int | None = None  # the query head's decoder layers
+    query_self_attention: bool | None = None  # self-attention among the label queries
 
 
 @dataclass(frozen=True)
@@ -264,7 +269,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "recipe.optimizer": ("sgd", "adamw", "adam"),
     "recipe.loss": ("auto", "bce", "asl", "softmax"),
     "recipe.final_weights": ("best", "last"),
-    "head.kind": ("mlgcn", "linear"),
+    "head.kind": ("mlgcn", "linear", "query"),
+    "head.query_init": ("gcn", "scratch"),
     "head.pool": ("max", "avg"),
     "graph.graph": ("cooccurrence", "identity"),
     "graph.embedding_fallback": ("zero", "random"),
@@ -454,6 +460,12 @@ def validate(config: TaskConfig) -> TaskConfig:
     hidden_dim = config.head.hidden_dim  # None: the network's own default (models/netconfig.py)
     if hidden_dim is not None and not 1 <= hidden_dim <= 65536:  # 0 divided by zero in the GCN's initialisation
         raise ConfigError(f"head.hidden_dim: must be from 1 to 65536, got {config.head.hidden_dim}")
+    for key, (low, high) in {"query_dim": (1, 65536), "query_layers": (1, 8)}.items():
+        value = getattr(config.head, key)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"head.{key}: must be from {low} to {high}, got {value}")
+    if config.task == "clothing" and config.head.kind == "query":
+        raise ConfigError("head.kind: 'query' is a style head; the clothing network's attribute head is linear or mlgcn")
     devices = config.trainer.devices.strip()
     if not (devices == "auto" or devices.isdigit() and int(devices) >= 1 or devices == "-1"
             or all(part.strip().isdigit() for part in devices.rstrip(",").split(","))):

@@ -4,13 +4,15 @@ A label's map is that label's classifier applied at every place of the feature m
 (the class activation map of Zhou et al., CVPR 2016, Eq. 2): for the ML-GCN head the GCN's
 classifier vector, for the linear head its weight row, for the clothing network the attribute
 head applied to the attribute branch's feature map before its pooling. It costs one matrix product
-on top of the forward pass and needs no gradients (:func:`fashionlens.models.mlgcn.label_maps`).
+on top of the forward pass and needs no gradients (:func:`fashionlens.models.mlgcn.label_maps`). For
+the label-query head (``--head query``) a label's map is its query's cross-attention over the places
+(:mod:`fashionlens.models.query_head`): weights that sum to 1, not logits.
 
 Coordinates. The model sees the whole photo squashed to its square input (the evaluation
 transform is a square resize, no crop), so a map's grid covers the whole photo: grid cell ``(i, j)``
 of an ``h x w`` grid covers photo columns ``[j * W / w, (j + 1) * W / w)`` and rows likewise.
 :attr:`LabelMap.grid` is the map at that resolution, in logit units (the classifier's output at
-that place, bias included); :meth:`LabelMap.photo` is the same map upsampled bilinearly to the
+that place, bias included; attention weights for the query head); :meth:`LabelMap.photo` is the same map upsampled bilinearly to the
 photo's pixels; :meth:`LabelMap.resized` to any size (the input size, for the pointing game).
 Points are in the pixel-centre convention the landmarks use (pixel ``k``'s centre is at ``k``).
 

@@ -17,7 +17,8 @@ NETWORKS = {"style": StyleNetConfig, "clothing": ClothingNetConfig}
 KNOBS = {
     "style": {"backbone.name": "backbone", "backbone.pretrained": "pretrained", "backbone.image_size": "image_size",
               "head.kind": "head", "head.pool": "pool", "head.hidden_dim": "hidden_dim", "head.bias": "bias",
-              "head.residual": "residual"},
+              "head.residual": "residual", "head.query_init": "query_init", "head.query_dim": "query_dim",
+              "head.query_layers": "query_layers", "head.query_self_attention": "query_self_attention"},
     "clothing": {"backbone.name": "backbone", "backbone.pretrained": "pretrained", "backbone.image_size": "image_size",
                  "head.kind": "attr_head", "head.hidden_dim": "hidden_dim", "head.bias": "bias",
                  "model.stage": "stage", "model.landmarks": "landmarks", "model.heatmap_size": "heatmap_size",

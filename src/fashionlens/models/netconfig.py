@@ -13,7 +13,8 @@ from fashionlens.config import IMAGE_SIZE_RANGE
 from fashionlens.fileio import check_fields, dataclass_from_json
 
 POOLS = ("max", "avg")
-HEADS = ("mlgcn", "linear")
+HEADS = ("mlgcn", "linear", "query")
+QUERY_INITS = ("gcn", "scratch")
 MAX_SIZE = 65536  # any width, count or embedding size a config.json may ask for; the real ones are a few thousand
 
 
@@ -36,6 +37,13 @@ class StyleNetConfig:
     # a config.json without the key was written before it existed: none (from_dict).
     bias: bool = True
     activation: str = "sigmoid"  # softmax: one label per photo (class folders)
+    # The query head (models/query_head.py); ignored by the others. A config.json without these keys
+    # was written before the head existed, by another head.
+    query_init: str = "scratch"  # gcn: the queries start at the GCN's classifiers; scratch: at random
+    query_dim: int = 256  # the width of the queries and of the projected places
+    query_layers: int = 1  # decoder layers
+    query_heads: int = 4  # attention heads (query_dim must divide by it)
+    query_self_attention: bool = False  # self-attention among the queries in each layer
     # How the label graph was built (a record for people; the weights hold the graph itself).
     embeddings: str | None = None
     graph: str | None = None
@@ -45,8 +53,13 @@ class StyleNetConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, ranges={"num_labels": (1, MAX_SIZE), "image_size": IMAGE_SIZE_RANGE,
-                                   "embedding_dim": (1, MAX_SIZE), "hidden_dim": (1, MAX_SIZE)},
-                     choices={"task": ("style",), "pool": POOLS, "head": HEADS, "activation": ("sigmoid", "softmax")})
+                                   "embedding_dim": (1, MAX_SIZE), "hidden_dim": (1, MAX_SIZE),
+                                   "query_dim": (1, MAX_SIZE), "query_layers": (1, 8), "query_heads": (1, 64)},
+                     choices={"task": ("style",), "pool": POOLS, "head": HEADS, "activation": ("sigmoid", "softmax"),
+                              "query_init": QUERY_INITS})
+        if self.query_dim % self.query_heads:
+            raise ValueError(f"'query_dim': expected a multiple of query_heads ({self.query_heads}), "
+                             f"found {self.query_dim}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StyleNetConfig:

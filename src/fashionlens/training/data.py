@@ -127,7 +127,8 @@ class ColumnSubset(torch.utils.data.Dataset):
 
 
 class FeatureCache(torch.utils.data.Dataset):
-    """Pooled features of a frozen backbone, computed once, with the samples' labels.
+    """What the head consumes (``model.forward_features``: pooled features, or the feature map for the
+    query head) from a frozen backbone, computed once, with the samples' labels.
 
     With the backbone frozen for every epoch its output never changes, so computing it once and
     training only the head gives the same optimisation at a fraction of the cost (the linear-probe
@@ -264,7 +265,8 @@ class TrainingData(L.LightningDataModule):
         self.val_set = ColumnSubset(self.val_full, self.val_idx, self.columns)
 
     def cache_features(self, model: nn.Module) -> None:
-        """Replace both sets by pooled features of the frozen backbone (eval transform, computed once).
+        """Replace both sets by the frozen backbone's features as the head consumes them (pooled, or the
+        map for the query head: ``model.forward_features``; eval transform, computed once).
 
         The key leaves out the label columns: the features do not depend on them, so variants that
         keep different labels (a linear and an ML-GCN head) share one extraction. The cache holds
@@ -273,7 +275,8 @@ class TrainingData(L.LightningDataModule):
         config = self.config
         sources = tuple((str(s.path), s.format) for s in config.data.sources)
         key = (sources, str(config.data.val), config.backbone.name, config.backbone.pretrained, config.head.pool,
-               config.backbone.image_size, tuple(self.train_idx), tuple(self.val_idx))
+               config.backbone.image_size, bool(getattr(model, "spatial", False)), tuple(self.train_idx),
+               tuple(self.val_idx))
         if key not in _FEATURE_CACHE:
             _FEATURE_CACHE.clear()
             every_column = list(range(len(self.train_full.label_names)))

@@ -24,7 +24,7 @@ SCALAR_METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "CP", "CR", "OP",
 
 
 class StyleTask(Task):
-    """An ML-GCN or linear head on a pretrained backbone, masked BCE (or ASL) over the known labels."""
+    """An ML-GCN, linear or label-query head on a pretrained backbone, masked BCE (or ASL) over the known labels."""
 
     monitor = "mAP"
     monitor_mode = "max"
@@ -47,7 +47,7 @@ class StyleTask(Task):
         return self.model(images)["logits"]
 
     def logits(self, batch: dict) -> torch.Tensor:
-        if "features" in batch:  # pooled features of a frozen backbone, computed once (FeatureCache)
+        if "features" in batch:  # what the head consumes, from a frozen backbone, computed once (FeatureCache)
             return self.model.forward_head(batch["features"])
         return self(self.images(batch))
 
@@ -209,6 +209,12 @@ def graph_record(graph_config) -> dict[str, Any]:
             "p": graph_config.p, "min_lift": graph_config.min_lift}
 
 
+def uses_label_graph(config: StyleConfig) -> bool:
+    """Whether the head is built from the label graph: ML-GCN, or label queries started at its classifiers."""
+    head = with_network_defaults(config).head
+    return head.kind == "mlgcn" or (head.kind == "query" and head.query_init == "gcn")
+
+
 def network_config(config: StyleConfig, num_labels: int | None = None,
                    embedding_dim: int | None = None) -> dict[str, Any]:
     """The style model's config.json (what ``build_style_model`` takes) for ``config``: the one place
@@ -217,7 +223,7 @@ def network_config(config: StyleConfig, num_labels: int | None = None,
     network = {**network_fields(config), "activation": "softmax" if config.recipe.loss == "softmax" else "sigmoid"}
     if num_labels is not None:
         network["num_labels"] = int(num_labels)
-    if network["head"] == "mlgcn" and embedding_dim is not None:
+    if uses_label_graph(config) and embedding_dim is not None:
         network.update(graph_record(config.graph), embedding_dim=int(embedding_dim))
     return network
 
@@ -258,7 +264,7 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     if config.data.drop_empty_labels:
         # Every head, so that a linear and an ML-GCN variant on the same split have the same labels.
         kept = labels_with_positives(train_labels, train_mask, label_names)
-    if config.head.kind == "mlgcn":
+    if uses_label_graph(config):
         words = words_for_labels(data.train_full)
         embeddings, adjacency, graph, graph_kept = build_label_graph_inputs(
             train_labels[:, kept], train_mask[:, kept], [label_names[i] for i in kept],
