@@ -10,6 +10,7 @@ import errno
 import glob
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
@@ -241,6 +242,25 @@ def gather_inputs(patterns: Sequence[str | Path], files_from: str | Path | None 
                                     f"{'entry leads' if duplicates == 1 else 'entries lead'} to a photo listed "
                                     f"already, predicted once", failed=False))
     return paths, skipped
+
+
+def photos_of(args) -> tuple[list[str | Path], list[SkippedInput]] | None:
+    """``predict``'s and ``embed``'s photos (:func:`gather_inputs` of the arguments that
+    :func:`add_input_arguments` adds), each problem said on stderr; ``None``, after one error line, when
+    the inputs cannot be read or hold no photo."""
+    try:
+        paths, problems = gather_inputs(args.paths, getattr(args, "files_from", None),
+                                        getattr(args, "path_column", None))
+    except FashionlensError as error:
+        print(f"fashionlens: error: {error}", file=sys.stderr)
+        return None
+    for problem in problems:
+        print(f"fashionlens: {problem}", file=sys.stderr)
+    if not paths:
+        print("fashionlens: error: no images found (give image files, folders, globs or --files-from LIST; "
+              "extensions: " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
+        return None
+    return paths, problems
 
 
 def add_input_arguments(parser) -> None:

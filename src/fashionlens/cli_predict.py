@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fashionlens.cli_paths import gather_inputs
+from fashionlens.cli_paths import photos_of
 from fashionlens.config import default_predict_workers
 from fashionlens.errors import FashionlensError
 from fashionlens.explain import draw_landmarks, overlay
@@ -50,7 +50,6 @@ from fashionlens.predictions import (
     written_files,
 )
 from fashionlens.progress import progress_bar
-from fashionlens.vocabulary import IMAGE_EXTENSIONS
 
 def explain_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold,
                   labels: Sequence[str]) -> tuple[list, list, list[str]]:
@@ -251,18 +250,10 @@ def predict_command(args: argparse.Namespace) -> int:
     """``fashionlens predict``: 0 when every image was predicted, 1 when some failed, 2 when none found."""
     reuse_freed_memory()
 
-    try:
-        paths, problems = gather_inputs(args.paths, getattr(args, "files_from", None),
-                                        getattr(args, "path_column", None))
-    except FashionlensError as error:
-        print(f"fashionlens: error: {error}", file=sys.stderr)
+    photos = photos_of(args)
+    if photos is None:
         return 2
-    for problem in problems:
-        print(f"fashionlens: {problem}", file=sys.stderr)
-    if not paths:
-        print("fashionlens: error: no images found (give image files, folders, globs or --files-from LIST; "
-              "extensions: " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")", file=sys.stderr)
-        return 2
+    paths, problems = photos
     try:
         threshold = _threshold(getattr(args, "threshold", None))
     except FashionlensError as error:
@@ -292,21 +283,18 @@ def predict_command(args: argparse.Namespace) -> int:
             print("fashionlens: error: --engine ray writes Parquet shards: give --out preds.parquet, without "
                   "--csv, --explain or --devices/--num-nodes", file=sys.stderr)
             return 2
-        try:
+    elif _distributed(args) and out is None:
+        print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
+              file=sys.stderr)
+        return 2
+    try:
+        if getattr(args, "engine", "local") == "ray":
             return _predict_ray(args, paths, lost, top_k, threshold, batch_size)
-        except OutputError as error:
-            print(f"fashionlens: error: {error}", file=sys.stderr)
-            return 2
-    if _distributed(args):
-        if out is None:
-            print("fashionlens: error: --devices/--num-nodes > 1 write Parquet shards: give --out preds.parquet",
-                  file=sys.stderr)
-            return 2
-        try:
+        if _distributed(args):
             return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
-        except OutputError as error:
-            print(f"fashionlens: error: {error}", file=sys.stderr)
-            return 2
+    except OutputError as error:
+        print(f"fashionlens: error: {error}", file=sys.stderr)
+        return 2
 
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
                      onnx=getattr(args, "onnx", None))

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fashionlens.cli_paths import add_input_arguments, gather_inputs
+from fashionlens.cli_paths import add_input_arguments, photos_of
 from fashionlens.config import EXACT_LIMIT, KINDS, whole_number
 from fashionlens.errors import FashionlensError
 
@@ -63,16 +63,10 @@ def _embed_command(args: argparse.Namespace) -> int:
 
     reuse_freed_memory()
 
-    try:
-        paths, problems = gather_inputs(args.paths, args.files_from, args.path_column)
-    except FashionlensError as error:
-        print(f"fashionlens: error: {error}", file=sys.stderr)
+    photos = photos_of(args)
+    if photos is None:
         return 2
-    for problem in problems:
-        print(f"fashionlens: {problem}", file=sys.stderr)
-    if not paths:
-        print("fashionlens: error: no images found", file=sys.stderr)
-        return 2
+    paths, problems = photos
     predictor = load(args.model_dir, batch_size=args.batch_size)
     try:
         summary = embed_photos(predictor, paths, args.out, Path(args.model_dir).name, args.batch_size, args.workers)
