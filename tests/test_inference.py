@@ -265,7 +265,8 @@ def test_predict_command_skips_a_bad_file_and_exits_1(style_dir, tmp_path, capsy
 # ---------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("head", ["linear", pytest.param("mlgcn", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the fast suite checks ONNX against torch with the query head (test_query_head.py)
+@pytest.mark.parametrize("head", ["linear", "mlgcn"])
 def test_onnx_matches_torch_on_real_photos(head, tmp_path, monkeypatch):
     monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))
     directory = _style_model_dir(tmp_path / head, head)
