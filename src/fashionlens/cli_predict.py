@@ -278,7 +278,8 @@ def predict_command(args: argparse.Namespace) -> int:
         print("fashionlens: error: --explain runs on one device; drop --devices/--num-nodes", file=sys.stderr)
         return 2
     lost = sum(1 for problem in problems if getattr(problem, "failed", True))
-    if getattr(args, "engine", "local") == "ray":
+    ray_engine = getattr(args, "engine", "local") == "ray"
+    if ray_engine:
         if out is None or explain or getattr(args, "csv", None) or _distributed(args):
             print("fashionlens: error: --engine ray writes Parquet shards: give --out preds.parquet, without "
                   "--csv, --explain or --devices/--num-nodes", file=sys.stderr)
@@ -288,7 +289,7 @@ def predict_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        if getattr(args, "engine", "local") == "ray":
+        if ray_engine:
             return _predict_ray(args, paths, lost, top_k, threshold, batch_size)
         if _distributed(args):
             return _predict_distributed(args, paths, top_k, threshold, batch_size, workers)
