@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fashionlens.inference import Predictor
-from fashionlens.metrics import attribute_group_metrics
+from fashionlens.metrics import attribute_group_metrics, group_log_priors
 from fashionlens.models.landmark_net import clothing_loss
 
 
@@ -30,6 +30,22 @@ def test_group_metrics_hand_worked():
     assert [result[f"recall_{n}"] for n in names] == pytest.approx([50.0, 100.0, 0.0, 0.0, 100.0])
     assert result["mean_class_accuracy"] == pytest.approx(50.0)
     assert result["mean_group_accuracy"] == pytest.approx((50.0 + 200 / 3) / 2)
+
+
+def test_the_balanced_decision_subtracts_each_class_log_prior():
+    # Training counts: group a 3 / 1 / 0 -> add-one 4 / 2 / 1 of 7; group b 5 / 5 -> 1/2 each; column 5 in none.
+    priors = group_log_priors([3, 1, 0, 5, 5, 9], {"a": [0, 1, 2], "b": [3, 4]})
+    assert priors == pytest.approx(np.log([4 / 7, 2 / 7, 1 / 7, 0.5, 0.5, 1.0]))
+    # Photo 0 (true y): logits x 0.5, y 0: plain argmax x; balanced 0.5 - ln(4/7) = 1.06 < 0 - ln(2/7) = 1.25: y.
+    # Photo 1 (true x): logits x 1.0, y 0: balanced 1.56 > 1.25: x. Photo 2 (true z): z needs ln 4 over x.
+    scores = np.array([[0.5, 0.0, -1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 1.0 - math.log(4.0) + 0.01]])
+    targets = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    result = attribute_group_metrics(scores, targets, None, {"a": [0, 1, 2]}, ["x", "y", "z"], train_counts=[3, 1, 0])
+    assert result["mean_class_accuracy"] == pytest.approx(100 / 3)  # x only
+    assert result["balanced_mean_class_accuracy"] == pytest.approx(100.0)
+    assert result["balanced_mean_group_accuracy"] == pytest.approx(100.0)
+    assert "balanced_mean_class_accuracy" not in attribute_group_metrics(scores, targets, None, {"a": [0, 1, 2]},
+                                                                         ["x", "y", "z"])
 
 
 def test_group_metrics_label_without_positive_is_left_out_of_the_mean():
@@ -65,13 +81,14 @@ def test_a_photo_with_an_unknown_group_is_left_out_of_that_group():
     assert parts["attribute"].item() == 0.0
 
 
-def _predictor() -> Predictor:
+def _predictor(**kwargs) -> Predictor:
     labels = {"label_names": ["long_sleeve", "sleeveless", "solid", "floral", "shiny"],
               "display_names": ["long sleeve", "sleeveless", "solid", "floral", "shiny"],
               "attribute_types": ["sleeve", "sleeve", "texture", "texture", "finish"],
               "attribute_groups": ["sleeve", "texture"], "category_names": ["upper_body", "lower_body"],
               "landmark_names": ["left_collar", "left_waistline"],
-              "landmarks_by_category": {"upper_body": ["left_collar"], "lower_body": ["left_waistline"]}}
+              "landmarks_by_category": {"upper_body": ["left_collar"], "lower_body": ["left_waistline"]},
+              "attribute_counts": [90, 10, 50, 50, 7]}
     heatmaps = np.zeros((2, 4, 4), dtype=np.float32)
     heatmaps[0, 1, 2] = 0.9  # left collar at cell (2, 1)
     heatmaps[1, 3, 0] = 0.8  # a confident waistline: not a landmark of an upper-body garment
@@ -81,7 +98,21 @@ def _predictor() -> Predictor:
                 "attribute_logits": np.array([[math.log(3.0), 0.0, 0.0, 0.0, 0.0]], dtype=np.float32),
                 "heatmaps": heatmaps[None]}
 
-    return Predictor(runtime, {"task": "clothing", "image_size": 8}, labels, {"image_size": 8})
+    return Predictor(runtime, {"task": "clothing", "image_size": 8}, labels, {"image_size": 8}, **kwargs)
+
+
+def test_balanced_groups_name_the_class_that_is_rare_in_training():
+    # Sleeve logits (ln 3, 0) with training counts 90 / 10 (add-one 91 / 11 of 102): balanced logits
+    # ln 3 - ln(91/102) and -ln(11/102), so sleeveless has softmax (1/11) / (3/91 + 1/11) = 91 / (33 + 91).
+    result = _predictor(balanced_groups=True)(torch.zeros(3, 8, 16, dtype=torch.uint8))
+    assert result.attribute_groups["sleeve"].name == "sleeveless"
+    assert result.attribute_groups["sleeve"].score == pytest.approx(91 / (91 + 33))
+    assert result.attribute_groups["texture"].name == "solid"  # equal counts: the same answer as before
+    from fashionlens.errors import ModelDirError
+
+    labels = {"label_names": ["a", "b"], "attribute_types": ["g", "g"], "attribute_groups": ["g"]}
+    with pytest.raises(ModelDirError, match="attribute_counts"):
+        Predictor(lambda batch: {}, {"task": "clothing"}, labels, {"image_size": 8}, balanced_groups=True)
 
 
 def test_predictions_carry_the_groups_with_softmax_scores():
@@ -115,6 +146,10 @@ def test_labels_json_groups_must_be_attribute_types(tmp_path):
         _check_labels(tmp_path / "labels.json", {**labels, "attribute_groups": ["sleeve", "fit"]})
     with pytest.raises(ModelDirError, match="landmarks_by_category"):
         _check_labels(tmp_path / "labels.json", {**labels, "landmarks_by_category": ["left_collar"]})
+    _check_labels(tmp_path / "labels.json", {**labels, "attribute_counts": [3, 0]})
+    for counts in ([3], [3, -1], [3, 0.5], "3 0"):
+        with pytest.raises(ModelDirError, match=r"'attribute_counts': expected a list of 2 training counts"):
+            _check_labels(tmp_path / "labels.json", {**labels, "attribute_counts": counts})
 
 
 @pytest.mark.slow

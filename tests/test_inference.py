@@ -18,6 +18,7 @@ from fashionlens.inference import (
     Predictor,
     StylePrediction,
     export_onnx,
+    to_uint8_chw,
     load,
 )
 from fashionlens.modeldir import save_model_dir
@@ -312,9 +313,11 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
     def logits(predictor) -> dict[str, float]:
         return {label.name: label.logit for label in predictor(photo).labels}
 
-    # Nothing given: an export of its own in the cache, named by the weights' SHA-256; the second load reuses it.
+    # Nothing given: an export of its own in the cache, named by the weights' and the config's SHA-256;
+    # the second load reuses it.
     assert main(["predict", str(mine), photo, "--runtime", "onnx", "--json"]) == 0
-    cached = tmp_path / "cache" / ".onnx" / f"{fileio.file_sha256(mine / 'model.safetensors')}-128px-opset17.onnx"
+    cached = tmp_path / "cache" / ".onnx" / (f"{fileio.file_sha256(mine / 'model.safetensors')}-"
+                                             f"{fileio.file_sha256(mine / 'config.json')[:16]}-128px-opset17.onnx")
     assert capsys.readouterr().err.splitlines() == [f"onnx: running {cached}, exported from {mine} into the cache"]
     assert not (mine / "model.onnx").exists()
     modified = cached.stat().st_mtime_ns
@@ -361,10 +364,14 @@ def test_onnx_export_of_a_clothing_model(tmp_path):
 
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["category_logits", "attribute_logits", "heatmaps"]
     photo = LANDMARK_PHOTOS[0] if LANDMARK_PHOTOS else PHOTOS[0]
-    a, b = load(directory)(photo), load(directory, runtime="onnx")(photo)
+    torch_predictor, onnx_predictor = load(directory), load(directory, runtime="onnx")
+    a, b = torch_predictor(photo), onnx_predictor(photo)
     assert [l.name for l in a.category_top_k] == [l.name for l in b.category_top_k]
-    for la, lb in zip(a.landmarks, b.landmarks):
-        assert (la.x, la.y) == pytest.approx((lb.x, lb.y), abs=1e-3)
+    # The outputs themselves (the flip test's mirrored pass included): an untrained network's heatmaps
+    # have near-ties that a 1e-7 difference can move by a cell, so the decoded places are not compared.
+    batch = torch_predictor.preprocess_batch([to_uint8_chw(photo)[0]])
+    for key, value in torch_predictor.runtime(batch).items():
+        np.testing.assert_allclose(onnx_predictor.runtime(batch)[key], value, atol=1e-4)
 
 
 def test_load_errors_name_the_directory(tmp_path):

@@ -75,6 +75,29 @@ def test_old_config_json_keys_are_renamed_once():
     assert (config.landmarks, config.hidden_dim, config.bias, config.negative_slope) == ("convs", 64, False, 0.1)
     assert config.upsample == "deconv"  # written before bilinear existed
     assert ClothingNetConfig().upsample == "bilinear"
+    assert not config.flip_test and ClothingNetConfig().flip_test  # written before the flip test existed
+
+
+def test_flip_test_makes_the_outputs_mirror_with_the_photo():
+    """With the flip test a mirrored photo gives mirrored heatmaps with left and right swapped and the same
+    logits (to float error); without it a network (random weights) does not."""
+    torch.manual_seed(0)
+    photos = torch.randn(2, 3, 64, 64)
+    swap = [1, 0, 3, 2, 5, 4, 7, 6]
+    for flip_test in (True, False):
+        model = build_clothing_model(_small_mobilenet(flip_test=flip_test)).eval()
+        with torch.no_grad():
+            out, mirrored = model(photos), model(photos.flip(-1))
+        close = [torch.allclose(mirrored["heatmaps"], out["heatmaps"].flip(-1)[:, swap], atol=1e-5),
+                 torch.allclose(mirrored["attribute_logits"], out["attribute_logits"], atol=1e-5)]
+        assert close == [flip_test, flip_test]
+    model = build_clothing_model(_small_mobilenet(flip_test=True)).train()  # training sees one pass
+    with torch.no_grad():
+        out, mirrored = model(photos), model(photos.flip(-1))
+    assert not torch.allclose(mirrored["heatmaps"], out["heatmaps"].flip(-1)[:, swap], atol=1e-5)
+    with pytest.raises(ValueError, match="flip_test"):
+        ClothingNetConfig(num_landmarks=4)
+    assert not ClothingNetConfig(num_landmarks=4, flip_test=False).flip_test
 
 
 def test_bad_config_is_refused():

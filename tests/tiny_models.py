@@ -31,7 +31,7 @@ def clothing_model_dir(path: Path) -> Path:
     torch.manual_seed(0)
     config = {"task": "clothing", "backbone": "tf_efficientnet_lite0", "pretrained": "none", "stage": "stride8",
               "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128,
-              "heatmap_size": 32, "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16}
+              "heatmap_size": 32, "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16, "flip_test": True}
     model = build_clothing_model(config)
     labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
               "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],

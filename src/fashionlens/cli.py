@@ -60,7 +60,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "calibrate": "calibration.method",
     "stage": "model.stage", "landmarks": "model.landmarks", "heatmap_size": "model.heatmap_size",
     "heatmap_sigma": "model.heatmap_sigma", "lambdas": "model.lambdas", "head_width": "model.head_width",
-    "upsample_width": "model.upsample_width",
+    "upsample_width": "model.upsample_width", "flip_test": "model.flip_test",
 }
 
 
@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"channels of the category and attribute branches (default {m.head_width})")
     clothing.add_argument("--upsample-width", type=int, default=S,
                           help=f"channels of the heatmap upsampler (default {m.upsample_width})")
+    clothing.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=S,
+                          help="evaluate and predict on each photo and its mirror image, averaged: finer "
+                               f"landmarks at twice the inference cost (default {'on' if m.flip_test else 'off'})")
     clothing.add_argument("--heatmap-sigma", type=float, default=S,
                           help="Gaussian sigma in heatmap pixels (default: the heatmap module's, by heatmap size)")
     clothing.add_argument("--lambdas", type=float, nargs=3, default=S, metavar=("CAT", "ATTR", "LM"),
@@ -369,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto (default: each label against its threshold calibrated at training time) or "
                               "one probability for all labels (labels below it are left out)")
     predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    predict.add_argument("--balanced-groups", action="store_true",
+                         help="a clothing model's attribute groups answer with the class that maximises the mean "
+                              "of the classes' recalls (the DeepFashion challenge's figure) rather than the "
+                              "accuracy: rare classes are named more often (default: off, the likeliest class)")
     predict.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                          help="run this file `fashionlens export` wrote from the model's weights (implies --runtime "
                               "onnx; by default: MODEL/model.onnx where its manifest or the weights' SHA-256 covers "

@@ -298,7 +298,7 @@ def predict_command(args: argparse.Namespace) -> int:
         return 2
 
     predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
-                     onnx=getattr(args, "onnx", None))
+                     onnx=getattr(args, "onnx", None), balanced_groups=getattr(args, "balanced_groups", False))
     if getattr(predictor.runtime, "source", ""):
         print(predictor.runtime.source, file=sys.stderr)
     overlays = None
@@ -432,7 +432,7 @@ def _predict_ray(args: argparse.Namespace, paths: list, lost: int, top_k: int, t
                 num_gpus=1 if gpus else 0, num_cpus=decode,
                 fn_constructor_kwargs={"model": str(model_dir), "top_k": top_k, "threshold": threshold,
                                        "runtime": getattr(args, "runtime", "torch"), "model_name": model_name,
-                                       "decode_threads": decode})
+                                       "decode_threads": decode, "balanced_groups": args.balanced_groups})
             for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in table.to_pylist():
                     error = row.pop("error")
@@ -473,7 +473,7 @@ def _predict_distributed(args: argparse.Namespace, paths: list, top_k: int, thre
     class _Photos(L.LightningDataModule):
         def predict_dataloader(self):
             rank, world = self.trainer.global_rank, self.trainer.world_size
-            predictor = load(args.model_dir, batch_size=batch_size)
+            predictor = load(args.model_dir, batch_size=batch_size)  # its preprocessing only
             return loader(todo[rank::world], predictor, batch_size, workers)
 
     class _Writer(L.LightningModule):
@@ -486,7 +486,7 @@ def _predict_distributed(args: argparse.Namespace, paths: list, top_k: int, thre
 
         def on_predict_start(self) -> None:
             self.predictor = load(args.model_dir, runtime=getattr(args, "runtime", "torch"), batch_size=batch_size,
-                                  onnx=getattr(args, "onnx", None))
+                                  onnx=getattr(args, "onnx", None), balanced_groups=args.balanced_groups)
             self.writer = ShardWriter(out, record, rank=self.global_rank)
 
         def predict_step(self, batch, batch_idx):

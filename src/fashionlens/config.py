@@ -225,6 +225,7 @@ class ClothingModelConfig:
     lambdas: tuple[float, float, float] = (1.0, 20.0, 10.0)  # category, attribute, landmark (Liu & Lu)
     head_width: int | None = None  # channels of the category and attribute branches
     upsample_width: int | None = None  # channels of the heatmap upsampler (its convs cost width squared)
+    flip_test: bool | None = None  # evaluate and predict on the photo and its mirror image, averaged
 
 
 @dataclass(frozen=True)

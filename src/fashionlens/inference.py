@@ -39,6 +39,7 @@ from fashionlens.fileio import atomic_write_bytes, file_sha256
 from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.hub import derived_path, resolve_model_dir
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
+from fashionlens.metrics import group_log_priors
 from fashionlens.modeldir import MANIFEST_FILE, check_model_dir, load_model_dir, read_thresholds, verify_manifest
 from fashionlens.vocabulary import LANDMARK_NAMES
 
@@ -354,7 +355,7 @@ class Predictor:
 
     def __init__(self, runtime: Callable[[torch.Tensor], dict[str, np.ndarray]], config: dict[str, Any],
                  labels: dict[str, Any], preprocessing: dict[str, Any], model_dir: Path | None = None,
-                 batch_size: int = 16, thresholds: Any = None):
+                 batch_size: int = 16, thresholds: Any = None, balanced_groups: bool = False):
         self.runtime = runtime
         self.thresholds = thresholds  # fashionlens.calibration.Thresholds or None
         self.per_label_thresholds = list(thresholds.values) if thresholds is not None else None
@@ -390,6 +391,17 @@ class Predictor:
         self.group_of = {name: group for group, members in self.label_groups.items() for name in members}
         self.applies_to = {index[name]: set(fits) for name, fits in (self.labels.get("applies_to") or {}).items()}
         self.exclusive_groups = set(self.labels.get("exclusive_groups") or [])
+        # balanced_groups: each attribute group's answer maximises the mean of its classes' recalls (the
+        # DeepFashion challenge's figure) rather than the accuracy: the logits less log p(class) in training.
+        self.group_log_prior: np.ndarray | None = None
+        if balanced_groups:
+            counts = self.labels.get("attribute_counts")
+            if not self.attribute_groups or counts is None:
+                raise ModelDirError(f"{model_dir}: balanced groups need a model with attribute groups and their "
+                                    f"training counts (labels.json 'attribute_groups' and 'attribute_counts')")
+            columns = {group: [i for i, kind in enumerate(self.attribute_types) if kind == group]
+                       for group in self.attribute_groups}
+            self.group_log_prior = group_log_priors(counts, columns).astype(np.float32)
         self._lock = threading.Lock()
 
     @property
@@ -625,7 +637,10 @@ class Predictor:
         for kind, indices in by_type.items():
             if kind in self.attribute_groups:  # one of these: a softmax over the group, its best is the answer
                 scores = np.zeros_like(attribute_scores)
-                scores[indices] = _softmax(attribute_logits[indices])
+                logits = attribute_logits[indices]
+                if self.group_log_prior is not None:
+                    logits = logits - self.group_log_prior[indices]
+                scores[indices] = _softmax(logits)
                 ranked = _ranked(self.label_names, self.display_names, scores, attribute_logits, indices, None, None)
                 for rank, label in enumerate(ranked):
                     label.predicted = rank == 0
@@ -659,15 +674,18 @@ class Predictor:
 
 
 def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", batch_size: int = 16,
-         onnx: str | Path | None = None) -> Predictor:
+         onnx: str | Path | None = None, balanced_groups: bool = False) -> Predictor:
     """Load a model directory as a :class:`Predictor` (``runtime`` ``"torch"`` or ``"onnx"``).
+
+    ``balanced_groups``: a clothing model's attribute groups answer with the class that maximises the
+    mean of the classes' recalls, not the accuracy (:func:`fashionlens.metrics.group_log_priors`).
 
     ``model_dir`` may also be a released model's name (``fashionlens models`` lists them) or
     ``hf://ORG/NAME``; see :func:`fashionlens.hub.resolve_model_dir`. The ONNX runtime runs, in this
     order: ``onnx`` (a file ``fashionlens export`` wrote; giving it implies ``runtime="onnx"``), which
     must have been exported from these weights; ``MODEL_DIR/model.onnx`` where the directory's manifest
     lists it, or, in a directory without a manifest, where it was exported from these weights; else
-    an export of its own in the user cache, named by the weights' SHA-256 (never written into the
+    an export of its own in the user cache, named by the weights' and config.json's SHA-256 (never written into the
     model directory). ``predictor.runtime.source`` says which, in one line.
     """
     model_dir = resolve_model_dir(model_dir)
@@ -675,7 +693,7 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     if runtime == "torch":
         bundle = load_model_dir(model_dir, map_location="cpu")
         return Predictor(_TorchRuntime(bundle.model, device), bundle.config, bundle.labels, bundle.preprocessing,
-                         model_dir, batch_size, thresholds=bundle.thresholds)
+                         model_dir, batch_size, thresholds=bundle.thresholds, balanced_groups=balanced_groups)
     if runtime == "onnx":
         if device != "cpu":
             raise FashionlensError(f"runtime='onnx' runs on the CPU only (device={device!r} was asked for)")
@@ -683,7 +701,8 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
         verify_manifest(model_dir)
         config, labels, preprocessing, _ = check_model_dir(model_dir)
         return Predictor(_onnx_runtime(Path(model_dir), preprocessing, onnx), config, labels, preprocessing, model_dir,
-                         batch_size, thresholds=read_thresholds(model_dir, list(labels["label_names"])))
+                         batch_size, thresholds=read_thresholds(model_dir, list(labels["label_names"])),
+                         balanced_groups=balanced_groups)
     raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 
 
@@ -713,7 +732,9 @@ def _onnx_runtime(model_dir: Path, preprocessing: dict[str, Any], given: str | P
                 return runtime
             note = f"; {inside} was exported from other weights, so it is not used"
     size = int(preprocessing["image_size"])
-    cached = derived_path("onnx", f"{weights}-{size}px-opset{ONNX_OPSET}.onnx")
+    # The graph is the weights and the config (config.json's flip_test adds a mirrored pass, same weights).
+    config = file_sha256(model_dir / "config.json")[:16]
+    cached = derived_path("onnx", f"{weights}-{config}-{size}px-opset{ONNX_OPSET}.onnx")
     source = f"onnx: running {cached}, exported from {model_dir} into the cache{note}"
     if cached.is_file():
         info = cached.stat()

@@ -460,10 +460,29 @@ def deepfashion_metrics(
     return result
 
 
+def group_log_priors(counts: Sequence[int], groups: dict[str, Sequence[int]]) -> np.ndarray:
+    """``log p(label | its group)`` from training counts, add-one smoothed (a label never seen in training
+    keeps a finite prior), ``(A,)``; 0 for the labels of no group.
+
+    Subtracted from the logits (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, Eq. 6
+    with tau = 1), a group's argmax maximises the mean of the classes' recalls instead of the accuracy.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    log_prior = np.zeros_like(counts)
+    for columns in groups.values():
+        columns = np.asarray(columns, dtype=np.int64)
+        smoothed = counts[columns] + 1.0
+        log_prior[columns] = np.log(smoothed / smoothed.sum())
+    return log_prior
+
+
 def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[str, Sequence[int]],
-                            label_names: Sequence[str]) -> dict[str, Any]:
+                            label_names: Sequence[str], train_counts: Sequence[int] | None = None) -> dict[str, Any]:
     """Attribute groups of "exactly one of these" labels (DeepFashion-fine's texture, sleeve, ...):
     each photo's prediction in a group is its highest-scoring label there (ties: the lower index).
+    With ``train_counts`` (training positives per label) the figures of the balanced decision are added
+    as ``balanced_mean_class_accuracy`` and ``balanced_mean_group_accuracy``: the scores (logits)
+    less :func:`group_log_priors` before the argmax.
 
     Args:
         scores, targets, mask: (N, A) as in :func:`multilabel_metrics`; a photo counts in a group
@@ -505,6 +524,11 @@ def attribute_group_metrics(scores: Any, targets: Any, mask: Any, groups: dict[s
     result["mean_class_accuracy"] = float(np.mean(recalls)) if recalls else 0.0
     result["mean_class_accuracy_classes"] = len(recalls)
     result["mean_group_accuracy"] = float(np.mean(accuracies)) if accuracies else 0.0
+    if train_counts is not None:
+        balanced = attribute_group_metrics(scores - group_log_priors(train_counts, groups), targets, mask, groups,
+                                           label_names)
+        result["balanced_mean_class_accuracy"] = balanced["mean_class_accuracy"]
+        result["balanced_mean_group_accuracy"] = balanced["mean_group_accuracy"]
     return result
 
 

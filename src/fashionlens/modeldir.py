@@ -219,6 +219,11 @@ def _check_labels(path: Path, labels: dict[str, Any]) -> None:
     if not set(exclusive) <= set(groups_by_name):
         raise ModelDirError(f"{path}: 'exclusive_groups': {sorted(set(exclusive) - set(groups_by_name))[:5]} are "
                             f"not in 'groups'")
+    counts = labels.get("attribute_counts")
+    if counts is not None and (not isinstance(counts, list) or len(counts) != len(names) or not all(
+            isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)):
+        raise refuse(path, "attribute_counts", f"a list of {len(names)} training counts (whole numbers >= 0), one "
+                     "per entry of 'label_names'", counts)
     by_category = labels.get("landmarks_by_category") or {}
     if not isinstance(by_category, dict):
         raise refuse(path, "landmarks_by_category", "an object of category name -> landmark names", by_category)

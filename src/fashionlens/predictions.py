@@ -371,9 +371,9 @@ class PredictPhotos:
 
     def __init__(self, model: str | Path, top_k: int = 5, threshold: float | str = "auto",
                  runtime: str = "torch", device: str | None = None, model_name: str | None = None,
-                 decode_threads: int = 1):
+                 decode_threads: int = 1, balanced_groups: bool = False):
         device = device or ("cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
-        self.predictor = load(model, runtime=runtime, device=device)
+        self.predictor = load(model, runtime=runtime, device=device, balanced_groups=balanced_groups)
         self.photos = PhotoDataset([], self.predictor.image_preprocess)
         self.collate = NormaliseBatch(self.predictor.image_preprocess)
         self.top_k, self.threshold = top_k, threshold

@@ -17,6 +17,8 @@ LANDMARK_NAMES: tuple[str, ...] = (
     "right_hem",
 )
 NUM_LANDMARKS = len(LANDMARK_NAMES)
+#: Where each landmark slot goes when the photo is mirrored: left and right swap.
+FLIP_PERMUTATION: tuple[int, ...] = (1, 0, 3, 2, 5, 4, 7, 6)
 
 #: Landmark visibility codes of DeepFashion's list files (and of the sample dict).
 VISIBLE, OCCLUDED, CUT_OFF = 0, 1, 2

@@ -17,9 +17,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from fashionlens.data.base import mark_outside_landmarks
+from fashionlens.vocabulary import FLIP_PERMUTATION
 
-# Slot order of the contract: L/R collar, L/R sleeve, L/R waistline, L/R hem; a flip swaps each pair.
-FLIP_PERMUTATION = (1, 0, 3, 2, 5, 4, 7, 6)
 ML_GCN_SCALES = (1.0, 0.875, 0.75, 0.66, 0.5)
 # Photos already cropped to the garment's box (the DeepFashion benchmarks, Liu & Lu's protocol: box crop
 # resized to 224): a crop of half the side would cut the garment, and most of its landmarks, away.

@@ -22,7 +22,8 @@ KNOBS = {
     "clothing": {"backbone.name": "backbone", "backbone.pretrained": "pretrained", "backbone.image_size": "image_size",
                  "head.kind": "attr_head", "head.hidden_dim": "hidden_dim", "head.bias": "bias",
                  "model.stage": "stage", "model.landmarks": "landmarks", "model.heatmap_size": "heatmap_size",
-                 "model.head_width": "head_width", "model.upsample_width": "upsample_width"},
+                 "model.head_width": "head_width", "model.upsample_width": "upsample_width",
+                 "model.flip_test": "flip_test"},
 }
 
 

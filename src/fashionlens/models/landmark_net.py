@@ -34,6 +34,7 @@ from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_log
 from fashionlens.models.backbones import create_backbone
 from fashionlens.models.mlgcn import MLGCNHead, label_maps
 from fashionlens.models.netconfig import ClothingNetConfig
+from fashionlens.vocabulary import FLIP_PERMUTATION
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -221,6 +222,24 @@ class LandmarkClothingNet(nn.Module):
                 "attribute_logits": self.attribute_fc(self.attribute_branch(features))}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"category_logits", "attribute_logits"[, "heatmaps"]}``; in eval mode with ``flip_test``, the
+        mean of the photo's and its mirror image's (the mirror's heatmaps mirrored back, left and right
+        swapped)."""
+        return self._with_flip_test(self._forward_once, images)
+
+    def _with_flip_test(self, forward, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward(images)``, averaged with ``forward`` of the mirror image mirrored back (in eval mode with
+        ``flip_test``): maps flipped, heatmaps also left and right swapped, logits as they are."""
+        out = forward(images)
+        if not self.config.flip_test or self.training:
+            return out
+        mirrored = forward(images.flip(-1))
+        for key, value in mirrored.items():
+            if value.ndim == 4:  # heatmaps and attribute maps
+                mirrored[key] = value.flip(-1)[:, list(FLIP_PERMUTATION)] if key == "heatmaps" else value.flip(-1)
+        return {key: (value + mirrored[key]) / 2 for key, value in out.items()}
+
+    def _forward_once(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.forward_features(images)
         out = self.forward_head(feats["features"])
         if "heatmaps" in feats:
@@ -236,9 +255,13 @@ class LandmarkClothingNet(nn.Module):
     def forward_attribute_maps(self, images: torch.Tensor,
                                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The outputs dict plus ``"attribute_maps"`` ``(B, L, h, w)`` for the attribute indices ``labels``
-        (all by default), in one pass: the attribute classifiers applied at every place of the
-        attribute branch's feature map before its average pooling (so a map's mean is the logit;
-        ``h = H / (2 * backbone stride)``, the branch's first conv has stride 2)."""
+        (all by default), in one pass (two with ``flip_test``, as :meth:`forward`): the attribute
+        classifiers applied at every place of the attribute branch's feature map before its average
+        pooling (so a map's mean is the logit; ``h = H / (2 * backbone stride)``, the branch's first conv
+        has stride 2)."""
+        return self._with_flip_test(lambda batch: self._attribute_maps_once(batch, labels), images)
+
+    def _attribute_maps_once(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
         feats = self.forward_features(images)
         features = feats["features"]
         attribute_map = self.attribute_branch.convs(features)

@@ -11,6 +11,7 @@ from typing import Any
 
 from fashionlens.config import IMAGE_SIZE_RANGE
 from fashionlens.fileio import check_fields, dataclass_from_json
+from fashionlens.vocabulary import FLIP_PERMUTATION
 
 POOLS = ("max", "avg")
 HEADS = ("mlgcn", "linear", "query")
@@ -100,6 +101,10 @@ class ClothingNetConfig:
     # A config.json without the key was written before bilinear existed: deconv (from_dict).
     upsample: str = "bilinear"
     head_width: int = 256
+    # In eval mode, average the outputs of the photo and of its mirror image (heatmaps mirrored back, left
+    # and right swapped): the released landmark model's NE 0.104 -> 0.099 at twice the inference cost
+    # (docs/results.md 2a). A config.json without the key was written before it existed: off (from_dict).
+    flip_test: bool = True
     dropout: float = 0.0
     hidden_dim: int = 1024  # the ML-GCN attribute head's hidden width (same name as the style model's)
     negative_slope: float = 0.2
@@ -119,12 +124,15 @@ class ClothingNetConfig:
                                    "image_size": IMAGE_SIZE_RANGE, "heatmap_size": (1, IMAGE_SIZE_RANGE[1])},
                      choices={"task": ("clothing",), "stage": ("stride8", "stride16"), "landmarks": LANDMARK_MODES,
                               "attr_head": ATTRIBUTE_HEADS, "upsample": ("bilinear", "deconv")})
+        if self.flip_test and self.landmarks != "none" and self.num_landmarks != len(FLIP_PERMUTATION):
+            raise ValueError(f"'flip_test': the mirror image swaps DeepFashion's {len(FLIP_PERMUTATION)} left and "
+                             f"right landmarks; this network has {self.num_landmarks}: set flip_test false")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClothingNetConfig:
         """A ``config.json`` of any fashionlens version (or a mapping of some of its keys) as a config:
         old keys and values renamed, here only; ValueError names a bad key."""
-        data = {"upsample": "deconv", **data}
+        data = {"upsample": "deconv", "flip_test": False, **data}
         if data.get("landmarks") == "plain":
             data["landmarks"] = "convs"
         return dataclass_from_json(cls, data, "a clothing model's config.json", renamed=_RENAMED_KEYS)

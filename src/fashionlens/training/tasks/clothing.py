@@ -35,7 +35,8 @@ class ClothingTask(Task):
     def __init__(self, model: nn.Module, attribute_types: list[str], lambdas=(1.0, 20.0, 10.0),
                  attr_pos_weight: torch.Tensor | None = None, attr_neg_weight: torch.Tensor | None = None,
                  heatmap_sigma: float | None = None, recipe=None, channels_last: bool = False,
-                 attribute_groups: Sequence[str] = (), label_names: list[str] | None = None):
+                 attribute_groups: Sequence[str] = (), label_names: list[str] | None = None,
+                 train_counts: Sequence[int] | None = None):
         super().__init__(model, recipe, channels_last)
         self.attribute_types = list(attribute_types)
         # The attribute types that are "exactly one of these" groups -> their label indices: a softmax each.
@@ -43,6 +44,7 @@ class ClothingTask(Task):
                                  for group in attribute_groups}
         self._group_columns = [torch.tensor(columns) for columns in self.attribute_groups.values()]
         self.label_names = list(label_names or [])
+        self.train_counts = None if train_counts is None else [int(count) for count in train_counts]
         self.lambdas = tuple(lambdas)
         self.heatmap_sigma = heatmap_sigma
         self.register_buffer("attr_pos_weight", attr_pos_weight if attr_pos_weight is not None else torch.ones(0))
@@ -96,22 +98,25 @@ class ClothingTask(Task):
         return record
 
     def metrics(self, outputs):
-        return clothing_metrics(outputs, self.attribute_types, self.attribute_groups, self.label_names)
+        return clothing_metrics(outputs, self.attribute_types, self.attribute_groups, self.label_names,
+                                self.train_counts)
 
 
 def clothing_metrics(outputs: dict[str, torch.Tensor], attribute_types: list[str],
                      attribute_groups: dict[str, list[int]] | None = None,
-                     label_names: list[str] | None = None) -> dict[str, Any]:
+                     label_names: list[str] | None = None,
+                     train_counts: Sequence[int] | None = None) -> dict[str, Any]:
     """Category top-1/3/5, DeepFashion attribute top-k (pooled per type), attribute mAP and, with
     landmarks, the landmark error. With ``attribute_groups`` (one label of each per photo) the groups'
-    accuracies and the mean class accuracy replace the top-k. Photos whose dataset annotates no
+    accuracies and the mean class accuracy replace the top-k (with ``train_counts``, the training positives
+    per attribute, those of the balanced decision too: metrics.attribute_group_metrics). Photos whose dataset annotates no
     attribute (class folders: every attribute unknown) give category figures only: figures of 0
     would read as a model that never finds one."""
     metrics = deepfashion_metrics(outputs["category_logits"], outputs["category"], None, None, None, ks=(1, 3, 5))
     annotated = bool(outputs["mask"].sum() > 0)
     if annotated and attribute_groups:
         metrics.update(attribute_group_metrics(outputs["attr_scores"], outputs["labels"], outputs["mask"],
-                                               attribute_groups, label_names))
+                                               attribute_groups, label_names, train_counts))
     elif annotated and set(attribute_types) <= set(ATTRIBUTE_TYPES):
         # DeepFashion's top-k per type (its five types only: the groups of other data, merged, have none).
         metrics.update(deepfashion_metrics(None, None, outputs["attr_scores"], outputs["labels"], attribute_types,
@@ -146,17 +151,19 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
     model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
     pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
     groups = list(getattr(base, "exclusive_types", ()))  # the attribute types that are one-of groups
+    train_counts = [int(count) for count in (train_labels * train_mask).sum(axis=0)]
     task = ClothingTask(model, attribute_types, lambdas=config.model.lambdas,
                         attr_pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32),
                         attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
                         heatmap_sigma=config.model.heatmap_sigma, recipe=config.recipe,
                         channels_last=config.backbone.channels_last, attribute_groups=groups,
-                        label_names=attribute_names)
+                        label_names=attribute_names, train_counts=train_counts if groups else None)
     labels_json = {"label_names": attribute_names,
                    "display_names": [data.display_name(i) for i in range(len(attribute_names))],
                    "attribute_types": attribute_types, "category_names": category_names,
                    "landmark_names": list(LANDMARK_NAMES), "attribute_groups": list(groups),
-                   "landmarks_by_category": getattr(base, "landmarks_by_category", None) or {}}
+                   "landmarks_by_category": getattr(base, "landmarks_by_category", None) or {},
+                   "attribute_counts": train_counts}
     # The network's own config: every key, defaults included, so a later default cannot change it.
     return {"task": task, "network": dataclasses.asdict(model.config), "labels": labels_json, "graph": graph_json,
             "preprocessing": {"resize": "square", "crop_to_bbox": True}}
