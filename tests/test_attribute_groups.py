@@ -174,8 +174,12 @@ def test_a_deepfashion_fine_model_trains_evaluates_and_predicts_groups_and_landm
     assert labels["attribute_groups"] == ["texture", "sleeve", "length", "neckline", "fabric", "fit"]
     assert labels["landmarks_by_category"]["lower_body"] == ["left_waistline", "right_waistline", "left_hem",
                                                              "right_hem"]
+    # Every training photo has one class in each group: each group's training counts add up to the photos.
+    types, counts = labels["attribute_types"], labels["attribute_counts"]
+    assert {sum(c for c, t in zip(counts, types) if t == group) for group in labels["attribute_groups"]} == {48}
     metrics = evaluate_model_dir(run / "model", root, "deepfashion-fine", split="val", batch_size=64)
     assert metrics["num_images"] == 500 and metrics["mean_class_accuracy_classes"] == 25  # no square neckline in val
+    assert 0.0 <= metrics["balanced_mean_class_accuracy"] <= 100.0
     assert 0.0 <= metrics["mean_class_accuracy"] <= 100.0 and metrics["normalized_error"] > 0.0
     photo = root / "img" / "00000.jpg"
     out = subprocess.run([sys.executable, "-m", "fashionlens.cli", "predict", str(run / "model"), str(photo), "--json",
