@@ -35,6 +35,7 @@ from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.metrics import attribute_group_metrics, landmark_metrics
 from fashionlens.models.backbones import create_backbone
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
+from fashionlens.models.netconfig import ClothingNetConfig
 from fashionlens.vocabulary import LANDMARK_NAMES, VISIBLE
 
 VARIANTS = ("glem", "convs", "none")
@@ -114,7 +115,7 @@ def train_variant(variant: str, seed: int, train: dict, flipped: dict, groups: d
               "num_categories": num_categories, "num_attributes": len(train["labels"][0]),
               "num_landmarks": len(LANDMARK_NAMES), "image_size": image_size, "head_width": args.head_width,
               "upsample_width": args.upsample_width}
-    model = build_clothing_model(config)
+    model = build_clothing_model(ClothingNetConfig(**config))
     model.backbone.requires_grad_(False)
     head = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(head, lr=args.lr, weight_decay=1e-4)

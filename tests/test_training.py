@@ -179,6 +179,9 @@ def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path
                                            "recipe.freeze_epochs": 0}))
     bundle = load_model_dir(out / "model")
     assert bundle.task == "clothing" and len(bundle.labels["attribute_types"]) == 1000
+    # A new network takes the network config's defaults, not those of old config.json files (a training
+    # built the deconv upsampler, whose landmarks stay at chance, from 2026-12-06 to 2026-12-07).
+    assert bundle.config["upsample"] == "bilinear" and bundle.config["flip_test"] is True
     predictions = np.load(out / "val_predictions.npz")
     assert predictions["boxes"].shape == (4, 4) and predictions["pred_xy"].shape == (4, 8, 2)
     metrics = evaluate_model_dir(out / "model", root, "deepfashion", split="val", workers=0)

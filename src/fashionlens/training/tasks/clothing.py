@@ -16,6 +16,7 @@ from fashionlens.losses import attribute_loss_weights
 from fashionlens.metrics import attribute_group_metrics, deepfashion_metrics, landmark_metrics, multilabel_metrics
 from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
+from fashionlens.models.netconfig import ClothingNetConfig
 from fashionlens.training.task import Task
 from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
 from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
@@ -148,7 +149,9 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
             config.graph, on_empty="isolate", hidden_dim=config.head.hidden_dim)
         graph_json = json.loads(graph.to_json())
         network.update(graph_record(config.graph), attr_embedding_dim=int(attr_embeddings.shape[1]))
-    model = build_clothing_model(network, attr_embeddings=attr_embeddings, attr_adjacency=attr_adjacency)
+    # A new network: the config's own defaults (from_dict's are those of config.json files older than a key).
+    model = build_clothing_model(ClothingNetConfig(**network), attr_embeddings=attr_embeddings,
+                                 attr_adjacency=attr_adjacency)
     pos_weight, neg_weight = attribute_loss_weights(torch.as_tensor(train_labels), torch.as_tensor(train_mask))
     groups = list(getattr(base, "exclusive_types", ()))  # the attribute types that are one-of groups
     train_counts = [int(count) for count in (train_labels * train_mask).sum(axis=0)]
