@@ -18,6 +18,7 @@ from fashionlens.losses import AsymmetricLoss, masked_bce_with_logits, single_la
 from fashionlens.metrics import multilabel_metrics
 from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.mlgcn import build_style_model
+from fashionlens.models.netconfig import StyleNetConfig
 from fashionlens.training.task import Task
 
 SCALAR_METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "CP", "CR", "OP", "OR")
@@ -273,7 +274,8 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
         graph_json = json.loads(graph.to_json())
     kept_names = [label_names[i] for i in kept]
     network = network_config(config, len(kept_names), None if embeddings is None else embeddings.shape[1])
-    model = build_style_model(network, embeddings=embeddings, adjacency=adjacency)
+    # A new network: the config's own defaults (from_dict's are those of config.json files older than a key).
+    model = build_style_model(StyleNetConfig(**network), embeddings=embeddings, adjacency=adjacency)
     data.keep_columns(kept)
     task = StyleTask(model, kept_names, loss=config.recipe.loss, recipe=config.recipe,
                      channels_last=config.backbone.channels_last)
