@@ -81,7 +81,8 @@ def test_a_label_map_is_its_classifier_on_the_feature_map(pool, head_kind):
 
 
 def test_clothing_attribute_maps_average_to_the_attribute_logits(tmp_path):
-    bundle_dir = clothing_model_dir(tmp_path / "clothing")
+    # With the flip test: the maps of the photo and of its mirror (mirrored back) average to its logits.
+    bundle_dir = clothing_model_dir(tmp_path / "clothing", flip_test=True)
     from fashionlens.modeldir import load_model_dir
 
     model = load_model_dir(bundle_dir).model

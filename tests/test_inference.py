@@ -358,7 +358,7 @@ def test_the_onnx_runtime_runs_only_files_exported_from_the_weights_and_writes_n
 
 @pytest.mark.slow
 def test_onnx_export_of_a_clothing_model(tmp_path):
-    directory = clothing_model_dir(tmp_path / "clothing")
+    directory = clothing_model_dir(tmp_path / "clothing", flip_test=True)  # the mirrored pass exports too
     out = export_onnx(directory, tmp_path / "clothing.onnx")
     import onnx
 

@@ -156,4 +156,5 @@ def test_landmark_release_scores_its_card_on_the_validation_photos():
     assert metrics["num_images"] == 500
     assert metrics["normalized_error"] == pytest.approx(card["landmark NE"], abs=0.002)
     assert metrics["mean_class_accuracy"] == pytest.approx(card["mean class accuracy"], abs=0.2)
+    assert metrics["balanced_mean_class_accuracy"] == pytest.approx(card["balanced mean class accuracy"], abs=0.2)
     assert metrics["normalized_error"] < 0.148 and metrics["mean_class_accuracy"] > 24.0

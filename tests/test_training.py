@@ -373,6 +373,7 @@ def test_default_mlgcn_head_keeps_a_label_without_positives_as_a_node_without_ed
     assert edges and not [e for e in edges if "color_purple" in (e["source"], e["target"])]
 
 
+@pytest.mark.slow  # 2 s: two trainings on one feature cache (the fast suite stays under a minute)
 def test_feature_cache_is_shared_by_heads_that_keep_different_labels(tmp_path: Path, monkeypatch):
     """The backbone features do not depend on the label columns: a linear head on every label and an
     ML-GCN head that drops the empty ones extract them once, and each gets its own columns' labels."""
