@@ -78,6 +78,7 @@ def test_tags_of_a_pixel_level_photo_are_the_ids_in_its_mask(ccp, ccp_root: Path
     assert [ccp.label_names[j] for j in np.flatnonzero(ccp.records[tagged].labels)] == expected
 
 
+@pytest.mark.slow  # 1.2 s of real photos through the transforms (the fast suite stays under a minute)
 def test_samples_through_the_transform_carry_masks(ccp_root: Path) -> None:
     transform = build_transforms(64, MEAN, STD, train=False)
     dataset = open_dataset(ccp_root, "clothing-co-parsing", transform=transform, with_masks=True)
