@@ -39,7 +39,7 @@ from fashionlens.fileio import atomic_write_bytes, file_sha256
 from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.hub import derived_path, resolve_model_dir
 from fashionlens.images import decode_image, load_opened, pil_to_rgb, upright
-from fashionlens.metrics import group_log_priors
+from fashionlens.metrics import group_columns, group_log_priors
 from fashionlens.modeldir import MANIFEST_FILE, check_model_dir, load_model_dir, read_thresholds, verify_manifest
 from fashionlens.vocabulary import LANDMARK_NAMES
 
@@ -399,8 +399,7 @@ class Predictor:
             if not self.attribute_groups or counts is None:
                 raise ModelDirError(f"{model_dir}: balanced groups need a model with attribute groups and their "
                                     f"training counts (labels.json 'attribute_groups' and 'attribute_counts')")
-            columns = {group: [i for i, kind in enumerate(self.attribute_types) if kind == group]
-                       for group in self.attribute_groups}
+            columns = group_columns(self.attribute_types, self.attribute_groups)
             self.group_log_prior = group_log_priors(counts, columns).astype(np.float32)
         self._lock = threading.Lock()
 
@@ -685,8 +684,8 @@ def load(model_dir: str | Path, runtime: str = "torch", device: str = "cpu", bat
     order: ``onnx`` (a file ``fashionlens export`` wrote; giving it implies ``runtime="onnx"``), which
     must have been exported from these weights; ``MODEL_DIR/model.onnx`` where the directory's manifest
     lists it, or, in a directory without a manifest, where it was exported from these weights; else
-    an export of its own in the user cache, named by the weights' and config.json's SHA-256 (never written into the
-    model directory). ``predictor.runtime.source`` says which, in one line.
+    an export of its own in the user cache, named by the weights' and config.json's SHA-256 (never
+    written into the model directory). ``predictor.runtime.source`` says which, in one line.
     """
     model_dir = resolve_model_dir(model_dir)
     runtime = "onnx" if onnx is not None else runtime

@@ -460,6 +460,11 @@ def deepfashion_metrics(
     return result
 
 
+def group_columns(attribute_types: Sequence[str], groups: Sequence[str]) -> dict[str, list[int]]:
+    """Each group of "exactly one of these" attributes -> the indices of the attributes of that type."""
+    return {group: [i for i, kind in enumerate(attribute_types) if kind == group] for group in groups}
+
+
 def group_log_priors(counts: Sequence[int], groups: dict[str, Sequence[int]]) -> np.ndarray:
     """``log p(label | its group)`` from training counts, add-one smoothed (a label never seen in training
     keeps a finite prior), ``(A,)``; 0 for the labels of no group.

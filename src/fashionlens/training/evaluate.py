@@ -49,4 +49,4 @@ def task_module(bundle):
         return StyleTask(bundle.model, bundle.label_names)
     return ClothingTask(bundle.model, bundle.labels["attribute_types"],
                         attribute_groups=bundle.labels.get("attribute_groups") or (), label_names=bundle.label_names,
-                        train_counts=bundle.labels.get("attribute_counts") if bundle.labels.get("attribute_groups") else None)
+                        train_counts=bundle.labels.get("attribute_counts"))

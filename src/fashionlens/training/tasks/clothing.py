@@ -13,7 +13,13 @@ from torch import nn
 from fashionlens.config import ClothingConfig
 from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.losses import attribute_loss_weights
-from fashionlens.metrics import attribute_group_metrics, deepfashion_metrics, landmark_metrics, multilabel_metrics
+from fashionlens.metrics import (
+    attribute_group_metrics,
+    deepfashion_metrics,
+    group_columns,
+    landmark_metrics,
+    multilabel_metrics,
+)
 from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
 from fashionlens.models.netconfig import ClothingNetConfig
@@ -41,8 +47,7 @@ class ClothingTask(Task):
         super().__init__(model, recipe, channels_last)
         self.attribute_types = list(attribute_types)
         # The attribute types that are "exactly one of these" groups -> their label indices: a softmax each.
-        self.attribute_groups = {group: [i for i, kind in enumerate(self.attribute_types) if kind == group]
-                                 for group in attribute_groups}
+        self.attribute_groups = group_columns(self.attribute_types, attribute_groups)
         self._group_columns = [torch.tensor(columns) for columns in self.attribute_groups.values()]
         self.label_names = list(label_names or [])
         self.train_counts = None if train_counts is None else [int(count) for count in train_counts]
@@ -160,7 +165,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
                         attr_neg_weight=torch.as_tensor(neg_weight, dtype=torch.float32),
                         heatmap_sigma=config.model.heatmap_sigma, recipe=config.recipe,
                         channels_last=config.backbone.channels_last, attribute_groups=groups,
-                        label_names=attribute_names, train_counts=train_counts if groups else None)
+                        label_names=attribute_names, train_counts=train_counts)
     labels_json = {"label_names": attribute_names,
                    "display_names": [data.display_name(i) for i in range(len(attribute_names))],
                    "attribute_types": attribute_types, "category_names": category_names,
