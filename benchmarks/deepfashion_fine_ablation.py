@@ -15,6 +15,11 @@ recipe is fixed before (``--holdout N`` scores on the last N training photos ins
 
     python benchmarks/deepfashion_fine_ablation.py --data ../shared/data/deepfashion-fine \\
         --seeds 0 1 2 --epochs 12 --json docs/data/deepfashion_fine_ablation.json
+
+``--attr-heads`` trains each landmark variant with other attribute heads as well (issue 28): ML-GCN on
+one-hot label vectors over the training labels' co-occurrence graph (t 0.4, p 0.2) or the identity
+graph, and the label-query head started at random or at that GCN's classifiers. A variant is then
+named ``glem+query-scratch``; the first variant is the reference of the paired differences.
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ from fashionlens.heatmaps import decode_heatmaps
 from fashionlens.metrics import attribute_group_metrics, landmark_metrics
 from fashionlens.models.backbones import create_backbone
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
+from fashionlens.config import GraphConfig
 from fashionlens.models.netconfig import ClothingNetConfig
+from fashionlens.training import build_label_graph_inputs
 from fashionlens.vocabulary import LANDMARK_NAMES, VISIBLE
 
 VARIANTS = ("glem", "convs", "none")
+# Attribute head -> (the network's fields, the label graph it needs: None, or GraphConfig.graph).
+ATTRIBUTE_HEADS = {"linear": ({}, None), "mlgcn": ({"attr_head": "mlgcn"}, "cooccurrence"),
+                   "mlgcn-identity": ({"attr_head": "mlgcn"}, "identity"),
+                   "query-scratch": ({"attr_head": "query", "query_init": "scratch"}, None),
+                   "query-gcn": ({"attr_head": "query", "query_init": "gcn"}, "cooccurrence")}
 
 
 def extract(dataset, backbone, batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -107,15 +119,22 @@ def evaluate(predicted: dict, data: dict, groups: dict, label_names: list[str], 
 
 
 def train_variant(variant: str, seed: int, train: dict, flipped: dict, groups: dict, args, image_size: int,
-                  num_categories: int):
+                  num_categories: int, attr_head: str = "linear"):
     """The heads on the cached features; each epoch sees every training photo once, as itself or
     mirrored (a coin toss per photo), as a flip in the data pipeline would."""
     torch.manual_seed(seed)
+    fields, graph = ATTRIBUTE_HEADS[attr_head]
     config = {"backbone": args.backbone, "pretrained": "none", "stage": args.stage, "landmarks": variant,
               "num_categories": num_categories, "num_attributes": len(train["labels"][0]),
               "num_landmarks": len(LANDMARK_NAMES), "image_size": image_size, "head_width": args.head_width,
-              "upsample_width": args.upsample_width}
-    model = build_clothing_model(ClothingNetConfig(**config))
+              "upsample_width": args.upsample_width, **fields}
+    inputs = {}
+    if graph is not None:
+        names = [str(k) for k in range(config["num_attributes"])]
+        embeddings, adjacency, _, _ = build_label_graph_inputs(train["labels"].numpy(), train["label_mask"].numpy(),
+                                                               names, names, GraphConfig(graph=graph), on_empty="isolate")
+        inputs = {"attr_embeddings": torch.as_tensor(embeddings), "attr_adjacency": torch.as_tensor(adjacency)}
+    model = build_clothing_model(ClothingNetConfig(**config), **inputs)
     model.backbone.requires_grad_(False)
     head = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(head, lr=args.lr, weight_decay=1e-4)
@@ -165,7 +184,8 @@ def majority(train: dict, val: dict, groups: dict) -> torch.Tensor:
 
 
 def summary(rows: list[dict], keys: list[str]) -> list[str]:
-    """Markdown: each variant's mean (and per-seed values) and the paired differences against GLEM."""
+    """Markdown: each variant's mean (and per-seed values) and the paired differences of the first
+    variant (after the trivial reference) against each other one."""
     by = {}
     for row in rows:
         by.setdefault(row["variant"], {})[row["seed"]] = row
@@ -180,15 +200,16 @@ def summary(rows: list[dict], keys: list[str]) -> list[str]:
                 cells.append(f"{np.mean(values):.4g}" + (f" ({', '.join(f'{v:.4g}' for v in values)})"
                                                                   if len(values) > 1 else ""))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    for other in ("convs", "none"):
-        if "glem" in by and other in by:
-            cells = []
-            for key in keys:
-                seeds = sorted(set(by["glem"]) & set(by[other]))
-                diffs = [by["glem"][s].get(key) - by[other][s].get(key) for s in seeds
-                         if by["glem"][s].get(key) is not None and by[other][s].get(key) is not None]
-                cells.append(f"{np.mean(diffs):+.3g} ({', '.join(f'{d:+.3g}' for d in diffs)})" if diffs else "-")
-            lines.append(f"| glem - {other} (paired) | " + " | ".join(cells) + " |")
+    trained = [variant for variant in by if variant != "trivial"]
+    for other in trained[1:]:
+        first = trained[0]
+        cells = []
+        for key in keys:
+            seeds = sorted(set(by[first]) & set(by[other]))
+            diffs = [by[first][s].get(key) - by[other][s].get(key) for s in seeds
+                     if by[first][s].get(key) is not None and by[other][s].get(key) is not None]
+            cells.append(f"{np.mean(diffs):+.3g} ({', '.join(f'{d:+.3g}' for d in diffs)})" if diffs else "-")
+        lines.append(f"| {first} - {other} (paired) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -202,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default runs/deepfashion_fine_<backbone>_<stage>_<size>.pt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--attr-heads", nargs="+", default=["linear"], choices=list(ATTRIBUTE_HEADS),
+                        help="the attribute heads to train with each variant (default linear)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -236,14 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                **landmark_metrics(reference_xy, val["landmarks"], val["landmark_visibility"], sizes)}
     results.append(trivial)
     for seed in args.seeds:
-        for variant in args.variants:
+        for variant, attr_head in [(v, h) for v in args.variants for h in args.attr_heads]:
             start = time.perf_counter()
-            model = train_variant(variant, seed, train, flipped, groups, args, args.image_size, num_categories)
-            row = {"variant": variant, "seed": seed,
+            model = train_variant(variant, seed, train, flipped, groups, args, args.image_size, num_categories,
+                                  attr_head)
+            name = variant if attr_head == "linear" else f"{variant}+{attr_head}"
+            row = {"variant": name, "seed": seed,
                    **evaluate(scores(model, val, args.image_size), val, groups, label_names, args.image_size),
                    "train_seconds": time.perf_counter() - start}
             results.append(row)
-            print(f"{variant:5s} seed {seed}: NE {row.get('normalized_error', float('nan')):.4f}  "
+            print(f"{name:5s} seed {seed}: NE {row.get('normalized_error', float('nan')):.4f}  "
                   f"mean class acc {row['mean_class_accuracy']:.1f}  type acc {row['garment_type_accuracy']:.1f}  "
                   f"({row['train_seconds']:.0f} s)", flush=True)
     keys = ["normalized_error", *[f"normalized_error_{name}" for name in LANDMARK_NAMES]]

@@ -23,7 +23,7 @@ from fashionlens.config import (
     to_dict,
     validate,
 )
-from fashionlens.models.knobs import with_network_defaults
+from fashionlens.models.knobs import network_fields, with_network_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "examples" / "clothing-attributes-mini"
@@ -118,6 +118,9 @@ def test_cli_recipes_and_repeated_data(tmp_path: Path):
                       "--attr-head", "plain")
     assert clothing.data.format == "deepfashion" and clothing.model.landmarks == "convs"
     assert clothing.head.kind == "linear"
+    query = _parse("train", "clothing", "--data", str(tmp_path), "--out", str(tmp_path / "q"), "--attr-head", "query",
+                   "--query-init", "gcn", "--query-dim", "64")
+    assert network_fields(query) | {"query_init": "gcn", "query_dim": 64, "attr_head": "query"} == network_fields(query)
 
 
 def test_every_compare_variant_is_a_valid_override(tmp_path: Path):

@@ -220,6 +220,32 @@ def test_mlgcn_attribute_head_round_trip_keeps_the_graph(tmp_path):
         assert model(torch.randn(2, 3, 64, 64))["attribute_logits"].shape == (2, 11)
 
 
+@pytest.mark.parametrize("init", ["scratch", "gcn"])
+def test_query_attribute_head_reads_the_fused_map_and_explains_with_its_attention(tmp_path, init):
+    """--attr-head query: attribute queries attend the fused map (landmark features + conv4); their
+    attention is the explanation map, the category branch alone is the embedding, and it round-trips."""
+    torch.manual_seed(0)
+    graph = {"attr_embeddings": torch.eye(11), "attr_adjacency": torch.rand(11, 11)} if init == "gcn" else {}
+    model = build_clothing_model(_small_mobilenet(attr_head="query", query_init=init, query_dim=16, num_attributes=11,
+                                                  num_categories=7, flip_test=False), **graph).eval()
+    assert model.attribute_branch is None and model.embedding_dim == 32
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+        fused = model.forward_features(images)["features"]  # 8 x 8 at stride 8: 32 landmark + 32 conv4 channels
+        explained = model.forward_attribute_maps(images, torch.tensor([4, 2]))
+        embedding = model.forward_embedding(images)
+    assert out["attribute_logits"].shape == (2, 11) and fused.shape[-2:] == (8, 8)
+    torch.testing.assert_close(out["attribute_logits"], model.attribute_fc(fused))
+    torch.testing.assert_close(explained["attribute_logits"], out["attribute_logits"])
+    assert explained["attribute_maps"].shape == (2, 2, 8, 8)
+    torch.testing.assert_close(explained["attribute_maps"].sum(dim=(2, 3)), torch.ones(2, 2))
+    assert embedding.shape == (2, 32)
+    rebuilt = _roundtrip(model, tmp_path).eval()  # (which moves the BN statistics first)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images)["attribute_logits"], model(images)["attribute_logits"])
+
+
 # ---------------------------------------------------------------- loss masks
 
 

@@ -122,6 +122,29 @@ def test_onnx_export_and_explanations_of_the_query_head_on_real_photos(tmp_path,
         assert max(abs(label.logit - logits[label.name]) for label in a.labels) < 1e-4
 
 
+@pytest.mark.slow  # 4 s: an ONNX round trip
+def test_the_clothing_networks_query_head_predicts_explains_embeds_and_exports(tmp_path, monkeypatch):
+    """`train clothing --attr-head query`: its model directory through the Predictor, ONNX and search."""
+    from tiny_models import clothing_model_dir
+
+    from fashionlens.inference import load, to_uint8_chw
+
+    monkeypatch.setenv("FASHIONLENS_CACHE", str(tmp_path / "cache"))
+    directory = clothing_model_dir(tmp_path / "model", flip_test=True, attr_head="query")
+    photos = sorted((MINI / "images").glob("*.jpg"))[:3]
+    predictor = load(directory)
+    expected = predictor(photos)
+    explanation = predictor.explain(photos[0], labels=["denim", "short"])
+    assert [m.name for m in explanation.maps] == ["denim", "short"]
+    assert all(m.grid.shape == (16, 16) and abs(float(m.grid.sum()) - 1) < 1e-5 for m in explanation.maps)
+    assert predictor.embed(photos).shape == (3, predictor.embedding_dim) == (3, 16)  # the category branch
+    onnx_predictor = load(directory, runtime="onnx")
+    assert [r.category_top_k[0].name for r in onnx_predictor(photos)] == [r.category_top_k[0].name for r in expected]
+    batch = predictor.preprocess_batch([to_uint8_chw(photo)[0] for photo in photos])
+    for key, value in predictor.runtime(batch).items():  # the flip test's mirrored pass included
+        np.testing.assert_allclose(onnx_predictor.runtime(batch)[key], value, atol=1e-4)
+
+
 def test_the_feature_cache_gives_the_query_head_the_same_logits_as_the_photos():
     from fashionlens.data import open_dataset
     from fashionlens.data.transforms import build_transforms

@@ -194,7 +194,7 @@ def test_clothing_model_trains_and_evaluates_through_the_same_functions(tmp_path
 
 
 @pytest.mark.slow  # 3 s: a training run (the fast suite stays under a minute)
-@pytest.mark.parametrize("attr_head", ["linear", "mlgcn"])
+@pytest.mark.parametrize("attr_head", ["linear", "mlgcn", "query"])
 def test_clothing_network_trains_on_the_clothing_attribute_layout(tmp_path: Path, attr_head: str):
     """Category head over the 7 categories, 30 typed attributes, no landmarks; evaluate on the saved model."""
     out = train_clothing(_clothing_config(tmp_path / "run", MINI, "clothing-attributes", {

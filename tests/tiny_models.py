@@ -24,7 +24,7 @@ def style_model_dir(path: Path) -> Path:
                           PREPROCESSING)
 
 
-def clothing_model_dir(path: Path, flip_test: bool = False) -> Path:
+def clothing_model_dir(path: Path, flip_test: bool = False, attr_head: str = "linear") -> Path:
     """A clothing network with a GLEM landmark branch (untrained heads): 4 categories, 6 attributes of 3 types;
     ``flip_test`` doubles its inference (off: the fast suite's budget)."""
     from fashionlens.models.landmark_net import build_clothing_model
@@ -33,7 +33,7 @@ def clothing_model_dir(path: Path, flip_test: bool = False) -> Path:
     config = {"task": "clothing", "backbone": "tf_efficientnet_lite0", "pretrained": "none", "stage": "stride8",
               "landmarks": "glem", "num_categories": 4, "num_attributes": 6, "image_size": 128,
               "heatmap_size": 32, "num_glem": 1, "landmark_width": 16, "upsample_width": 16, "head_width": 16,
-              "flip_test": flip_test}
+              "flip_test": flip_test, "attr_head": attr_head, "query_dim": 16}
     model = build_clothing_model(config)
     labels = {"label_names": ["floral", "striped", "cotton", "denim", "long", "short"],
               "attribute_types": ["texture", "texture", "fabric", "fabric", "shape", "shape"],

@@ -152,6 +152,16 @@ def _add_common_training_arguments(parser: argparse.ArgumentParser, defaults: St
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=S,
                         help=f"a learned per-label bias on the ML-GCN logits (default {d.head.bias}; the "
                              "reference has none)")
+    parser.add_argument("--query-init", choices=CHOICES["head.query_init"], default=S,
+                        help=f"the label-query head: the queries start at the GCN's classifiers or at random "
+                             f"(default {d.head.query_init})")
+    parser.add_argument("--query-dim", type=int, default=S,
+                        help=f"the label-query head's width (default {d.head.query_dim})")
+    parser.add_argument("--query-layers", type=int, default=S,
+                        help=f"the label-query head's decoder layers (default {d.head.query_layers})")
+    parser.add_argument("--query-self-attention", action=argparse.BooleanOptionalAction, default=S,
+                        help=f"the label-query head: self-attention among the queries "
+                             f"(default {d.head.query_self_attention})")
 
 
 def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> None:
@@ -161,14 +171,6 @@ def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> Non
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
                         help="add learned per-label classifiers to the GCN's")
-    parser.add_argument("--query-init", choices=CHOICES["head.query_init"], default=S,
-                        help=f"--head query: the label queries start at the GCN's classifiers or at random "
-                             f"(default {d.head.query_init})")
-    parser.add_argument("--query-dim", type=int, default=S, help=f"--head query: its width (default {d.head.query_dim})")
-    parser.add_argument("--query-layers", type=int, default=S,
-                        help=f"--head query: decoder layers (default {d.head.query_layers})")
-    parser.add_argument("--query-self-attention", action=argparse.BooleanOptionalAction, default=S,
-                        help=f"--head query: self-attention among the label queries (default {d.head.query_self_attention})")
     parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S,
                         help=f"default {d.recipe.loss}: softmax (cross-entropy, top-1) when every training photo has "
                              "exactly one label (class folders), else bce (multi-label); asl: asymmetric loss")
@@ -316,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     clothing.add_argument("--stage", choices=CHOICES["model.stage"], default=S,
                           help=f"where the shared features are taken from the backbone (default {m.stage}; stride8: "
                                "VGG-19's conv4 as in the paper; stride16 gives small backbones deeper features)")
-    clothing.add_argument("--attr-head", choices=("linear", "mlgcn", "plain"), default=S,
-                          help=f"the attribute head (default {CLOTHING_DEFAULTS.head.kind}; plain = linear)")
+    clothing.add_argument("--attr-head", choices=("linear", "mlgcn", "query", "plain"), default=S,
+                          help=f"the attribute head (default {CLOTHING_DEFAULTS.head.kind}; plain = linear; query: "
+                               "attribute queries attending the fused feature map)")
     clothing.add_argument("--heatmap-size", type=int, default=S, help=f"default {m.heatmap_size}")
     clothing.add_argument("--head-width", type=int, default=S,
                           help=f"channels of the category and attribute branches (default {m.head_width})")

@@ -152,9 +152,9 @@ class GraphConfig:
 @dataclass(frozen=True)
 class HeadConfig:
     """A multi-label head: a linear classifier per label, ML-GCN's graph-convolved classifiers, or label
-    queries attending the feature map (style only)."""
+    queries attending the feature map."""
 
-    kind: str | None = None  # mlgcn | linear | query (style only)
+    kind: str | None = None  # mlgcn | linear | query
     pool: str | None = None  # max | avg (style model's global pooling)
     hidden_dim: int | None = None  # the GCN's hidden width
     bias: bool | None = None  # a learned per-label bias on the ML-GCN logits (the reference has none)
@@ -465,8 +465,6 @@ def validate(config: TaskConfig) -> TaskConfig:
         value = getattr(config.head, key)
         if value is not None and not low <= value <= high:
             raise ConfigError(f"head.{key}: must be from {low} to {high}, got {value}")
-    if config.task == "clothing" and config.head.kind == "query":
-        raise ConfigError("head.kind: 'query' is a style head; the clothing network's attribute head is linear or mlgcn")
     devices = config.trainer.devices.strip()
     if not (devices == "auto" or devices.isdigit() and int(devices) >= 1 or devices == "-1"
             or all(part.strip().isdigit() for part in devices.rstrip(",").split(","))):

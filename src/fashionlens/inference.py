@@ -568,7 +568,7 @@ class Predictor:
         model = self.torch_model("embed")
         if self.task == "style":
             return int(model.backbone.out_channels)
-        return 2 * model.config.head_width
+        return model.embedding_dim
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised embeddings ``(N, D)`` float32 (``(D,)`` for one image): the pooled feature the

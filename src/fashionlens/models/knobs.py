@@ -23,7 +23,8 @@ KNOBS = {
                  "head.kind": "attr_head", "head.hidden_dim": "hidden_dim", "head.bias": "bias",
                  "model.stage": "stage", "model.landmarks": "landmarks", "model.heatmap_size": "heatmap_size",
                  "model.head_width": "head_width", "model.upsample_width": "upsample_width",
-                 "model.flip_test": "flip_test"},
+                 "model.flip_test": "flip_test", "head.query_init": "query_init", "head.query_dim": "query_dim",
+                 "head.query_layers": "query_layers", "head.query_self_attention": "query_self_attention"},
 }
 
 

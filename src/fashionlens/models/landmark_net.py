@@ -8,6 +8,7 @@ analysis with feature map upsampling and landmark-driven attention" (ECCV 2018 w
            -> upsampler -> K heatmaps
     concat(landmark features, conv4) -> category branch (convs, pool, linear)
                                       -> attribute branch (convs, pool, linear | ML-GCN head)
+                                         | label-query head (attribute queries attend the fused map)
 
 Ablations (``ClothingNetConfig.landmarks``): ``"glem"`` (full), ``"convs"`` (the same branch with the
 non-local blocks removed, so only the 3x3 convs remain) and ``"none"`` (no landmark branch; the
@@ -34,6 +35,7 @@ from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_log
 from fashionlens.models.backbones import create_backbone
 from fashionlens.models.mlgcn import MLGCNHead, label_maps
 from fashionlens.models.netconfig import ClothingNetConfig
+from fashionlens.models.query_head import QueryHead
 from fashionlens.vocabulary import FLIP_PERMUTATION
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -176,13 +178,22 @@ class LandmarkClothingNet(nn.Module):
             fused_channels = conv4_channels + width
         self.category_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
         self.category_fc = nn.Linear(config.head_width, config.num_categories)
-        self.attribute_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
+        self.attribute_branch: _PooledBranch | None = None
+        if config.attr_head == "query":  # reads the fused map itself: no pooled branch
+            gcn = None  # a saved model's queries come from its weights
+            if config.query_init == "gcn" and attr_embeddings is not None and attr_adjacency is not None:
+                gcn = MLGCNHead(attr_embeddings, attr_adjacency, fused_channels, hidden=config.hidden_dim).classifiers()
+            self.attribute_fc = QueryHead(fused_channels, config.num_attributes, dim=config.query_dim,
+                                          layers=config.query_layers, heads=config.query_heads,
+                                          self_attention=config.query_self_attention, gcn_classifiers=gcn)
+        else:
+            self.attribute_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
         if config.attr_head == "mlgcn":
             embeddings, adjacency = _graph_inputs(config, attr_embeddings, attr_adjacency)
             config = dataclasses.replace(config, attr_embedding_dim=int(embeddings.shape[1]))
             self.attribute_fc = MLGCNHead(embeddings, adjacency, config.head_width, hidden=config.hidden_dim,
                                           negative_slope=config.negative_slope, bias=config.bias)
-        else:
+        elif config.attr_head == "linear":
             self.attribute_fc = nn.Linear(config.head_width, config.num_attributes)
         self.config = config  # with the derived landmark_width and attr_embedding_dim
 
@@ -218,8 +229,9 @@ class LandmarkClothingNet(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fused feature map -> ``{"category_logits", "attribute_logits"}``."""
+        attribute = features if self.attribute_branch is None else self.attribute_branch(features)
         return {"category_logits": self.category_fc(self.category_branch(features)),
-                "attribute_logits": self.attribute_fc(self.attribute_branch(features))}
+                "attribute_logits": self.attribute_fc(attribute)}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"category_logits", "attribute_logits"[, "heatmaps"]}``; in eval mode with ``flip_test``, the
@@ -264,20 +276,30 @@ class LandmarkClothingNet(nn.Module):
     def _attribute_maps_once(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
         feats = self.forward_features(images)
         features = feats["features"]
-        attribute_map = self.attribute_branch.convs(features)
-        weights, bias = self.attribute_classifiers()
-        out = {"category_logits": self.category_fc(self.category_branch(features)),
-               "attribute_logits": self.attribute_fc(self.attribute_branch.pool(attribute_map)),
-               "attribute_maps": label_maps(attribute_map, weights, bias, labels)}
+        out = {"category_logits": self.category_fc(self.category_branch(features))}
+        if self.attribute_branch is None:  # the query head: each attribute's attention over the places
+            out["attribute_logits"], attention = self.attribute_fc.forward_with_attention(features)
+            out["attribute_maps"] = attention if labels is None else attention[:, labels]
+        else:
+            attribute_map = self.attribute_branch.convs(features)
+            weights, bias = self.attribute_classifiers()
+            out["attribute_logits"] = self.attribute_fc(self.attribute_branch.pool(attribute_map))
+            out["attribute_maps"] = label_maps(attribute_map, weights, bias, labels)
         if "heatmaps" in feats:
             out["heatmaps"] = feats["heatmaps"]
         return out
 
+    @property
+    def embedding_dim(self) -> int:
+        """The length of :meth:`forward_embedding`'s vectors."""
+        return self.config.head_width * (1 if self.attribute_branch is None else 2)
+
     def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled features both heads see, category branch then attribute branch ``(B, 2 * head_width)``
-        (not normalised): the image's embedding."""
+        """The pooled features the heads see, category branch then attribute branch ``(B, 2 * head_width)``
+        (the category branch's alone with the query head), not normalised: the image's embedding."""
         features = self.forward_features(images)["features"]
-        return torch.cat([self.category_branch(features), self.attribute_branch(features)], dim=1)
+        branches = [self.category_branch] + ([self.attribute_branch] if self.attribute_branch is not None else [])
+        return torch.cat([branch(features) for branch in branches], dim=1)
 
 
 def _graph_inputs(config: ClothingNetConfig, embeddings: torch.Tensor | None,

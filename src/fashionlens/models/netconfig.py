@@ -19,6 +19,12 @@ QUERY_INITS = ("gcn", "scratch")
 MAX_SIZE = 65536  # any width, count or embedding size a config.json may ask for; the real ones are a few thousand
 
 
+def _check_query_heads(config: StyleNetConfig | ClothingNetConfig) -> None:
+    if config.query_dim % config.query_heads:
+        raise ValueError(f"'query_dim': expected a multiple of query_heads ({config.query_heads}), "
+                         f"found {config.query_dim}")
+
+
 @dataclass(frozen=True)
 class StyleNetConfig:
     """The style model's configuration: what :func:`build_style_model` takes, and as a dict
@@ -58,9 +64,7 @@ class StyleNetConfig:
                                    "query_dim": (1, MAX_SIZE), "query_layers": (1, 8), "query_heads": (1, 64)},
                      choices={"task": ("style",), "pool": POOLS, "head": HEADS, "activation": ("sigmoid", "softmax"),
                               "query_init": QUERY_INITS})
-        if self.query_dim % self.query_heads:
-            raise ValueError(f"'query_dim': expected a multiple of query_heads ({self.query_heads}), "
-                             f"found {self.query_dim}")
+        _check_query_heads(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StyleNetConfig:
@@ -69,7 +73,7 @@ class StyleNetConfig:
 
 
 LANDMARK_MODES = ("glem", "convs", "none")
-ATTRIBUTE_HEADS = ("linear", "mlgcn")
+ATTRIBUTE_HEADS = ("linear", "mlgcn", "query")
 # Keys of model directories written before they were renamed, and their names now.
 _RENAMED_KEYS = {"mlgcn_hidden": "hidden_dim", "mlgcn_bias": "bias", "mlgcn_negative_slope": "negative_slope"}
 
@@ -110,6 +114,12 @@ class ClothingNetConfig:
     negative_slope: float = 0.2
     bias: bool = True  # a per-label bias, as the linear head has: top-k ranks attributes against each other
     attr_embedding_dim: int | None = None  # set from the embeddings by LandmarkClothingNet
+    # attr_head "query": the label-query head on the fused map (models/query_head.py, as the style model's).
+    query_init: str = "scratch"
+    query_dim: int = 256
+    query_layers: int = 1
+    query_heads: int = 4
+    query_self_attention: bool = False
     # How the ML-GCN head's label graph was built (a record for people; the weights hold the graph).
     embeddings: str | None = None
     graph: str | None = None
@@ -121,9 +131,12 @@ class ClothingNetConfig:
         sizes = {key: (1, MAX_SIZE) for key in ("num_categories", "num_attributes", "landmark_width",
                                                 "upsample_width", "head_width", "hidden_dim", "attr_embedding_dim")}
         check_fields(self, ranges={**sizes, "num_landmarks": (1, 256), "num_glem": (0, 64),
-                                   "image_size": IMAGE_SIZE_RANGE, "heatmap_size": (1, IMAGE_SIZE_RANGE[1])},
+                                   "image_size": IMAGE_SIZE_RANGE, "heatmap_size": (1, IMAGE_SIZE_RANGE[1]),
+                                   "query_dim": (1, MAX_SIZE), "query_layers": (1, 8), "query_heads": (1, 64)},
                      choices={"task": ("clothing",), "stage": ("stride8", "stride16"), "landmarks": LANDMARK_MODES,
-                              "attr_head": ATTRIBUTE_HEADS, "upsample": ("bilinear", "deconv")})
+                              "attr_head": ATTRIBUTE_HEADS, "upsample": ("bilinear", "deconv"),
+                              "query_init": QUERY_INITS})
+        _check_query_heads(self)
         if self.flip_test and self.landmarks != "none" and self.num_landmarks != len(FLIP_PERMUTATION):
             raise ValueError(f"'flip_test': the mirror image swaps DeepFashion's {len(FLIP_PERMUTATION)} left and "
                              f"right landmarks; this network has {self.num_landmarks}: set flip_test false")

@@ -146,7 +146,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
     network = {**network_fields(config), "num_categories": len(category_names),
                "num_attributes": len(attribute_names), "num_landmarks": len(LANDMARK_NAMES)}
     attr_embeddings = attr_adjacency = graph_json = None
-    if config.head.kind == "mlgcn":
+    if config.head.kind == "mlgcn" or config.head.kind == "query" and config.head.query_init == "gcn":
         # The attribute outputs are fixed (all attributes): an attribute without training positives
         # keeps its classifier, as a graph node without edges.
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(
