@@ -1,6 +1,10 @@
 """A garment tagger's first tag and its attribute filter, on photos no model chose anything on.
 
     python benchmarks/catalogue_tags.py MODEL_DIR --config configs/release-garment-tagger.yaml [--write]
+    # the same on clothing-dataset-rest's photos of the ten catalogue classes (never trained on either)
+    python benchmarks/catalogue_tags.py MODEL_DIR --data ../shared/data/clothing-dataset-rest \\
+        --format clothing-dataset --classes dress hat longsleeve outwear pants shirt shoes shorts skirt t-shirt \\
+        --catalogue-only
 
 ``--write`` first gives a model trained before fashionlens wrote them the labels.json keys ``groups``
 and ``applies_to`` (fashionlens.catalogue, from the training rows of ``--config``'s split) and
@@ -57,7 +61,8 @@ def _marked(result) -> set[str]:
     return {label.name for label in result.labels if label.predicted}
 
 
-def catalogue_test(predictor, aliases: dict[str, str], data: Path) -> dict:
+def catalogue_test(predictor, aliases: dict[str, str], data: Path, format: str = "folders",
+                   classes: list[str] | None = None) -> dict:
     from fashionlens.catalogue import GARMENT_REGIONS
     from fashionlens.data import open_dataset
     from fashionlens.data.merge import normalise_name
@@ -65,7 +70,10 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path) -> dict:
     def canonical(name: str) -> str:
         return normalise_name(aliases.get(normalise_name(name), name))
 
-    dataset = open_dataset(data, "folders")
+    dataset = open_dataset(data, format)
+    if classes:  # only the photos of these classes (by canonical name)
+        keep = {canonical(name) for name in classes}
+        dataset.records = [r for r in dataset.records if canonical(dataset.label_names[r.category]) in keep]
     regions = {name: region for region, names in GARMENT_REGIONS.items() for name in names}
     applies = predictor.labels.get("applies_to") or {}
     restricted = dict(predictor.applies_to)
@@ -145,14 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs/release-garment-tagger.yaml")
     parser.add_argument("--write", action="store_true", help="write groups/applies_to into the model first")
     parser.add_argument("--data", type=Path, default=SHARED / "clothing-dataset-small/test")
+    parser.add_argument("--format", default="folders", help="--data's format (clothing-dataset: -rest's layout)")
+    parser.add_argument("--classes", nargs="+", help="score only the photos of these classes")
     parser.add_argument("--aliases", type=Path, default=REPO / "configs/garment-aliases.yaml")
+    parser.add_argument("--catalogue-only", action="store_true", help="skip the held-out Clothing Attribute photos")
     args = parser.parse_args(argv)
     if args.write:
         write_catalogue_labels(args.model, args.config)
     aliases = {normalise_name(k): v for k, v in load_aliases(args.aliases).items()}
     predictor = load(args.model, batch_size=32)
-    figures = {"model": str(args.model), "catalogue_test": catalogue_test(predictor, aliases, args.data),
-               "attributes_heldout": attributes_heldout(predictor, args.model)}
+    figures = {"model": str(args.model), "data": str(args.data),
+               "catalogue_test": catalogue_test(predictor, aliases, args.data, args.format, args.classes)}
+    if not args.catalogue_only:
+        figures["attributes_heldout"] = attributes_heldout(predictor, args.model)
     print(json.dumps(figures, indent=2))
     return 0
 
