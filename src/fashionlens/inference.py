@@ -565,10 +565,7 @@ class Predictor:
     @property
     def embedding_dim(self) -> int:
         """The length of :meth:`embed`'s vectors."""
-        model = self.torch_model("embed")
-        if self.task == "style":
-            return int(model.backbone.out_channels)
-        return model.embedding_dim
+        return self.torch_model("embed").embedding_dim
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised embeddings ``(N, D)`` float32 (``(D,)`` for one image): the pooled feature the

@@ -183,6 +183,11 @@ class MultiLabelClassifier(nn.Module):
         """The backbone's feature map before pooling ``(B, D, h, w)`` (``h = H / stride``)."""
         return self.backbone(images)
 
+    @property
+    def embedding_dim(self) -> int:
+        """The length of :meth:`forward_embedding`'s vectors: the backbone's channels."""
+        return int(self.backbone.out_channels)
+
     def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled backbone feature ``(B, D)`` (not normalised): the image's embedding (what a pooled
         head sees; the query head's model pools with ``pool`` for this only)."""
