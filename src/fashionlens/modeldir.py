@@ -94,9 +94,11 @@ def eval_transform(preprocessing: dict[str, Any]):
 def save_model_dir(path: Path, model: nn.Module, config: dict | StyleNetConfig | ClothingNetConfig, labels: dict,
                    preprocessing: dict, graph: dict | None = None, thresholds: dict | None = None) -> Path:
     """Write a model directory that `load_model_dir` (and nothing else) can turn back into the model;
-    ``config`` is the network's config (config.json is its dict) or a mapping of its keys."""
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
+    ``config`` is the network's config, or a mapping of its keys (the config's own defaults for the
+    others); config.json is the whole config's dict, so that no default of a later version changes it."""
+    if not dataclasses.is_dataclass(config):
+        config = NETWORK_CONFIGS[config["task"]](**config)
+    config = dataclasses.asdict(config)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
@@ -364,11 +366,12 @@ def check_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
 
 
 def build_model_from_config(config: dict) -> nn.Module:
-    """Rebuild a network from its config, with placeholder buffers that the saved weights overwrite."""
+    """Rebuild a network from a config.json's dict (keys it lacks take the values of the files written
+    before them: ``from_dict``), with placeholder buffers that the saved weights overwrite."""
     task = config.get("task")
     if task not in BUILDERS:
         raise ModelDirError(f"config.json: unknown task {task!r} (expected 'style' or 'clothing')")
-    return BUILDERS[task]({**config, "pretrained": "none"})
+    return BUILDERS[task](NETWORK_CONFIGS[task].from_dict({**config, "pretrained": "none"}))
 
 
 def _build(path: Path, config: dict[str, Any]) -> nn.Module:

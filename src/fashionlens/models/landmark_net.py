@@ -325,7 +325,8 @@ def _graph_inputs(config: ClothingNetConfig, embeddings: torch.Tensor | None,
 
 def build_clothing_model(config: ClothingNetConfig | Mapping[str, Any], attr_embeddings: torch.Tensor | None = None,
                          attr_adjacency: torch.Tensor | None = None) -> LandmarkClothingNet:
-    """Build the clothing network from its config, or a mapping of its keys (a ``config.json``).
+    """Build the clothing network from its config, or from a mapping of its keys (the config's own
+    defaults for the others: a model directory's config.json goes through ``ClothingNetConfig.from_dict``).
 
     ``model.config`` holds the complete config (with derived values filled in, e.g.
     ``landmark_width`` and ``attr_embedding_dim``); ``build_clothing_model(model.config)`` followed by
@@ -334,7 +335,7 @@ def build_clothing_model(config: ClothingNetConfig | Mapping[str, Any], attr_emb
     replaces anyway.
     """
     if not isinstance(config, ClothingNetConfig):
-        config = ClothingNetConfig.from_dict(config)
+        config = ClothingNetConfig(**config)
     return LandmarkClothingNet(config, attr_embeddings, attr_adjacency)
 
 

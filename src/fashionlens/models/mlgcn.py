@@ -209,8 +209,9 @@ class MultiLabelClassifier(nn.Module):
 
 def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np.ndarray | torch.Tensor | None = None,
                       adjacency: np.ndarray | torch.Tensor | None = None) -> MultiLabelClassifier:
-    """Build the style model from its config (or a mapping of its keys, the ``config.json`` of a model
-    directory); ``model.config`` is the config.
+    """Build a style model from its config, or from a mapping of its keys (the config's own defaults
+    for the others: a model directory's config.json goes through ``StyleNetConfig.from_dict`` first);
+    ``model.config`` is the config.
 
     For a new ``"mlgcn"`` model (or a ``"query"`` one with ``query_init="gcn"``: its queries start
     at an untrained GCN's classifiers) pass ``embeddings`` ``(C, E)`` and ``adjacency`` ``(C, C)``. To
@@ -218,7 +219,7 @@ def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np
     zero-filled with the shapes from the config and ``load_state_dict`` fills them.
     """
     if not isinstance(config, StyleNetConfig):
-        config = StyleNetConfig.from_dict(config)
+        config = StyleNetConfig(**config)
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, stage="final")
     feature_dim = backbone.out_channels
     if config.head == "linear":
