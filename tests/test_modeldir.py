@@ -3,6 +3,7 @@ each problem is one ModelDirError naming the file and the key; what the project 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -67,6 +68,21 @@ def test_what_the_project_writes_loads(style_dir: Path, clothing_dir: Path) -> N
     for directory in (style_dir, clothing_dir):
         bundle = load_model_dir(directory)
         assert bundle.labels == json.loads((directory / "labels.json").read_text())
+
+
+
+def test_a_mapping_of_keys_is_a_new_network_and_config_json_is_the_whole_config(style_dir: Path) -> None:
+    """Old files' defaults (deconv upsampler, no flip test, no ML-GCN bias) apply to a config.json
+    lacking a key, never to a new network built or saved from a few keys."""
+    from fashionlens.models.landmark_net import build_clothing_model
+    from fashionlens.models.netconfig import ClothingNetConfig, StyleNetConfig
+
+    model = build_clothing_model({"pretrained": "none", "num_categories": 3, "num_attributes": 4, "image_size": 64})
+    assert model.config.upsample == "bilinear" and model.config.flip_test
+    assert ClothingNetConfig.from_dict({}).upsample == "deconv" and not ClothingNetConfig.from_dict({}).flip_test
+    written = json.loads((style_dir / "config.json").read_text())  # saved from a 9-key mapping
+    assert set(written) == {field.name for field in dataclasses.fields(StyleNetConfig)} | {"format_version"}
+    assert written["bias"] is True and load_model_dir(style_dir).config["bias"] is True
 
 
 STYLE_CASES = [
