@@ -38,7 +38,8 @@ def run_metrics(run_dir: Path) -> tuple[str, int, dict]:
                                                             "mask")}
     head = config.get("attr_head", "linear")
     graph = "" if config.get("graph", "cooccurrence") == "cooccurrence" else f", {config['graph']} graph"
-    variant = "linear" if head == "linear" else f"mlgcn ({config.get('embeddings', 'glove50')}{graph})"
+    variant = {"linear": "linear", "query": f"query ({config.get('query_init', 'scratch')} start)"}.get(
+        head, f"mlgcn ({config.get('embeddings', 'glove50')}{graph})")
     return variant, int(run.get("seed", 0)), clothing_metrics(outputs, labels["attribute_types"])
 
 

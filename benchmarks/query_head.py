@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels
     graph = {"embeddings": torch.eye(labels), "adjacency": torch.full((labels, labels), 1.0 / labels)}
     heads = {"linear-avg": ({"head": "linear", "pool": "avg"}, {}),
-             "mlgcn-onehot": ({"head": "mlgcn", "pool": "max", "embedding_dim": labels}, graph),
+             "mlgcn-onehot": ({"head": "mlgcn", "pool": "max", "embedding_dim": labels, "bias": False}, graph),
              "query": ({"head": "query"}, {})}
     models = {name: build_style_model({"num_labels": labels, "pretrained": "none", **config}, **inputs).eval()
               for name, (config, inputs) in heads.items()}

@@ -364,7 +364,7 @@ def _real_landmark_batch(shared_data: Path, count: int, size: int) -> dict:
 
 def _overfit(shared_data: Path, count: int, size: int, steps: int, lr: float, width: int, num_glem: int) -> dict:
     torch.manual_seed(0)
-    # Stride 8 (the default is 16); typed, as a mapping is read as an old config.json (deconv upsampling).
+    # Stride 8 (the default is 16).
     model = build_clothing_model(ClothingNetConfig(backbone="mobilenet_v2", pretrained="shipped", stage="stride8",
                                                    landmarks="glem",
                                                    image_size=size, heatmap_size=size // 4, landmark_width=width,

@@ -80,6 +80,8 @@ def test_a_mapping_of_keys_is_a_new_network_and_config_json_is_the_whole_config(
     model = build_clothing_model({"pretrained": "none", "num_categories": 3, "num_attributes": 4, "image_size": 64})
     assert model.config.upsample == "bilinear" and model.config.flip_test
     assert ClothingNetConfig.from_dict({}).upsample == "deconv" and not ClothingNetConfig.from_dict({}).flip_test
+    with pytest.raises(ValueError, match=r"'upsampler': not a key of a clothing model's config \(it has "):
+        build_clothing_model({"num_categories": 3, "upsampler": "bilinear"})
     written = json.loads((style_dir / "config.json").read_text())  # saved from a 9-key mapping
     assert set(written) == {field.name for field in dataclasses.fields(StyleNetConfig)} | {"format_version"}
     assert written["bias"] is True and load_model_dir(style_dir).config["bias"] is True

@@ -570,7 +570,8 @@ class Predictor:
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised embeddings ``(N, D)`` float32 (``(D,)`` for one image): the pooled feature the
         head sees (style: the backbone's pooled feature; clothing: the category and attribute
-        branches' pooled features, concatenated). Needs the torch runtime."""
+        branches' pooled features, concatenated, or the category branch's alone with the query attribute
+        head). Needs the torch runtime."""
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
         items = [images] if single else list(images)
         loaded = [tensor for tensor, _ in (to_uint8_chw(item) for item in items)]

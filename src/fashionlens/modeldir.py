@@ -97,7 +97,7 @@ def save_model_dir(path: Path, model: nn.Module, config: dict | StyleNetConfig |
     ``config`` is the network's config, or a mapping of its keys (the config's own defaults for the
     others); config.json is the whole config's dict, so that no default of a later version changes it."""
     if not dataclasses.is_dataclass(config):
-        config = NETWORK_CONFIGS[config["task"]](**config)
+        config = NETWORK_CONFIGS[config["task"]].new(config)
     config = dataclasses.asdict(config)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -182,7 +182,8 @@ class LandmarkClothingNet(nn.Module):
         if config.attr_head == "query":  # reads the fused map itself: no pooled branch
             gcn = None  # a saved model's queries come from its weights
             if config.query_init == "gcn" and attr_embeddings is not None and attr_adjacency is not None:
-                gcn = MLGCNHead(attr_embeddings, attr_adjacency, fused_channels, hidden=config.hidden_dim).classifiers()
+                gcn = MLGCNHead(attr_embeddings, attr_adjacency, fused_channels, hidden=config.hidden_dim,
+                                negative_slope=config.negative_slope).classifiers()
             self.attribute_fc = QueryHead(fused_channels, config.num_attributes, dim=config.query_dim,
                                           layers=config.query_layers, heads=config.query_heads,
                                           self_attention=config.query_self_attention, gcn_classifiers=gcn)
@@ -260,6 +261,9 @@ class LandmarkClothingNet(nn.Module):
 
     def attribute_classifiers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attribute head as ``(weights (A, head_width), bias (A,) or None)``: logits = pooled @ W.T + b."""
+        if self.attribute_branch is None:
+            raise ValueError("the label-query attribute head has no classifier per attribute: its maps are its "
+                             "attention (forward_attribute_maps)")
         if isinstance(self.attribute_fc, nn.Linear):
             return self.attribute_fc.weight, self.attribute_fc.bias
         return self.attribute_fc.classifier_weights()
@@ -270,7 +274,8 @@ class LandmarkClothingNet(nn.Module):
         (all by default), in one pass (two with ``flip_test``, as :meth:`forward`): the attribute
         classifiers applied at every place of the attribute branch's feature map before its average
         pooling (so a map's mean is the logit; ``h = H / (2 * backbone stride)``, the branch's first conv
-        has stride 2)."""
+        has stride 2). With the query head (``attr_head="query"``) a map is that attribute's attention over
+        the fused map's places (``h = H / backbone stride``), summing to 1, not a logit."""
         return self._with_flip_test(lambda batch: self._attribute_maps_once(batch, labels), images)
 
     def _attribute_maps_once(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -335,7 +340,7 @@ def build_clothing_model(config: ClothingNetConfig | Mapping[str, Any], attr_emb
     replaces anyway.
     """
     if not isinstance(config, ClothingNetConfig):
-        config = ClothingNetConfig(**config)
+        config = ClothingNetConfig.new(config)
     return LandmarkClothingNet(config, attr_embeddings, attr_adjacency)
 
 

@@ -219,7 +219,7 @@ def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np
     zero-filled with the shapes from the config and ``load_state_dict`` fills them.
     """
     if not isinstance(config, StyleNetConfig):
-        config = StyleNetConfig(**config)
+        config = StyleNetConfig.new(config)
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, stage="final")
     feature_dim = backbone.out_channels
     if config.head == "linear":

@@ -67,6 +67,11 @@ class StyleNetConfig:
         _check_query_heads(self)
 
     @classmethod
+    def new(cls, data: Mapping[str, Any]) -> StyleNetConfig:
+        """A new network's config from some of its keys, the others at their defaults; ValueError names a bad key."""
+        return dataclass_from_json(cls, data, "a style model's config")
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StyleNetConfig:
         """A ``config.json`` (or a mapping of some of its keys) as a config; ValueError names a bad key."""
         return dataclass_from_json(cls, {"bias": False, **data}, "a style model's config.json")
@@ -140,6 +145,11 @@ class ClothingNetConfig:
         if self.flip_test and self.landmarks != "none" and self.num_landmarks != len(FLIP_PERMUTATION):
             raise ValueError(f"'flip_test': the mirror image swaps DeepFashion's {len(FLIP_PERMUTATION)} left and "
                              f"right landmarks; this network has {self.num_landmarks}: set flip_test false")
+
+    @classmethod
+    def new(cls, data: Mapping[str, Any]) -> ClothingNetConfig:
+        """A new network's config from some of its keys, the others at their defaults; ValueError names a bad key."""
+        return dataclass_from_json(cls, data, "a clothing model's config")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClothingNetConfig:
