@@ -33,9 +33,8 @@ from torch.nn import functional as F
 from fashionlens.heatmaps import gaussian_heatmaps, heatmap_loss
 from fashionlens.losses import single_label_cross_entropy, weighted_bce_with_logits
 from fashionlens.models.backbones import create_backbone
-from fashionlens.models.mlgcn import MLGCNHead, label_maps
+from fashionlens.models.mlgcn import MLGCNHead, build_query_head, label_maps
 from fashionlens.models.netconfig import ClothingNetConfig
-from fashionlens.models.query_head import QueryHead
 from fashionlens.vocabulary import FLIP_PERMUTATION
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -180,13 +179,8 @@ class LandmarkClothingNet(nn.Module):
         self.category_fc = nn.Linear(config.head_width, config.num_categories)
         self.attribute_branch: _PooledBranch | None = None
         if config.attr_head == "query":  # reads the fused map itself: no pooled branch
-            gcn = None  # a saved model's queries come from its weights
-            if config.query_init == "gcn" and attr_embeddings is not None and attr_adjacency is not None:
-                gcn = MLGCNHead(attr_embeddings, attr_adjacency, fused_channels, hidden=config.hidden_dim,
-                                negative_slope=config.negative_slope).classifiers()
-            self.attribute_fc = QueryHead(fused_channels, config.num_attributes, dim=config.query_dim,
-                                          layers=config.query_layers, heads=config.query_heads,
-                                          self_attention=config.query_self_attention, gcn_classifiers=gcn)
+            self.attribute_fc = build_query_head(config, fused_channels, config.num_attributes, attr_embeddings,
+                                                 attr_adjacency, config.negative_slope)
         else:
             self.attribute_branch = _PooledBranch(fused_channels, config.head_width, config.dropout)
         if config.attr_head == "mlgcn":

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fashionlens.models.backbones import Backbone, create_backbone
-from fashionlens.models.netconfig import POOLS, StyleNetConfig
+from fashionlens.models.netconfig import POOLS, ClothingNetConfig, StyleNetConfig
 from fashionlens.models.query_head import QueryHead
 
 
@@ -207,6 +207,20 @@ class MultiLabelClassifier(nn.Module):
                 "label_maps": label_maps(feature_map, weights, bias, labels)}
 
 
+def build_query_head(config: StyleNetConfig | ClothingNetConfig, feature_dim: int, num_labels: int,
+                     embeddings: np.ndarray | torch.Tensor | None = None,
+                     adjacency: np.ndarray | torch.Tensor | None = None, negative_slope: float = 0.2) -> QueryHead:
+    """The label-query head a network's config asks for (its ``query_*`` fields), over ``feature_dim``
+    channels. With ``query_init="gcn"`` and a label graph, the queries start at an untrained GCN's
+    classifiers; a saved model's queries come from its weights (pass no graph)."""
+    gcn = None
+    if config.query_init == "gcn" and embeddings is not None and adjacency is not None:
+        gcn = MLGCNHead(embeddings, adjacency, feature_dim, hidden=config.hidden_dim,
+                        negative_slope=negative_slope).classifiers()
+    return QueryHead(feature_dim, num_labels, dim=config.query_dim, layers=config.query_layers,
+                     heads=config.query_heads, self_attention=config.query_self_attention, gcn_classifiers=gcn)
+
+
 def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np.ndarray | torch.Tensor | None = None,
                       adjacency: np.ndarray | torch.Tensor | None = None) -> MultiLabelClassifier:
     """Build a style model from its config, or from a mapping of its keys (the config's own defaults
@@ -225,11 +239,7 @@ def build_style_model(config: StyleNetConfig | Mapping[str, Any], embeddings: np
     if config.head == "linear":
         head: nn.Module = LinearHead(feature_dim, config.num_labels)
     elif config.head == "query":
-        gcn = None  # a saved model's queries come from its weights
-        if config.query_init == "gcn" and embeddings is not None and adjacency is not None:
-            gcn = MLGCNHead(embeddings, adjacency, feature_dim, hidden=config.hidden_dim).classifiers()
-        head = QueryHead(feature_dim, config.num_labels, dim=config.query_dim, layers=config.query_layers,
-                         heads=config.query_heads, self_attention=config.query_self_attention, gcn_classifiers=gcn)
+        head = build_query_head(config, feature_dim, config.num_labels, embeddings, adjacency)
     else:
         if embeddings is None:
             embeddings = torch.zeros(config.num_labels, config.embedding_dim)

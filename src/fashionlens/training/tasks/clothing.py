@@ -24,7 +24,12 @@ from fashionlens.models.knobs import network_fields, with_network_defaults
 from fashionlens.models.landmark_net import build_clothing_model, clothing_loss
 from fashionlens.models.netconfig import ClothingNetConfig
 from fashionlens.training.task import Task
-from fashionlens.training.tasks.style import build_label_graph_inputs, graph_record, words_for_labels
+from fashionlens.training.tasks.style import (
+    build_label_graph_inputs,
+    graph_record,
+    uses_label_graph,
+    words_for_labels,
+)
 from fashionlens.vocabulary import ATTRIBUTE_TYPES, LANDMARK_NAMES
 
 
@@ -146,7 +151,7 @@ def build(config: ClothingConfig, data) -> dict[str, Any]:
     network = {**network_fields(config), "num_categories": len(category_names),
                "num_attributes": len(attribute_names), "num_landmarks": len(LANDMARK_NAMES)}
     attr_embeddings = attr_adjacency = graph_json = None
-    if config.head.kind == "mlgcn" or config.head.kind == "query" and config.head.query_init == "gcn":
+    if uses_label_graph(config):
         # The attribute outputs are fixed (all attributes): an attribute without training positives
         # keeps its classifier, as a graph node without edges.
         attr_embeddings, attr_adjacency, graph, _ = build_label_graph_inputs(

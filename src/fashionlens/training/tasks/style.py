@@ -13,7 +13,7 @@ from torch import nn
 
 from fashionlens import labels as label_tools
 from fashionlens.catalogue import catalogue_labels
-from fashionlens.config import ConfigError, StyleConfig
+from fashionlens.config import ConfigError, StyleConfig, TaskConfig
 from fashionlens.losses import AsymmetricLoss, masked_bce_with_logits, single_label_cross_entropy
 from fashionlens.metrics import multilabel_metrics
 from fashionlens.models.knobs import network_fields, with_network_defaults
@@ -210,7 +210,7 @@ def graph_record(graph_config) -> dict[str, Any]:
             "p": graph_config.p, "min_lift": graph_config.min_lift}
 
 
-def uses_label_graph(config: StyleConfig) -> bool:
+def uses_label_graph(config: TaskConfig) -> bool:
     """Whether the head is built from the label graph: ML-GCN, or label queries started at its classifiers."""
     head = with_network_defaults(config).head
     return head.kind == "mlgcn" or (head.kind == "query" and head.query_init == "gcn")
