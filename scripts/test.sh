@@ -14,8 +14,9 @@ run() {  # pytest exits 5 when a selection holds no test: that is not a failure 
   if [ "$status" -eq 5 ]; then status=0; fi
   return "$status"
 }
-# The fast suite runs on every core (pytest-xdist): about 43 s on 2 cores, against 63 s on one.
-run -q -m "not slow" -p no:cacheprovider -n auto
+# The fast suite runs on every core (pyproject.toml's addopts: pytest-xdist -n auto).
+run -q -m "not slow" -p no:cacheprovider
 # The Ray Data test of the slow suite runs on a local Ray instance (no network once installed).
 .venv/bin/python -m pip install -q -e ".[ray]"
-run -q -m slow -p no:cacheprovider
+# The slow suite in one process: its crash/resume, Ray and two-rank tests time and place their own workers.
+run -q -m slow -p no:cacheprovider -n 0
