@@ -17,7 +17,7 @@ from fashionlens.cli import main
 from fashionlens.config import ConfigError, DataSource, StyleConfig, override, to_dict, validate
 from fashionlens.data import open_dataset, read_class_folders
 from fashionlens.data.check import check_dataset
-from fashionlens.data.merge import merge_datasets
+from fashionlens.data.merge import MergedDataset
 from fashionlens.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_the_same_photos_given_twice_count_once(tmp_path, photos):
     root = _class_folders(tmp_path / "data", photos)
     (tmp_path / "alias").symlink_to(root)
     with pytest.warns(UserWarning, match=r"left out 4 photo\(s\) already read from an earlier --data"):
-        merged = merge_datasets([read_class_folders(root), read_class_folders(tmp_path / "alias")])
+        merged = MergedDataset([read_class_folders(root), read_class_folders(tmp_path / "alias")])
     assert len(merged) == 4
     assert any(note.startswith("left out 4 photo(s) already read from an earlier --data") for note in merged.notes)
 

@@ -393,13 +393,13 @@ def test_lazy_records_give_the_samples_of_an_eager_dataset(df_root: Path) -> Non
 
 def test_all_three_splits_come_from_one_parse(df_root: Path, monkeypatch) -> None:
     from fashionlens.data import deepfashion
-    from fashionlens.data.deepfashion import read_deepfashion_splits
 
     _write(df_root / "Eval" / "list_eval_partition.txt", "image_name  evaluation_status", [f"{FIRST} train", f"{SECOND} test", f"{THIRD} test"])
     parses = []
     parse = deepfashion._parse
     monkeypatch.setattr(deepfashion, "_parse", lambda root: parses.append(root) or parse(root))
-    splits = read_deepfashion_splits(df_root, cache=False)
+    annotations = deepfashion.parse_deepfashion(df_root, cache=False)
+    splits = {split: annotations.dataset(split) for split in deepfashion.SPLITS}
     assert len(parses) == 1 and list(splits) == ["train", "val", "test"]
     for split, dataset in splits.items():
         assert [r.image for r in dataset.records] == [r.image for r in read_deepfashion(df_root, split, cache=False).records]

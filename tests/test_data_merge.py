@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 
 from fashionlens.data import FashionDataset, Record, read_class_folders
 from fashionlens.data.clothing_co_parsing import read_clothing_co_parsing
-from fashionlens.data.merge import load_aliases, merge_datasets, normalise_name
+from fashionlens.data.merge import load_aliases, MergedDataset, normalise_name
 from fashionlens.data.transforms import build_transforms
 from fashionlens.errors import DataError
 
@@ -30,7 +30,7 @@ def parts(shared_data: Path):
 
 @pytest.fixture(scope="module")
 def merged(parts):
-    return merge_datasets(list(parts), aliases=ALIASES, names=["ccp", "catalogue"])
+    return MergedDataset(list(parts), aliases=ALIASES, names=["ccp", "catalogue"])
 
 
 def test_vocabulary_meets_through_the_aliases(parts, merged) -> None:
@@ -121,7 +121,7 @@ def test_merge_rules_by_hand(shared_data: Path) -> None:
     other = image.with_name("000003.jpg")  # another photo: the same one in two sources counts once
     b = _dataset(["t-shirt", "scarf"], [([1, 0], [1, 1])], other, categories=[1], category_names=["coat", "tee"],
                  types=["style", "part"])
-    merged = merge_datasets([a, b], aliases={"COAT": "outerwear", "jacket": "outerwear"}, names=["a", "b"])
+    merged = MergedDataset([a, b], aliases={"COAT": "outerwear", "jacket": "outerwear"}, names=["a", "b"])
     assert merged.label_names == ["outerwear", "T_Shirt", "scarf"]
     assert merged.attribute_types == ["shape", "style", "part"]
     assert [r.labels.tolist() for r in merged.records] == [[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0]]
@@ -130,11 +130,11 @@ def test_merge_rules_by_hand(shared_data: Path) -> None:
     assert merged[3]["category"].item() == 1 and merged[2]["index"] == 2
     assert normalise_name(" Long_sleeve ") == normalise_name("long-sleeve") == normalise_name("LongSleeve") == "longsleeve"
     with pytest.raises(ValueError, match=r"alias chain 'coat' -> 'jacket' -> 'outerwear'"):
-        merge_datasets([a, b], aliases={"coat": "jacket", "jacket": "outerwear"})
+        MergedDataset([a, b], aliases={"coat": "jacket", "jacket": "outerwear"})
     with pytest.raises(ValueError, match="at least one dataset"):
-        merge_datasets([])
+        MergedDataset([])
     # Without names, sources are named by the folders their images share; one without types drops types.
-    plain = merge_datasets([a, _dataset(["hat"], [([1], [1])], image)])
+    plain = MergedDataset([a, _dataset(["hat"], [([1], [1])], image)])
     assert plain.sources == ["clothing-attributes/images#0", "clothing-attributes/images#1"]
     assert plain.attribute_types is None and plain.category_names is None and "category" not in plain[0]
 
@@ -143,7 +143,7 @@ def test_one_transform_for_the_merged_samples(shared_data: Path) -> None:
     ccp = read_clothing_co_parsing(shared_data / "clothing-co-parsing", with_masks=True)
     catalogue = read_class_folders(shared_data / "clothing-dataset-small" / "validation")
     transform = build_transforms(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), train=True)
-    merged = merge_datasets([ccp, catalogue], aliases=ALIASES, transform=transform)
+    merged = MergedDataset([ccp, catalogue], aliases=ALIASES, transform=transform)
     torch.manual_seed(0)  # the multi-scale crop is random
     assert merged.sources == ["clothing-co-parsing/photos", "clothing-dataset-small/validation"]
     batch = default_collate([merged[0], merged[len(ccp)]])
@@ -157,7 +157,7 @@ def test_validate_images_keeps_rows_aligned(shared_data: Path, tmp_path: Path) -
     a = _dataset(["red"], [([1], [1]), ([0], [1])], image)
     a.records[0].image = tmp_path / "gone.jpg"
     b = _dataset(["blue"], [([1], [1])], image.with_name("000003.jpg"))
-    merged = merge_datasets([a, b], names=["a", "b"])
+    merged = MergedDataset([a, b], names=["a", "b"])
     problems = merged.validate_images(drop=True)
     assert len(problems) == 1 and "gone.jpg" in str(problems[0]) and merged.skipped == problems
     assert merged.rows == [(0, 1), (1, 0)] and [merged.source_of(i) for i in range(2)] == ["a", "b"]
@@ -173,7 +173,7 @@ def test_merged_photos_are_checked_and_remembered_as_training_checks_them(shared
     a = _dataset(["red"], [([1], [1]), ([0], [1])], image)
     a.records[0].image = tmp_path / "gone.jpg"
     b = _dataset(["blue"], [([1], [1])], image.with_name("000003.jpg"))
-    merged = merge_datasets([a, b], names=["a", "b"])
+    merged = MergedDataset([a, b], names=["a", "b"])
     problems = merged.validate_images(drop=True, remember=True)
     assert len(problems) == 1 and merged.rows == [(0, 1), (1, 0)]
     assert len(list((tmp_path / "cache" / "photo-checks").iterdir())) == 1

@@ -19,6 +19,20 @@ from fashionlens.vocabulary import CUT_OFF, LANDMARK_NAMES
 LABELS = ["black", "blue", "white", "red", "floral", "plaid", "stripe", "solid", "long_sleeve", "collar"]
 
 
+def read_landmark_annotations(root: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Paths, (N, 8, 2) points and (N, 8) visibility of ../shared/data/landmarks' landmarks.json (items of
+    file and landmarks {name, x, y, visibility}; a landmark an item does not list is cut off, at NaN)."""
+    items = json.loads((root / "landmarks.json").read_text(encoding="utf-8"))["items"]
+    xy = np.full((len(items), len(LANDMARK_NAMES), 2), np.nan)
+    visibility = np.full((len(items), len(LANDMARK_NAMES)), CUT_OFF)
+    for i, item in enumerate(items):
+        for landmark in item["landmarks"]:
+            if landmark["name"] in LANDMARK_NAMES:
+                m = LANDMARK_NAMES.index(landmark["name"])
+                xy[i, m], visibility[i, m] = (landmark["x"], landmark["y"]), int(landmark["visibility"])
+    return [root / item["file"] for item in items], xy, visibility
+
+
 def _check_png(path: Path, min_side: int = 200) -> tuple[int, int]:
     with Image.open(path) as image:
         image.verify()
@@ -194,7 +208,7 @@ def test_the_pr_curve_breaks_ties_as_the_metrics_do():
 
 @pytest.mark.slow  # 1.9 s
 def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):
-    paths, true_xy, visibility = report.read_landmark_annotations(shared_data / "landmarks")
+    paths, true_xy, visibility = read_landmark_annotations(shared_data / "landmarks")
     assert len(paths) == 20 and true_xy.shape == (20, 8, 2)
     assert (visibility[:, 4:6] == CUT_OFF).all()  # this set has no waistline points
     rng = np.random.default_rng(0)
@@ -207,7 +221,7 @@ def test_landmark_overlays_on_the_real_images(tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_clothing_run_report_has_confusion_landmarks_and_gallery(tmp_path, shared_data):
-    paths, true_xy, visibility = report.read_landmark_annotations(shared_data / "landmarks")
+    paths, true_xy, visibility = read_landmark_annotations(shared_data / "landmarks")
     rng = np.random.default_rng(0)
     n = len(paths)
     category = rng.integers(0, 4, n)

@@ -10,7 +10,6 @@ import pytest
 
 from fashionlens.config import DataSource, StyleConfig, override
 from fashionlens.data import read_class_folders, read_clothing_attributes
-from fashionlens.training import label_matrix
 from fashionlens.training.tasks.style import choose_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,12 +31,12 @@ def style_folders(tmp_path: Path, shared_data: Path) -> Path:
 def test_the_loss_is_chosen_by_the_data_and_said_in_one_line(style_folders: Path, capsys):
     config = StyleConfig()
     assert config.recipe.loss == "auto"
-    folders = label_matrix(read_class_folders(style_folders))
+    folders = read_class_folders(style_folders).label_matrix()
     assert choose_loss(config, *folders).recipe.loss == "softmax"
     assert capsys.readouterr().out == (
         "fashionlens: every training photo has exactly one of 4 labels (class folders): a softmax head "
         "(cross-entropy), top-1 and a confusion matrix; --loss bce trains a multi-label one\n")
-    assert choose_loss(config, *label_matrix(read_clothing_attributes(MINI))).recipe.loss == "bce"
+    assert choose_loss(config, *read_clothing_attributes(MINI).label_matrix()).recipe.loss == "bce"
     assert capsys.readouterr().out == ""
     given = override(config, {"recipe.loss": "bce"})
     assert choose_loss(given, *folders).recipe.loss == "bce"  # a loss given is kept
@@ -63,3 +62,10 @@ def test_class_folders_train_a_softmax_head_with_top1_and_a_confusion_matrix(sty
     page = write_report(run).read_text()
     assert (run / "report" / "confusion_matrix.png").is_file()
     assert "Category confusion matrix" in page and "no category predictions" not in page
+    # Its scores are softmax probabilities, in the prediction and in the explanation of the top label alike.
+    from fashionlens.inference import load
+
+    explanation = load(run / "model").explain(next(style_folders.rglob("*.jpg")))
+    labels = explanation.prediction.labels
+    assert sum(label.score for label in labels) == pytest.approx(1.0, abs=1e-5)
+    assert explanation.maps[0].score == pytest.approx(labels[0].score, abs=1e-6)

@@ -116,4 +116,11 @@ def choose_thresholds(probabilities: np.ndarray, labels: np.ndarray, mask: np.nd
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    """Probabilities of independent labels, float64 (clipped so that no logit overflows ``exp``)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, dtype=np.float64), -500, 500)))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of exclusive classes over the last axis, float64."""
+    shifted = np.exp(np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

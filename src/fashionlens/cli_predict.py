@@ -17,7 +17,6 @@ import errno
 import io
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +49,6 @@ from fashionlens.predictions import (
     written_files,
 )
 from fashionlens.progress import progress_bar
-
-def explain_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold,
-                  labels: Sequence[str]) -> tuple[list, list, list[str]]:
-    """(predictions, explanations, errors) of one collated batch: one forward pass for both."""
-    good = [i for i, error in enumerate(batch["error"]) if not error]
-    errors = [error for error in batch["error"] if error]
-    if not good:
-        return [], [], errors
-    sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in good]
-    explanations = predictor.explain_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
-                                                  labels=labels, top_k=top_k, threshold=threshold)
-    return [explanation.prediction for explanation in explanations], explanations, errors
-
 
 # ------------------------------------------------------------------------------------- overlays (PNG)
 
@@ -340,10 +326,7 @@ def predict_command(args: argparse.Namespace) -> int:
             header = csv_header(predictor, top_k)
             csv_output = CsvOutput(Path(args.csv), header)
         for batch in (loader(todo, predictor, batch_size, workers) if todo else []):
-            if explain:
-                results, explanations, errors = explain_batch(predictor, batch, top_k, threshold, explain)
-            else:
-                (results, errors), explanations = predict_batch(predictor, batch, top_k, threshold), []
+            results, explanations, errors = predict_batch(predictor, batch, top_k, threshold, explain)
             for error in errors:
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             failed += len(errors)
@@ -490,7 +473,7 @@ def _predict_distributed(args: argparse.Namespace, paths: list, top_k: int, thre
             self.writer = ShardWriter(out, record, rank=self.global_rank)
 
         def predict_step(self, batch, batch_idx):
-            results, errors = predict_batch(self.predictor, batch, top_k, threshold)
+            results, _, errors = predict_batch(self.predictor, batch, top_k, threshold)
             for error in errors:
                 print(f"fashionlens: skipped {error}", file=sys.stderr)
             self.failed += len(errors)

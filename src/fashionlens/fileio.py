@@ -11,8 +11,9 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fashionlens.errors import ModelDirError
 
@@ -20,8 +21,10 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], sync: bool = True) -> None:
+    """``write(stream)`` into a temporary file in ``path``'s folder, then an atomic rename to ``path``: a
+    crash, or two processes writing at once, leave the old file or a whole new one, never a torn one.
+    ``sync`` flushes it to disk first (a cache that can be rebuilt does without)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,14 +33,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a model directory is meant to be shared
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            write(stream)
             stream.flush()
-            os.fsync(stream.fileno())
+            if sync:
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_write`, synced."""
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fashionlens.calibration import sigmoid, softmax
 from fashionlens.catalogue import CATEGORY, GARMENTS
 from fashionlens.data.transforms import ImagePreprocess
 from fashionlens.errors import DataError, FashionlensError, ModelDirError
@@ -263,6 +264,13 @@ def to_uint8_chw(image: ImageInput) -> tuple[torch.Tensor, str]:
 # Runtimes: a callable from a normalised batch (B, 3, S, S) to the model's outputs dict as numpy
 
 
+def _load_inputs(images: ImageInput | Sequence[ImageInput]) -> tuple[bool, list[torch.Tensor], list[str]]:
+    """Whether ``images`` is one photo, and the photos as upright uint8 tensors with their names."""
+    single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+    loaded = [to_uint8_chw(item) for item in ([images] if single else images)]
+    return single, [tensor for tensor, _ in loaded], [name for _, name in loaded]
+
+
 class _TorchRuntime:
     name = "torch"
 
@@ -306,16 +314,6 @@ class _OnnxRuntime:
 
 # --------------------------------------------------------------------------------------------
 # Predictor
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _ranked(names: Sequence[str], display: Sequence[str], scores: np.ndarray, logits: np.ndarray,
@@ -439,21 +437,23 @@ class Predictor:
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None,
                  threshold: float | str | None = "auto") -> Prediction | list[Prediction]:
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
-        items = [images] if single else list(images)
-        loaded = [to_uint8_chw(item) for item in items]
-        results = self.predict_loaded([tensor for tensor, _ in loaded], [name for _, name in loaded], top_k, threshold)
+        single, loaded, names = _load_inputs(images)
+        results = self.predict_loaded(loaded, names, top_k, threshold)
         return results[0] if single else results
 
     def predict_loaded(self, images: Sequence[torch.Tensor], sources: Sequence[str], top_k: int | None = None,
                        threshold: float | str | None = "auto") -> list[Prediction]:
         """Predict upright uint8 ``(3, H, W)`` tensors (see :func:`to_uint8_chw`), in batches."""
-        results: list[Prediction] = []
+        return self._in_batches(images, sources, lambda batch, sizes, names: self.predict_preprocessed(
+            batch, sizes, names, top_k, threshold))
+
+    def _in_batches(self, images: Sequence[torch.Tensor], sources: Sequence[str], run: Callable[..., list]) -> list:
+        """``run(batch, sizes, sources)`` over ``images`` preprocessed in batches of ``batch_size``, joined."""
+        results: list = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            batch = self.preprocess_batch(chunk)
             sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
-            results += self.predict_preprocessed(batch, sizes, sources[start:start + len(chunk)], top_k, threshold)
+            results += run(self.preprocess_batch(chunk), sizes, sources[start:start + len(chunk)])
         return results
 
     def predict_preprocessed(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
@@ -502,25 +502,16 @@ class Predictor:
         :class:`fashionlens.explain.LabelMap`: ``grid`` at the feature resolution covering the whole
         photo, ``photo()`` in the photo's pixel coordinates. Needs the torch runtime.
         """
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
-        items = [images] if single else list(images)
-        loaded = [to_uint8_chw(item) for item in items]
-        results = self.explain_loaded([tensor for tensor, _ in loaded], [name for _, name in loaded], labels,
-                                      num_top, top_k, threshold)
+        single, loaded, names = _load_inputs(images)
+        results = self.explain_loaded(loaded, names, labels, num_top, top_k, threshold)
         return results[0] if single else results
 
     def explain_loaded(self, images: Sequence[torch.Tensor], sources: Sequence[str],
                        labels: str | Sequence[str] = "top", num_top: int = 1, top_k: int | None = None,
                        threshold: float | str | None = "auto") -> list:
         """:meth:`explain` for upright uint8 ``(3, H, W)`` tensors (see :func:`to_uint8_chw`), in batches."""
-        results: list = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = self.preprocess_batch(chunk)
-            sizes = [(int(image.shape[-1]), int(image.shape[-2])) for image in chunk]
-            results += self.explain_preprocessed(batch, sizes, sources[start:start + len(chunk)], labels, num_top,
-                                                 top_k, threshold)
-        return results
+        return self._in_batches(images, sources, lambda batch, sizes, names: self.explain_preprocessed(
+            batch, sizes, names, labels, num_top, top_k, threshold))
 
     def explain_preprocessed(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
                              labels: str | Sequence[str] = "top", num_top: int = 1, top_k: int | None = None,
@@ -543,12 +534,12 @@ class Predictor:
         outputs = {key: value.float().cpu().numpy() for key, value in raw.items()}
         grids = all_maps.float().cpu().numpy()
         logits = outputs["logits"] if self.task == "style" else outputs["attribute_logits"]
-        softmax = self.task == "style" and self.config.get("activation") == "softmax"
+        single_label = self.task == "style" and self.config.get("activation") == "softmax"
         results = []
         for row, (width, height) in enumerate(sizes):
             prediction = self._interpret({key: value[row] for key, value in outputs.items()}, sources[row], width,
                                          height, top_k, threshold)
-            scores = _softmax(logits[row]) if softmax else _sigmoid(logits[row])
+            scores = softmax(logits[row]) if single_label else sigmoid(logits[row])
             chosen = list(named)
             if TOP_LABELS in wanted:
                 ranked = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
@@ -572,9 +563,7 @@ class Predictor:
         head sees (style: the backbone's pooled feature; clothing: the category and attribute
         branches' pooled features, concatenated, or the category branch's alone with the query attribute
         head). Needs the torch runtime."""
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
-        items = [images] if single else list(images)
-        loaded = [tensor for tensor, _ in (to_uint8_chw(item) for item in items)]
+        single, loaded, _ = _load_inputs(images)
         vectors = [self.embed_preprocessed(self.preprocess_batch(loaded[start:start + self.batch_size]))
                    for start in range(0, len(loaded), self.batch_size)]
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.embedding_dim), dtype=np.float32)
@@ -593,7 +582,7 @@ class Predictor:
         if self.task == "style":
             logits = outputs["logits"]
             # A single-label model (trained with a softmax) reports probabilities that sum to 1.
-            probabilities = _softmax(logits) if self.config.get("activation") == "softmax" else _sigmoid(logits)
+            probabilities = softmax(logits) if self.config.get("activation") == "softmax" else sigmoid(logits)
             ranked = _ranked(self.label_names, self.display_names, probabilities, logits, range(len(logits)), top_k,
                              threshold, self.per_label_thresholds)
             if not self.category_indices:
@@ -622,9 +611,9 @@ class Predictor:
         category_logits = outputs["category_logits"]
         names = self.category_names or [f"category_{i}" for i in range(len(category_logits))]
         numeric = None if threshold in (None, "auto") else threshold  # categories: a softmax, no calibration
-        categories = _ranked(names, names, _softmax(category_logits), category_logits, range(len(names)), k, numeric)
+        categories = _ranked(names, names, softmax(category_logits), category_logits, range(len(names)), k, numeric)
         attribute_logits = outputs["attribute_logits"]
-        attribute_scores = _sigmoid(attribute_logits)
+        attribute_scores = sigmoid(attribute_logits)
         types = self.attribute_types or ["attribute"] * len(self.label_names)
         by_type: dict[str, list[int]] = {}
         for index, kind in enumerate(types):
@@ -637,7 +626,7 @@ class Predictor:
                 logits = attribute_logits[indices]
                 if self.group_log_prior is not None:
                     logits = logits - self.group_log_prior[indices]
-                scores[indices] = _softmax(logits)
+                scores[indices] = softmax(logits)
                 ranked = _ranked(self.label_names, self.display_names, scores, attribute_logits, indices, None, None)
                 for rank, label in enumerate(ranked):
                     label.predicted = rank == 0

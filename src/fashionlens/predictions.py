@@ -182,16 +182,20 @@ def loader(paths: Sequence[str | Path], predictor: Predictor, batch_size: int, w
                       pin_memory=torch.cuda.is_available())
 
 
-def predict_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold) -> tuple[list, list[str]]:
-    """(predictions, errors) of one collated batch."""
+def predict_batch(predictor: Predictor, batch: dict[str, Any], top_k: int, threshold,
+                  explain: Sequence[str] | None = None) -> tuple[list, list, list[str]]:
+    """(predictions, explanations, errors) of one collated batch; with ``explain`` (label names or
+    "top") the maps of those labels come from the same forward pass, else no explanations."""
     good = [i for i, error in enumerate(batch["error"]) if not error]
     errors = [error for error in batch["error"] if error]
     if not good:
-        return [], errors
+        return [], [], errors
     sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in good]
-    results = predictor.predict_preprocessed(batch["image"][good], sizes, [batch["path"][i] for i in good],
-                                             top_k=top_k, threshold=threshold)
-    return results, errors
+    images, paths = batch["image"][good], [batch["path"][i] for i in good]
+    if not explain:
+        return predictor.predict_preprocessed(images, sizes, paths, top_k=top_k, threshold=threshold), [], errors
+    explanations = predictor.explain_preprocessed(images, sizes, paths, labels=explain, top_k=top_k, threshold=threshold)
+    return [explanation.prediction for explanation in explanations], explanations, errors
 
 
 def finite(result: Prediction) -> bool:
@@ -383,7 +387,7 @@ class PredictPhotos:
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         paths = [str(path) for path in batch["path"]]
         rows = list(self.pool.map(self.photos.read, paths)) if self.pool else [self.photos.read(p) for p in paths]
-        results, _ = predict_batch(self.predictor, self.collate(rows), self.top_k, self.threshold)
+        results, _, _ = predict_batch(self.predictor, self.collate(rows), self.top_k, self.threshold)
         by_path = {result.source: result for result in results}
         out = []
         for row in rows:

@@ -56,9 +56,6 @@ class LineProgress:
             self._last = now
             self._print()
 
-    def set_postfix_str(self, text: str) -> None:  # tqdm compatibility; lines stay short
-        pass
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True

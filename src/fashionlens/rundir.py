@@ -87,15 +87,6 @@ class RunDir:
         with np.load(self.predictions_npz, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
 
-    def task(self) -> str:
-        config = self.model_dir / "config.json"
-        if config.is_file():
-            return json.loads(config.read_text()).get("task", "style")
-        return "style"
-
-    def scores_key(self) -> str:
-        return SCORES_KEY[self.task()]
-
     # -- writing
 
     def write_results(self, metrics: dict, history: list[dict], arrays: dict[str, np.ndarray]) -> None:

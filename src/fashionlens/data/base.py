@@ -154,11 +154,12 @@ class FashionDataset(torch.utils.data.Dataset):
         landmarks_by_category: per category name, the landmark names a garment of that category has
             (DeepFashion: trousers have no collar), for a model to report only those.
         notes: reader remarks worth showing a user (files ignored, images with no labels, ...).
+        has_bbox, has_landmarks: whether any record has them (for ``LazyRows``; found by a scan if None).
     """
 
     def __init__(
         self,
-        records: list[Record],
+        records: Sequence[Record],
         label_names: Sequence[str],
         *,
         category_names: Sequence[str] | None = None,
@@ -173,8 +174,12 @@ class FashionDataset(torch.utils.data.Dataset):
         exclusive_types: Sequence[str] = (),
         landmarks_by_category: Mapping[str, Sequence[str]] | None = None,
         notes: Iterable[str] = (),
+        has_bbox: bool | None = None,
+        has_landmarks: bool | None = None,
     ) -> None:
-        self.records = list(records)
+        # LazyRows stay lazy (a reader's 289k rows are built only when asked for); the reader then says
+        # whether any has a box or landmarks, which would otherwise take a scan of every record.
+        self.records = records if isinstance(records, LazyRows) else list(records)
         self.label_names = list(label_names)
         self.category_names = None if category_names is None else list(category_names)
         cleaning_notes = self._clean_names()
@@ -202,8 +207,8 @@ class FashionDataset(torch.utils.data.Dataset):
         # Annotation file -> the folder its photos must stay inside once links are followed (manifests,
         # unless allow_outside_root): checked with the photos, before training (validate_images).
         self.roots: dict[str, str] = {}
-        self._has_bbox = any(r.bbox is not None for r in self.records)
-        self._has_landmarks = any(r.landmarks is not None for r in self.records)
+        self._has_bbox = any(r.bbox is not None for r in self.records) if has_bbox is None else has_bbox
+        self._has_landmarks = any(r.landmarks is not None for r in self.records) if has_landmarks is None else has_landmarks
         if skip_bad:
             self.validate_images(full_decode=decode_on_validate, drop=True, remember=True)
 
@@ -243,6 +248,14 @@ class FashionDataset(torch.utils.data.Dataset):
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def label_matrix(self, rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, mask) float32 arrays (N, C) of the records (or of ``rows``), read without loading an image."""
+        records = self.records if rows is None else [self.records[i] for i in rows]
+        if not len(records):
+            return np.zeros((0, self.num_labels), np.float32), np.zeros((0, self.num_labels), np.float32)
+        return (np.stack([record.labels for record in records]).astype(np.float32),
+                np.stack([record.label_mask for record in records]).astype(np.float32))
 
     def validate_images(self, full_decode: bool = True, drop: bool = False, workers: int | None = None,
                         remember: bool = False) -> list[DataError]:
@@ -382,23 +395,6 @@ class LazyRows(Sequence[T]):
 
     def __iter__(self) -> Iterator[T]:
         return (self.build(int(row)) for row in self.rows)
-
-
-class LazyFashionDataset(FashionDataset):
-    """A FashionDataset over ``LazyRows`` of records: the same samples, without building every record first.
-
-    The reader says whether there are boxes and landmarks (what ``FashionDataset.__init__`` would
-    scan every record for); ``skip_bad`` still validates every image (and then holds a plain list).
-    """
-
-    def __init__(self, records: LazyRows[Record], label_names: Sequence[str], *, has_bbox: bool, has_landmarks: bool,
-                 skip_bad: bool = False, decode_on_validate: bool = True, **options: Any) -> None:
-        super().__init__([], label_names, **options)
-        self.records = records  # type: ignore[assignment]
-        self._has_bbox = has_bbox
-        self._has_landmarks = has_landmarks
-        if skip_bad:
-            self.validate_images(full_decode=decode_on_validate, drop=True)
 
 
 def force_vocabulary(

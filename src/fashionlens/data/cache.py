@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+
+from fashionlens.fileio import atomic_write
 
 # The annotation cache and the photos that passed the check share its folder.
 CACHE_ENV = "FASHIONLENS_CACHE"
@@ -54,23 +55,6 @@ def cache_dir() -> Path | None:
         return Path(root).expanduser() / "annotations"
     base = os.environ.get("XDG_CACHE_HOME", "").strip()
     return (Path(base) if base else Path.home() / ".cache") / "fashionlens" / "annotations"
-
-
-def _replace(path: Path, write: Callable[[str], None]) -> None:
-    """``write(temporary name)`` in ``path``'s folder, then renamed to ``path``: a crash or two processes
-    writing at once leave the old file or a whole new one. The OSError of a failed write is raised,
-    with nothing left behind."""
-    temporary = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(descriptor)
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 class AnnotationCache:
@@ -139,14 +123,12 @@ class AnnotationCache:
         header = {"key": self.key, "meta": meta, "shapes": shapes}
         table = pa.table(arrays).replace_schema_metadata({"fashionlens": json.dumps(header)})
 
-        def write(temporary: str) -> None:
-            with pa.OSFile(temporary, "wb") as handle, pa.ipc.new_file(handle, table.schema) as writer:
+        def write(stream: BinaryIO) -> None:
+            with pa.ipc.new_file(stream, table.schema) as writer:
                 writer.write_table(table)
 
         try:
-            # Not fileio's atomic write: that wants the whole file as bytes in memory (340 MB more for
-            # DeepFashion) and syncs it to disk, which a cache does not need.
-            _replace(self.path, write)
+            atomic_write(self.path, write, sync=False)
         except OSError as error:
             return f"annotation cache not written ({error}); set {ANNOTATION_CACHE_ENV} to a writable folder, or to 'off'"
         return None
@@ -190,6 +172,6 @@ def write_passed(path: Path, stamps: set[str]) -> None:
     """A cache that cannot be written is only slower."""
     text = "\n".join(sorted(stamps))
     try:
-        _replace(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8", errors="surrogateescape"))
+        atomic_write(path, lambda stream: stream.write(text.encode("utf-8", "surrogateescape")), sync=False)
     except OSError:
         pass

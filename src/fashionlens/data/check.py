@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fashionlens.data import open_dataset
 from fashionlens.errors import DataError
@@ -102,11 +101,7 @@ def check_dataset(
     report.problems += [str(err) for err in dataset.skipped]
     report.notes = list(dataset.notes)
     report.label_names = list(dataset.label_names)
-    if dataset.records:
-        labels = np.stack([r.labels for r in dataset.records]).astype(bool)
-        mask = np.stack([r.label_mask for r in dataset.records]).astype(bool)
-    else:
-        labels = mask = np.zeros((0, len(dataset.label_names)), dtype=bool)
+    labels, mask = (matrix.astype(bool) for matrix in dataset.label_matrix())
     report.positives = (labels & mask).sum(0).astype(int).tolist()
     report.negatives = (~labels & mask).sum(0).astype(int).tolist()
     report.unknown = (~mask).sum(0).astype(int).tolist()

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from fashionlens import images
 from fashionlens.data.base import FashionDataset, Record, force_vocabulary
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
@@ -120,12 +120,12 @@ def _check_mask_size(ids: np.ndarray, path: Path, photo: Path, height: int, widt
 def _photo_size(path: Path, annotation: Path) -> tuple[int, int]:
     """(height, width) from the photo's header, as the image will have after EXIF orientation."""
     try:
-        with Image.open(path) as img:
+        with images.open_header(path) as img:
             width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees on loading
+            if images.exif_orientation(img) in (5, 6, 7, 8):  # rotated by 90 degrees on loading
                 width, height = height, width
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read the photo's header ({error}) (annotated by {annotation})", path=path) from None
+    except DataError as error:
+        raise DataError(f"{error.reason} (annotated by {annotation})", path=path) from None
     return height, width
 
 

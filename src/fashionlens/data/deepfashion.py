@@ -16,10 +16,10 @@ Layout under ``root``::
 At the benchmark's size (289,222 images; ``list_attr_img.txt`` alone is 878 MB) the list files are
 parsed with numpy over their bytes, in blocks of whole lines, never token by token in Python. A
 row that a vectorised check refuses is read again on its own in Python (``_rescan``), which names
-the file, the line and what is wrong. One parse serves all three splits (``parse_deepfashion``,
-``read_deepfashion_splits``) and is kept in the annotation cache (``fashionlens.data.cache``), so
-reading the same files again maps the cache instead of parsing. Measured in docs/benchmarks.md
-("Readers at full size").
+the file, the line and what is wrong. One parse serves all three splits
+(``parse_deepfashion(root).dataset(split)``) and is kept in the annotation cache
+(``fashionlens.data.cache``), so reading the same files again maps the cache instead of parsing.
+Measured in docs/benchmarks.md ("Readers at full size").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
+from fashionlens.data.base import (FashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
                                    resolve_inside, take_columns)
 from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
@@ -651,7 +651,7 @@ class DeepFashionAnnotations:
             values = take_columns(self.attribute_values, self.attribute_names, vocabulary, 0)  # 0: unknown
         type_by_name = dict(zip(self.attribute_names, self.attribute_type_ids))
         attribute_types = [ATTRIBUTE_TYPE_IDS[type_by_name[name]] if name in type_by_name else "unknown" for name in vocabulary]
-        return LazyFashionDataset(
+        return FashionDataset(
             LazyRows(partial(self.record, values=values), rows),
             vocabulary,
             has_bbox=self.bboxes is not None and bool((~np.isnan(self.bboxes[rows, 0])).any()),
@@ -773,14 +773,4 @@ def read_deepfashion(
     options (``skip_bad``, ``transform``, ``crop_to_bbox``, ``bbox_margin``, ``decode_on_validate``)
     are those of ``DeepFashionAnnotations.dataset``.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     return parse_deepfashion(root, cache=cache).dataset(split, **options)
-
-
-def read_deepfashion_splits(
-    root: str | Path, *, cache: bool = True, **options: Unpack[DatasetOptions]
-) -> dict[str, FashionDataset]:
-    """``{"train": ..., "val": ..., "test": ...}`` from one parse of the list files (options as ``read_deepfashion``)."""
-    annotations = parse_deepfashion(root, cache=cache)
-    return {split: annotations.dataset(split, **options) for split in SPLITS}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fashionlens.data.base import FashionDataset, LazyFashionDataset, LazyRows, Record, force_vocabulary
+from fashionlens.data.base import FashionDataset, LazyRows, Record, force_vocabulary
 from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
@@ -220,7 +220,7 @@ def read_kfashion(
 
     rows = np.arange(len(files))
     # The English style names are single GloVe tokens already ("hip-hop", "avant-garde" included).
-    dataset = LazyFashionDataset(LazyRows(record, rows), vocabulary, has_bbox=False, has_landmarks=False,
+    dataset = FashionDataset(LazyRows(record, rows), vocabulary, has_bbox=False, has_landmarks=False,
                                  label_words=vocabulary, transform=transform, skip_bad=skip_bad, notes=notes)
     if dataset.skipped:  # keep boxes aligned with the records that survived validation
         kept = {record.source for record in dataset.records}

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from fashionlens.data.base import (FashionDataset, LazyFashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
+from fashionlens.data.base import (FashionDataset, LazyRows, ReaderOptions, Record, force_vocabulary,
                                    resolve_inside)
 from fashionlens.data.cache import AnnotationCache
 from fashionlens.errors import DataError
@@ -377,7 +377,7 @@ def _read(
         return Record(image=Path(images[row].as_py()), labels=labels[row], label_mask=mask[row], source=path,
                       line=int(lines[row]))
 
-    dataset = LazyFashionDataset(LazyRows(record, np.arange(len(lines))), vocabulary, has_bbox=False,
+    dataset = FashionDataset(LazyRows(record, np.arange(len(lines))), vocabulary, has_bbox=False,
                                  has_landmarks=False, transform=transform, skip_bad=skip_bad, notes=notes)
     if not allow_outside_root:  # the text of each path stays inside; where its links lead is checked with the photos
         dataset.roots[str(path)] = os.path.realpath(base)

@@ -138,7 +138,9 @@ def _common_folder(dataset: FashionDataset) -> str:
 
 
 class MergedDataset(FashionDataset):
-    """Rows of several FashionDatasets under one label vocabulary (see the module docstring).
+    """Rows of several FashionDatasets under one label vocabulary, merged by name through ``aliases``
+    (see the module docstring). ``names`` name the sources in reports (default: the last two folders
+    their images share).
 
     Each source keeps its own transform (or, with ``transform``, the merged dataset applies one to
     the sources' untransformed samples); ``__getitem__`` returns the source's sample dict with
@@ -155,7 +157,7 @@ class MergedDataset(FashionDataset):
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         datasets = list(datasets)
         if not datasets:
-            raise ValueError("merge_datasets needs at least one dataset")
+            raise ValueError("MergedDataset needs at least one dataset")
         if names is None:
             names = [_common_folder(ds) for ds in datasets]
             names = [n if names.count(n) == 1 else f"{n}#{s}" for s, n in enumerate(names)]
@@ -202,8 +204,7 @@ class MergedDataset(FashionDataset):
             self._label_lookup.append(torch.as_tensor(np.append(mapping, -1)))
             self._category_lookup.append(cmap)
             if ds.records:
-                labels = np.stack([r.labels for r in ds.records]).astype(bool)
-                known = np.stack([r.label_mask for r in ds.records]).astype(bool)
+                labels, known = (matrix.astype(bool) for matrix in ds.label_matrix())
                 positive = ((labels & known).astype(np.int64) @ spread) > 0
                 all_known = (known.astype(np.int64) @ spread) == columns_per_label
                 merged_mask = positive | ((columns_per_label > 0) & all_known)
@@ -290,15 +291,3 @@ class MergedDataset(FashionDataset):
             return self.transform(self.load_sample(index))
         source, local = self.rows[index]
         return self._reindex(self.datasets[source][local], index)
-
-
-def merge_datasets(datasets: Sequence[FashionDataset], aliases: Mapping[str, str] | None = None,
-                   names: Sequence[str] | None = None,
-                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> MergedDataset:
-    """One dataset over all rows of ``datasets``, vocabularies merged by name through ``aliases``.
-
-    ``names`` name the sources in reports (default: the last two folders their images share).
-    ``transform``, if given, is applied to the merged sample instead of the sources' own
-    transforms (open the sources without one). See :class:`MergedDataset` for what samples hold.
-    """
-    return MergedDataset(datasets, aliases=aliases, names=names, transform=transform)

@@ -20,8 +20,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
+from fashionlens.calibration import sigmoid, softmax
 from fashionlens.vocabulary import CUT_OFF as ABSENT
-from fashionlens.vocabulary import LANDMARK_NAMES, VISIBLE
+from fashionlens.vocabulary import VISIBLE
 
 DPI = 110
 STYLE_TABLE_KEYS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1_top3", "OF1_top3"]
@@ -48,15 +49,6 @@ def _read_json(path: Path) -> Any | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    shifted = np.exp(x - x.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _short(text: str, width: int = 22) -> str:
@@ -565,31 +557,6 @@ def plot_landmark_overlays(images: Sequence[Any], pred_xy: np.ndarray, true_xy: 
     return _save(fig, path)
 
 
-def read_landmark_annotations(root: str | Path, names: Sequence[str] = LANDMARK_NAMES
-                              ) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """Image paths, (N, K, 2) landmarks and (N, K) visibility from a folder with landmarks.json.
-
-    The file lists items[] {file, width, height, landmarks[] {name, x, y, visibility}}. A landmark
-    an item does not list is absent (visibility 2, coordinates NaN).
-    """
-    root = Path(root)
-    data = json.loads((root / "landmarks.json").read_text(encoding="utf-8"))
-    paths, xy, visibility = [], [], []
-    position = {name: m for m, name in enumerate(names)}
-    for item in data["items"]:
-        points = np.full((len(names), 2), np.nan)
-        state = np.full(len(names), ABSENT, dtype=int)
-        for landmark in item["landmarks"]:
-            m = position.get(landmark["name"])
-            if m is not None:
-                points[m] = (landmark["x"], landmark["y"])
-                state[m] = int(landmark["visibility"])
-        paths.append(root / item["file"])
-        xy.append(points)
-        visibility.append(state)
-    return paths, np.stack(xy), np.stack(visibility)
-
-
 # ----------------------------------------------------------------------------------- gallery
 
 
@@ -615,7 +582,7 @@ def style_gallery(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | Non
     Most confident correct: top label is a positive, highest probability first. Least confident: the
     lowest top probability. Errors: top label is a known negative, most confident first.
     """
-    probabilities = _sigmoid(np.asarray(scores, dtype=np.float64))
+    probabilities = sigmoid(np.asarray(scores, dtype=np.float64))
     positive = np.asarray(labels) > 0.5
     known = np.ones_like(positive) if mask is None else np.asarray(mask) > 0.5
     top = probabilities.argmax(axis=1)
@@ -641,7 +608,7 @@ def style_gallery(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | Non
 def category_gallery(category_logits: np.ndarray, category: np.ndarray, paths: Sequence[str],
                      category_names: Sequence[str], per_section: int = 6) -> Gallery:
     """The gallery for clothing runs, judged by the top-1 category."""
-    probabilities = _softmax(np.asarray(category_logits, dtype=np.float64))
+    probabilities = softmax(np.asarray(category_logits, dtype=np.float64))
     true = np.asarray(category).astype(int)
     top = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(top)), top]

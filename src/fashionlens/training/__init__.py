@@ -12,7 +12,6 @@ from fashionlens.training.data import (
     ColumnSubset,
     FeatureCache,
     TrainingData,
-    label_matrix,
     split_indices,
 )
 from fashionlens.training.evaluate import evaluate_model_dir
@@ -39,7 +38,6 @@ __all__ = [
     "clothing_metrics",
     "collect_outputs",
     "evaluate_model_dir",
-    "label_matrix",
     "prepare",
     "resolve_resume_checkpoint",
     "run_training",

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from fashionlens.config import ClothingConfig, ConfigError, DataConfig, DataSource, StyleConfig, default_workers
 from fashionlens.data import open_dataset
 from fashionlens.data.clothing_attributes import CLOTHING_ATTRIBUTE_NAMES
-from fashionlens.data.merge import load_aliases, merge_datasets, normalise_name
+from fashionlens.data.merge import load_aliases, MergedDataset, normalise_name
 from fashionlens.data.transforms import BOX_CROP_SCALES, build_transforms
 from fashionlens.errors import FashionlensError
 from fashionlens.progress import progress_bar
@@ -33,14 +33,6 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     if val_count >= count:
         raise FashionlensError(f"dataset of {count} samples is too small to hold out {val_fraction:.0%}")
     return sorted(order[val_count:].tolist()), sorted(order[:val_count].tolist())
-
-
-def label_matrix(dataset, indices=None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, mask) arrays (N, C) read from a dataset's parsed records, without loading images."""
-    records = dataset.records if indices is None else [dataset.records[i] for i in indices]
-    labels = np.stack([np.asarray(record.labels, dtype=np.float32) for record in records])
-    mask = np.stack([np.asarray(record.label_mask, dtype=np.float32) for record in records])
-    return labels, mask
 
 
 #: How many unreadable photos an error lists before it counts the rest.
@@ -91,7 +83,7 @@ def open_sources(data: DataConfig, transform, label_names=None, split: str | Non
                           label_names=source_vocabulary.get(s.format) if source_vocabulary else None,
                           **(options if s.format in MANIFEST_FORMATS else {}))
              for s in data.sources]
-    merged = merge_datasets(parts, aliases=aliases)
+    merged = MergedDataset(parts, aliases=aliases)
     if label_names is not None:
         missing = [name for name in label_names if name not in merged.label_names]
         if missing:
@@ -253,7 +245,7 @@ class TrainingData(L.LightningDataModule):
         return names[source] if names else self.train_full.label_names[source]
 
     def train_label_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        labels, mask = label_matrix(self.train_full, self.train_idx)
+        labels, mask = self.train_full.label_matrix(self.train_idx)
         return labels[:, self.columns], mask[:, self.columns]
 
     def keep_columns(self, kept: list[int]) -> None:
