@@ -90,7 +90,7 @@ def collect(folders: list[Path]) -> dict[int, dict[str, dict]]:
 
 def training_labels(run: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, mask, names) of the run's training split, re-read from its data and split rule."""
-    from fashionlens.training.data import label_matrix, open_sources, split_indices
+    from fashionlens.training.data import open_sources, split_indices
 
     config = run["config"]
     dataset = open_sources(config.data, None)
@@ -99,7 +99,7 @@ def training_labels(run: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
     train_idx, val_idx = split_indices(len(dataset), config.data.val_split, int(config.recipe.seed))
     if sorted(val_idx) != sorted(run["index"].tolist()):
         raise SystemExit(f"{run['dir']}: its held-out photos are not split_indices(...)'s: cannot rebuild the split")
-    labels, mask = label_matrix(dataset, train_idx)
+    labels, mask = dataset.label_matrix(train_idx)
     return labels, mask, list(dataset.label_names)
 
 
