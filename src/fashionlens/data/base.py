@@ -1,5 +1,5 @@
 """The record type every reader produces and the Dataset that turns records into sample dicts
-(``LazyFashionDataset``: the records built only when asked for, from a reader's columns).
+(from a list of records, or ``LazyRows``: records built only when asked for, from a reader's columns).
 
 Readers parse annotations only; images are opened lazily in ``FashionDataset.__getitem__`` so that
 building a dataset of 289k DeepFashion rows costs no image I/O. The sample dict follows

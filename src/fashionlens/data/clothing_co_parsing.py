@@ -120,13 +120,15 @@ def _check_mask_size(ids: np.ndarray, path: Path, photo: Path, height: int, widt
 def _photo_size(path: Path, annotation: Path) -> tuple[int, int]:
     """(height, width) from the photo's header, as the image will have after EXIF orientation."""
     try:
-        with images.open_header(path) as img:
-            width, height = img.size
-            if images.exif_orientation(img) in (5, 6, 7, 8):  # rotated by 90 degrees on loading
-                width, height = height, width
+        img = images.open_header(path)
     except DataError as error:
         raise DataError(f"{error.reason} (annotated by {annotation})", path=path) from None
-    return height, width
+    try:  # close() as well: Pillow leaves open a file it was handed
+        width, height = img.size
+        turned = images.exif_orientation(img) in (5, 6, 7, 8)  # rotated by 90 degrees on loading
+    finally:
+        img.close()
+    return (width, height) if turned else (height, width)
 
 
 class ClothingCoParsingDataset(FashionDataset):

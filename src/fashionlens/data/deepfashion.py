@@ -773,4 +773,6 @@ def read_deepfashion(
     options (``skip_bad``, ``transform``, ``crop_to_bbox``, ``bbox_margin``, ``decode_on_validate``)
     are those of ``DeepFashionAnnotations.dataset``.
     """
+    if split is not None and split not in SPLITS:  # before the parse, not after it
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     return parse_deepfashion(root, cache=cache).dataset(split, **options)
