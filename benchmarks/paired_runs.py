@@ -6,7 +6,7 @@ photo by photo and its 95 % interval comes from resampling the photos (a bootstr
 much of the difference the choice of these 500 photos could explain, not how much another seed
 would move it (the seed spread of docs/results.md's frozen table is the estimate of that).
 
-    python benchmarks/paired_runs.py runs/release-dff10 runs/dff10-convs runs/dff10-none [--draws 2000]
+    python benchmarks/paired_runs.py runs/release-dff10 runs/dff10-none runs/dff10-scratch [--draws 2000]
 
 Each run directory needs its ``val_predictions.npz`` and ``model/labels.json`` (what ``train
 clothing`` writes); the runs must have scored the same photos in the same order.
@@ -74,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     n = len(photos[0]["paths"])
     everyone = np.arange(n)
     draws = np.random.default_rng(0).integers(0, n, size=(args.draws, n))
-    base = figures(photos[0], everyone)
+    whole = [figures(run, everyone) for run in photos]
+    base = whole[0]
     resampled = [[figures(run, rows) for rows in draws] for run in photos]
     print(f"{n} validation photos; difference to {args.runs[0].name}, 95 % interval over resampled photos")
     print(f"{'figure':<16}" + "".join(f"{run.name:>34}" for run in args.runs))
     for key in base:
         cells = [f"{base[key]:34.3f}"]
-        for other, other_resampled in zip(photos[1:], resampled[1:]):
-            value = figures(other, everyone).get(key)
+        for other, other_resampled in zip(whole[1:], resampled[1:]):
+            value = other.get(key)
             if value is None:
                 cells.append(f"{'-':>34}")
                 continue

@@ -582,7 +582,7 @@ def style_gallery(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | Non
     Most confident correct: top label is a positive, highest probability first. Least confident: the
     lowest top probability. Errors: top label is a known negative, most confident first.
     """
-    probabilities = sigmoid(np.asarray(scores, dtype=np.float64))
+    probabilities = sigmoid(scores)
     positive = np.asarray(labels) > 0.5
     known = np.ones_like(positive) if mask is None else np.asarray(mask) > 0.5
     top = probabilities.argmax(axis=1)
@@ -608,7 +608,7 @@ def style_gallery(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | Non
 def category_gallery(category_logits: np.ndarray, category: np.ndarray, paths: Sequence[str],
                      category_names: Sequence[str], per_section: int = 6) -> Gallery:
     """The gallery for clothing runs, judged by the top-1 category."""
-    probabilities = softmax(np.asarray(category_logits, dtype=np.float64))
+    probabilities = softmax(category_logits)
     true = np.asarray(category).astype(int)
     top = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(top)), top]
