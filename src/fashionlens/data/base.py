@@ -49,6 +49,13 @@ class Record:
     source: Path | None = None
     line: int | None = None
 
+    @classmethod
+    def one_class(cls, image: Path, category: int, num_labels: int) -> Record:
+        """A photo of exactly one known class (class folders, catalogue tables): one-hot, every label known."""
+        labels = np.zeros(num_labels, dtype=np.uint8)
+        labels[category] = 1
+        return cls(image=image, labels=labels, label_mask=np.ones(num_labels, dtype=np.uint8), category=category)
+
 
 class ReaderOptions(TypedDict, total=False):
     """Options every annotation reader takes (``**options: Unpack[...]`` of a subclass of this)."""

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.csv as pa_csv
 
 from fashionlens.data.base import FashionDataset, Record
@@ -60,12 +59,7 @@ def read_clothing_dataset(
     if outside:
         raise DataError(f"class(es) {outside} not in the forced vocabulary {vocabulary}", path=table_path)
     index = {name: i for i, name in enumerate(vocabulary)}
-    records = []
-    for file, name in rows:
-        one_hot = np.zeros(len(vocabulary), dtype=np.uint8)
-        one_hot[index[name]] = 1
-        records.append(Record(image=file, labels=one_hot, label_mask=np.ones(len(vocabulary), dtype=np.uint8),
-                              category=index[name]))
+    records = [Record.one_class(file, index[name], len(vocabulary)) for file, name in rows]
     notes = [f"left out {sum(left_out.values())} row(s) without a garment class: {dict(left_out)}"] if left_out else []
     return FashionDataset(records, vocabulary, category_names=vocabulary, transform=transform,
                           skip_bad=skip_bad, notes=notes)

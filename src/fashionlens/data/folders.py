@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fashionlens.data.base import FashionDataset, Record, split_folder_warning
 from fashionlens.errors import DataError
@@ -98,11 +97,7 @@ def read_class_folders(
                 twice.append(str(file.relative_to(root)))
                 continue
             seen[real] = folder.name
-            labels = np.zeros(len(vocabulary), dtype=np.uint8)
-            labels[index[folder.name]] = 1
-            records.append(
-                Record(image=file, labels=labels, label_mask=np.ones(len(vocabulary), dtype=np.uint8), category=index[folder.name])
-            )
+            records.append(Record.one_class(file, index[folder.name], len(vocabulary)))
     notes = []
     if passed_over:
         notes.append(f"passed over {len(passed_over)} non-image file(s), e.g. {passed_over[:5]}")
