@@ -113,12 +113,22 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path, format: str =
                 else:
                     removed_maybe_right += 1
     photos = sum(totals.values())
+    by_kids = {}
+    if (data / "images.csv").is_file():  # Grigorev's full release marks children's clothes in its kids column
+        import csv
+
+        with open(data / "images.csv", newline="") as table:
+            kids = {row["image"]: row["kids"] == "True" for row in csv.DictReader(table)}
+        flags = [kids.get(Path(record.image).stem) for record in dataset.records]
+        for name, wanted in (("adults", False), ("children", True)):
+            chosen = [hit for hit, flag in zip(hits, flags) if flag is wanted]
+            by_kids[name] = {"photos": len(chosen), "category_right": 100.0 * sum(chosen) / max(1, len(chosen))}
     return {"photos": photos, "first_tag_right_before": 100.0 * first_old / photos,
             "category_right": 100.0 * first_new / photos,
             "per_class": {name: 100.0 * per_class[name] / totals[name] for name in sorted(totals)},
             "attribute_tags_marked_before": marked_before, "impossible_before": impossible_before,
             "impossible_after": impossible_after, "removed_wrong": removed_wrong,
-            "removed_maybe_right": removed_maybe_right, "hits": hits}
+            "removed_maybe_right": removed_maybe_right, "hits": hits, **by_kids}
 
 
 def paired(first: list[bool], other: list[bool], draws: int = 2000) -> dict:

@@ -434,31 +434,3 @@ def test_mlgcn_over_10000_one_hot_labels_is_refused_before_anything_is_allocated
     assert parts["label graph"] > parts["label inputs"] > parts["activations"] > parts["parameters"]
     # The 37 labels of the Clothing Attribute vocabulary need about 35 MB: not refused.
     style.check_mlgcn_memory(37, "onehot", 1024)
-
-
-def test_category_loss_is_a_softmax_over_the_category_labels_on_photos_of_one_known_category():
-    """``recipe.category_loss``: weight x the cross-entropy over the category labels' logits, on the
-    photos whose category is a label; other photos (category -1, or a category that is no label) add
-    nothing. Hand-worked: logits (2, 0) with target 0 give log(1 + e^-2) = 0.1269, (1, 1) give log 2."""
-    import math
-
-    import torch
-
-    from fashionlens.config import RecipeConfig
-    from fashionlens.training.tasks.style import StyleTask
-
-    class Head(torch.nn.Module):
-        def forward_head(self, features):
-            return features
-
-    names, categories = ["bag", "dress", "shirt", "red"], ["dress", "shirt", "hat"]
-    logits = torch.tensor([[0.0, 2.0, 0.0, 5.0], [3.0, 1.0, 1.0, 0.0], [0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]])
-    batch = {"features": logits, "labels": torch.zeros(4, 4), "label_mask": torch.ones(4, 4),
-             "category": torch.tensor([0, 1, 2, -1])}
-    plain, _ = StyleTask(Head(), names, recipe=RecipeConfig(), category_names=categories).training_loss(batch, 0)
-    task = StyleTask(Head(), names, recipe=RecipeConfig(category_loss=2.0), category_names=categories)
-    with_category, _ = task.training_loss(batch, 0)
-    expected = 2.0 * (math.log(1 + math.exp(-2)) + math.log(2)) / 2
-    assert float(with_category - plain) == pytest.approx(expected, abs=1e-5)
-    none_known = {**batch, "category": torch.tensor([-1, -1, 2, -1])}
-    assert float(task.training_loss(none_known, 0)[0]) == pytest.approx(float(plain), abs=1e-6)

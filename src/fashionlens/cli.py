@@ -45,7 +45,7 @@ TRAINING_FLAGS: dict[str, str] = {
     "epochs": "recipe.epochs", "lr": "recipe.lr", "lrp": "recipe.lrp", "optimizer": "recipe.optimizer",
     "weight_decay": "recipe.weight_decay", "freeze_epochs": "recipe.freeze_epochs", "grad_clip": "recipe.grad_clip",
     "seed": "recipe.seed", "final_weights": "recipe.final_weights", "loss": "recipe.loss",
-    "cache_features": "recipe.cache_features", "category_loss": "recipe.category_loss",
+    "cache_features": "recipe.cache_features",
     "batch_size": "data.batch_size", "workers": "data.workers", "skip_bad": "data.skip_bad", "limit": "data.limit",
     "allow_outside_root": "data.allow_outside_root",
     "val_split": "data.val_split", "val": "data.val", "aliases": "data.aliases",
@@ -171,9 +171,6 @@ def _add_style_arguments(parser: argparse.ArgumentParser, d: StyleConfig) -> Non
     parser.add_argument("--pool", choices=CHOICES["head.pool"], default=S, help=f"default {d.head.pool}")
     parser.add_argument("--residual", action="store_true", default=S,
                         help="add learned per-label classifiers to the GCN's")
-    parser.add_argument("--category-loss", type=float, default=S, metavar="WEIGHT",
-                        help=f"default {d.recipe.category_loss:g} (off): with categories in multi-label data, add WEIGHT x "
-                             "the cross-entropy of a softmax over the category labels, on photos of one known category")
     parser.add_argument("--loss", choices=CHOICES["recipe.loss"], default=S,
                         help=f"default {d.recipe.loss}: softmax (cross-entropy, top-1) when every training photo has "
                              "exactly one label (class folders), else bce (multi-label); asl: asymmetric loss")

@@ -181,9 +181,6 @@ class RecipeConfig:
     # (decided in training/tasks/style.py, choose_loss); asl; clothing ignores it
     loss: str = "auto"
     cache_features: bool = False  # frozen for every epoch; the head trains on features computed once
-    # style, multi-label data with categories (class folders merged with other datasets): add this weight x
-    # the cross-entropy of a softmax over the category labels on the photos of one known category; 0: off
-    category_loss: float = 0.0
     final_weights: str = "best"  # best (on the validation set) | last
     seed: int = 0
 

@@ -128,9 +128,8 @@ class FeatureCache(torch.utils.data.Dataset):
     """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
-                 paths: list[str], category: torch.Tensor):
+                 paths: list[str]):
         self.features, self.labels, self.mask, self.index, self.paths = features, labels, mask, index, paths
-        self.category = category  # -1: no known category (a dataset without categories)
 
     @classmethod
     @torch.no_grad()
@@ -138,29 +137,27 @@ class FeatureCache(torch.utils.data.Dataset):
         model.eval()
         device = next(model.parameters()).device
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-        parts: dict[str, list] = {"features": [], "labels": [], "mask": [], "index": [], "paths": [], "category": []}
+        parts: dict[str, list] = {"features": [], "labels": [], "mask": [], "index": [], "paths": []}
         for batch in progress_bar(loader, desc=description):
             parts["features"].append(model.forward_features(batch["image"].to(device)).float().cpu())
             parts["labels"].append(batch["labels"])
             parts["mask"].append(batch["label_mask"])
             parts["index"].append(batch["index"])
             parts["paths"].extend(batch["path"])
-            parts["category"].append(batch.get("category", torch.full((len(batch["path"]),), -1)))
         return cls(torch.cat(parts["features"]), torch.cat(parts["labels"]), torch.cat(parts["mask"]),
-                   torch.cat(parts["index"]), parts["paths"], torch.cat(parts["category"]))
+                   torch.cat(parts["index"]), parts["paths"])
 
     def columns(self, columns: list[int]) -> "FeatureCache":
         """The same samples with only these label columns (the features are shared, not copied)."""
         index = torch.as_tensor(columns, dtype=torch.long)
-        return FeatureCache(self.features, self.labels[:, index], self.mask[:, index], self.index, self.paths,
-                            self.category)
+        return FeatureCache(self.features, self.labels[:, index], self.mask[:, index], self.index, self.paths)
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict:
         return {"features": self.features[i], "labels": self.labels[i], "label_mask": self.mask[i],
-                "index": self.index[i], "path": self.paths[i], "category": self.category[i]}
+                "index": self.index[i], "path": self.paths[i]}
 
 
 # Variants of one `compare` share the frozen backbone's features: the last extraction, by its key.

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fashionlens import labels as label_tools
 from fashionlens.catalogue import catalogue_labels
@@ -33,17 +32,10 @@ class StyleTask(Task):
     progress_keys = ("mAP",)
 
     def __init__(self, model: nn.Module, label_names: list[str], loss: str = "bce", recipe=None,
-                 channels_last: bool = False, category_names: list[str] | None = None):
+                 channels_last: bool = False):
         super().__init__(model, recipe, channels_last)
         self.label_names = list(label_names)
         self.single_label = loss == "softmax"
-        # recipe.category_loss: the label columns of the categories that are labels, and each category's
-        # position among them (-1: not a label; a photo of it, or of no category, adds no category loss)
-        self.category_weight = 0.0 if self.single_label or recipe is None else float(recipe.category_loss)
-        columns = [self.label_names.index(name) if name in self.label_names else -1 for name in category_names or []]
-        self.category_columns = torch.tensor([c for c in columns if c >= 0], dtype=torch.long)
-        self.category_targets = torch.tensor(np.cumsum([c >= 0 for c in columns]) - 1, dtype=torch.long)
-        self.category_targets[[c < 0 for c in columns]] = -1
         if loss == "asl":
             self.criterion = AsymmetricLoss()
         elif loss == "softmax":  # one label per photo (class folders): a softmax over the labels
@@ -61,15 +53,7 @@ class StyleTask(Task):
         return self(self.images(batch))
 
     def training_loss(self, batch, batch_idx):
-        logits = self.logits(batch)
-        loss = self.criterion(logits, batch["labels"], batch["label_mask"])
-        if self.category_weight and len(self.category_columns) and "category" in batch:
-            category = batch["category"]
-            targets = self.category_targets.to(category.device)[category.clamp(min=0)].masked_fill(category < 0, -1)
-            if bool((targets >= 0).any()):
-                columns = self.category_columns.to(logits.device)
-                loss = loss + self.category_weight * F.cross_entropy(logits[:, columns], targets, ignore_index=-1)
-        return loss, {}
+        return self.criterion(self.logits(batch), batch["labels"], batch["label_mask"]), {}
 
     def predictions(self, batch):
         return {"scores": self.logits(batch).float().detach()}
@@ -294,8 +278,7 @@ def build(config: StyleConfig, data) -> dict[str, Any]:
     model = build_style_model(StyleNetConfig(**network), embeddings=embeddings, adjacency=adjacency)
     data.keep_columns(kept)
     task = StyleTask(model, kept_names, loss=config.recipe.loss, recipe=config.recipe,
-                     channels_last=config.backbone.channels_last,
-                     category_names=getattr(data.train_full, "category_names", None))
+                     channels_last=config.backbone.channels_last)
     words = words_for_labels(data.train_full)
     labels_json = {"label_names": kept_names, "display_names": [data.display_name(k) for k in range(len(kept))],
                    "words": [words[data.columns[k]] for k in range(len(kept))]}
