@@ -1,5 +1,6 @@
 """Does a tagger's own features name the catalogue garment better than its category does?
 
+    pip install scikit-learn   # the one benchmark that needs it
     python benchmarks/category_probe.py models/garment-tagger-lite0
 
 A softmax over the catalogue's ten classes (scikit-learn's logistic regression, its default C = 1,
