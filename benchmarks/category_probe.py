@@ -1,4 +1,4 @@
-"""Does a tagger's own features name the catalogue garment better than its category does?
+"""Do a tagger's own features name the catalogue garment better than its category does?
 
     pip install scikit-learn   # the one benchmark that needs it
     python benchmarks/category_probe.py models/garment-tagger-lite0
