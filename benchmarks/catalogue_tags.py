@@ -29,6 +29,7 @@ only one of the two gets right.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections import Counter
@@ -65,14 +66,30 @@ def _marked(result) -> set[str]:
     return {label.name for label in result.labels if label.predicted}
 
 
+def garment_name(name: str, aliases: dict[str, str]) -> str:
+    """A garment name as the aliases file merges it (``outwear`` and ``outerwear`` compare equal)."""
+    from fashionlens.data.merge import normalise_name
+
+    return normalise_name(aliases.get(normalise_name(name), name))
+
+
+def children_flags(data: Path, images: list) -> list[bool | None] | None:
+    """Per photo, whether Grigorev's full release marks it as children's clothes (its ``kids`` column);
+    None for a dataset without that table."""
+    if not (data / "images.csv").is_file():
+        return None
+    with open(data / "images.csv", newline="") as table:
+        kids = {row["image"]: row["kids"] == "True" for row in csv.DictReader(table)}
+    return [kids.get(Path(image).stem) for image in images]
+
+
 def catalogue_test(predictor, aliases: dict[str, str], data: Path, format: str = "folders",
                    classes: list[str] | None = None) -> dict:
     from fashionlens.catalogue import GARMENT_REGIONS
     from fashionlens.data import open_dataset
-    from fashionlens.data.merge import normalise_name
 
     def canonical(name: str) -> str:
-        return normalise_name(aliases.get(normalise_name(name), name))
+        return garment_name(name, aliases)
 
     dataset = open_dataset(data, format)
     if classes:  # only the photos of these classes (by canonical name)
@@ -114,12 +131,8 @@ def catalogue_test(predictor, aliases: dict[str, str], data: Path, format: str =
                     removed_maybe_right += 1
     photos = sum(totals.values())
     by_kids = {}
-    if (data / "images.csv").is_file():  # Grigorev's full release marks children's clothes in its kids column
-        import csv
-
-        with open(data / "images.csv", newline="") as table:
-            kids = {row["image"]: row["kids"] == "True" for row in csv.DictReader(table)}
-        flags = [kids.get(Path(record.image).stem) for record in dataset.records]
+    flags = children_flags(data, [record.image for record in dataset.records])
+    if flags is not None:
         for name, wanted in (("adults", False), ("children", True)):
             chosen = [hit for hit, flag in zip(hits, flags) if flag is wanted]
             by_kids[name] = {"photos": len(chosen), "category_right": 100.0 * sum(chosen) / max(1, len(chosen))}

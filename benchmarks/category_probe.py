@@ -14,7 +14,6 @@ difference and its photo-bootstrap interval, catalogue_tags.paired). Results: do
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import sys
@@ -53,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     aliases = {normalise_name(k): v for k, v in load_aliases(REPO / "configs/garment-aliases.yaml").items()}
 
-    def canonical(name: str) -> str:
-        return normalise_name(aliases.get(normalise_name(name), name))
+    def same_garment(predicted: str, true: str) -> bool:
+        return catalogue_tags.garment_name(predicted, aliases) == catalogue_tags.garment_name(true, aliases)
 
     predictor = load(args.model, batch_size=32)
     train_images, train_names = photos(SHARED / "clothing-dataset-small/train", "folders")
@@ -64,14 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                                 ("rest", SHARED / "clothing-dataset-rest", "clothing-dataset")):
         images, names = photos(data, format)
         probe_hits = list(probe.predict(predictor.embed(images)) == np.array(names))
-        category_hits = [canonical(result.category.name) == canonical(name)
-                         for result, name in zip(predictor(images), names)]
+        category_hits = [same_garment(result.category.name, name) for result, name in zip(predictor(images), names)]
         row = {"photos": len(images), "category": 100.0 * np.mean(category_hits), "probe": 100.0 * np.mean(probe_hits),
                "probe_against_category": catalogue_tags.paired(category_hits, probe_hits)}
-        if (data / "images.csv").is_file():
-            with open(data / "images.csv", newline="") as table:
-                kids = {r["image"]: r["kids"] == "True" for r in csv.DictReader(table)}
-            adults = [not kids[image.stem] for image in images]
+        children = catalogue_tags.children_flags(data, images)
+        if children is not None:
+            adults = [flag is False for flag in children]
             row["adults"] = {"photos": sum(adults),
                              "category": 100.0 * np.mean([h for h, a in zip(category_hits, adults) if a]),
                              "probe": 100.0 * np.mean([h for h, a in zip(probe_hits, adults) if a])}

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
 from fashionlens.data.base import FashionDataset, Record, split_folder_warning
 from fashionlens.errors import DataError
 from fashionlens.vocabulary import IMAGE_EXTENSIONS
